@@ -1,0 +1,1 @@
+"""The request path: types, routing, scheduling, model lifecycle, model store, events."""

@@ -1,0 +1,115 @@
+"""The device-backend contract: what the engine asks of a backend plugin.
+
+A backend drives one device (``"NPU"``, ``"GPU"``, ``"CPU"``, or ``"MOCK"``). The engine
+owns queuing, routing, load/unload timing and keep-alive; the backend only probes its
+device, counts tokens, loads models and runs them. Backends never import fastapi.
+
+Blocking work (compiles, tokenizer loads, device enumeration) must run in a worker
+thread (``asyncio.to_thread``): the event loop serves ``/health`` meanwhile.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+from .types import (
+    DeviceInfo,
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+)
+
+
+class LoadedModel(abc.ABC):
+    """A model resident on a device. Created by :meth:`Backend.load`.
+
+    The engine guarantees at most :attr:`Backend.max_parallel` concurrent calls to
+    :meth:`generate`/:meth:`embed` on one backend, and never calls them after
+    :meth:`unload`.
+    """
+
+    info: ModelInfo
+    device: str
+    #: bytes the model occupies on its device (reported by ``/api/ps``)
+    size: int = 0
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream the generation's events, ending with exactly one :class:`Done`.
+
+        Raises :class:`~npu_proxy.engine.errors.PromptTooLongError` before touching the
+        device when the prompt exceeds what the device was compiled for. When the
+        consumer stops iterating (``aclose()`` or task cancellation), generation must
+        stop at the next token and the device must be free again when ``aclose`` returns.
+        ``Done.usage`` carries real counts and durations measured by the backend
+        (``load_duration`` may be 0: the engine fills in the load it measured).
+        """
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Embed ``request.inputs`` in order. Only models with the embedding capability."""
+        raise NotImplementedError(f"{self.info.name} cannot embed")  # pragma: no cover
+
+    @abc.abstractmethod
+    async def unload(self) -> None:
+        """Free the device memory this model holds. Called once."""
+
+
+class Backend(abc.ABC):
+    """A device backend. Register instances through ``npu_proxy_register_backends``.
+
+    :attr:`name` is unique across all loaded plugins (``"openvino-npu"``);
+    :attr:`device` names the device it drives; one backend per device is active.
+    """
+
+    name: str
+    device: str
+    #: concurrent generations the device can run (NPU: 1)
+    max_parallel: int = 1
+    #: models that may be resident at once (NPU: 1; None: unlimited)
+    max_loaded_models: int | None = None
+    #: simulated backends serve when ``NPU_PROXY_REAL_INFERENCE=0``, real ones otherwise
+    simulated: bool = False
+
+    @abc.abstractmethod
+    async def probe(self) -> DeviceInfo:
+        """Report whether the device is present, with its name and driver.
+
+        Must not raise: an absent device is ``DeviceInfo(present=False, error=...)``
+        naming the device and what the runtime sees instead.
+        """
+
+    @abc.abstractmethod
+    def supports(self, model: ModelInfo) -> bool:
+        """Whether this backend can load ``model`` (by format and capabilities)."""
+
+    def prompt_limit(self, model: ModelInfo) -> int | None:
+        """The most prompt tokens this device accepts for ``model``; ``None``: the context.
+
+        Routing uses it to send a long prompt elsewhere before it reaches the device.
+        """
+        return None
+
+    @abc.abstractmethod
+    async def count_tokens(self, model: ModelInfo, request: GenerationRequest) -> int:
+        """Tokens of the prompt exactly as the model will see it (template applied).
+
+        Uses the model's own tokenizer and does not need the model to be loaded.
+        """
+
+    async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
+        """Tokens of each plain text (no template), with the model's tokenizer."""
+        raise NotImplementedError(f"{self.name} cannot count raw text")  # pragma: no cover
+
+    @abc.abstractmethod
+    async def load(self, model: ModelInfo) -> LoadedModel:
+        """Load ``model`` onto the device and return it ready to generate.
+
+        Raises :class:`~npu_proxy.engine.errors.ModelLoadError` with a message safe to
+        show a client (no paths) when the model cannot be loaded here.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Release backend-wide resources at shutdown."""

@@ -1,0 +1,141 @@
+"""Observability events the engine and the HTTP layer emit, and their fan-out to sinks.
+
+Metrics sinks (``npu_proxy_register_metrics_sinks``) receive every event. A sink that
+raises is logged (once per sink and event type) and never stops the request or another
+sink. Events are plain frozen dataclasses; all durations are seconds (float) here,
+since that is what metrics systems expect.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCompleted:
+    """An HTTP request finished (``endpoint`` is the route template, never a raw path)."""
+
+    endpoint: str
+    method: str
+    status: int
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecided:
+    model: str
+    device: str
+    reason: str
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FirstToken:
+    model: str
+    device: str
+    seconds: float  # from admission to the device to the first token
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFinished:
+    model: str
+    device: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    duration: float  # on the device, prefill plus decode
+    tokens_per_second: float
+    inter_token_latencies: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFailed:
+    model: str
+    device: str
+    error: str  # an EngineError code
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingFinished:
+    model: str
+    device: str
+    inputs: int
+    prompt_tokens: int
+    duration: float
+    cache_hits: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoaded:
+    model: str
+    device: str
+    seconds: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUnloaded:
+    model: str
+    device: str
+    reason: str  # keep_alive, explicit, swap, shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class QueueChanged:
+    device: str
+    waiting: int
+    in_flight: int
+
+
+MetricEvent = (
+    RequestCompleted
+    | RouteDecided
+    | FirstToken
+    | GenerationFinished
+    | GenerationFailed
+    | EmbeddingFinished
+    | ModelLoaded
+    | ModelUnloaded
+    | QueueChanged
+)
+
+
+class MetricsSink(abc.ABC):
+    """Receives every :data:`MetricEvent`. Register through ``npu_proxy_register_metrics_sinks``.
+
+    ``handle`` runs on the event loop for each event: keep it fast and non-blocking.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def handle(self, event: MetricEvent) -> None:
+        """Record one event. Exceptions are contained by the :class:`EventBus`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Flush and release resources at shutdown."""
+
+
+class EventBus:
+    """Delivers events to every sink; one failing sink never affects the others."""
+
+    def __init__(self, sinks: list[MetricsSink] | None = None) -> None:
+        self.sinks: list[MetricsSink] = list(sinks or [])
+        self._reported: set[tuple[str, str]] = set()
+        #: failures per sink name, for ``/health`` and tests
+        self.failures: dict[str, int] = {}
+
+    def emit(self, event: MetricEvent) -> None:
+        for sink in self.sinks:
+            try:
+                sink.handle(event)
+            except Exception:
+                self.failures[sink.name] = self.failures.get(sink.name, 0) + 1
+                key = (sink.name, type(event).__name__)
+                if key not in self._reported:
+                    self._reported.add(key)
+                    log.exception("metrics sink %r failed on %s", sink.name, key[1])

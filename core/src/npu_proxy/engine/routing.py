@@ -1,0 +1,146 @@
+"""Routing: the policy contract and the built-in ``token_threshold`` policy.
+
+A policy is a pure function of a :class:`RoutingContext`: it sees every device's state
+and the request's token count, and names one device with a machine-readable reason.
+The engine calls it again, with the failed device excluded, when the chosen device's
+queue is full or the model fails to load there; the reasons of those exclusions are in
+:attr:`RoutingContext.excluded`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .types import ModelInfo
+
+#: Fallback order when no fallback device is configured.
+DEVICE_PREFERENCE = ("NPU", "GPU", "CPU")
+
+
+class RouteReason:
+    """The machine-readable reasons a route carries (``X-NPU-Proxy-Route-Reason``)."""
+
+    PREFERRED = "preferred_device"
+    OVER_TOKEN_LIMIT = "token_limit_exceeded"
+    PREFERRED_ABSENT = "preferred_device_absent"
+    OVER_DEVICE_PROMPT_LEN = "device_prompt_limit_exceeded"
+    QUEUE_FULL = "queue_full"
+    LOAD_FAILED = "load_failed"
+    UNSUPPORTED = "model_unsupported_on_device"
+    ONLY_DEVICE = "only_available_device"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """One device as the policy sees it at the moment of the decision."""
+
+    device: str
+    present: bool
+    supports_model: bool
+    queue_depth: int
+    queue_limit: int
+    in_flight: int
+    max_parallel: int
+    #: prompt tokens the device accepts for this model (None: up to the context)
+    prompt_limit: int | None = None
+    model_loaded: bool = False
+
+    @property
+    def queue_full(self) -> bool:
+        return self.queue_depth >= self.queue_limit and self.in_flight >= self.max_parallel
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingContext:
+    """Everything a policy may use. ``excluded`` maps devices already ruled out to why."""
+
+    model: ModelInfo
+    token_count: int
+    preferred_device: str
+    fallback_device: str | None
+    token_limit: int
+    devices: Mapping[str, DeviceState]
+    excluded: Mapping[str, str] = field(default_factory=dict)
+
+    def usable(self, device: str) -> bool:
+        """Present, able to load the model, not excluded, and the prompt fits."""
+        state = self.devices.get(device)
+        if state is None or not state.present or not state.supports_model:
+            return False
+        if device in self.excluded:
+            return False
+        return state.prompt_limit is None or self.token_count <= state.prompt_limit
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The chosen device and why. ``device=None`` means nothing can serve the request."""
+
+    device: str | None
+    reason: str
+
+
+class RoutingPolicy(abc.ABC):
+    """A routing policy. Register instances through ``npu_proxy_register_routing_policies``.
+
+    ``name`` is what ``--routing NAME`` selects. ``choose`` must be fast and must not
+    block: it runs on the event loop for every request.
+    """
+
+    name: str
+    description: str = ""
+
+    @abc.abstractmethod
+    def choose(self, ctx: RoutingContext) -> RouteDecision:
+        """Pick a usable device (see :meth:`RoutingContext.usable`) or return device None."""
+
+
+def why_not(ctx: RoutingContext, device: str) -> str:
+    """The reason ``device`` is not usable, as a :class:`RouteReason` value."""
+    if device in ctx.excluded:
+        return ctx.excluded[device]
+    state = ctx.devices.get(device)
+    if state is None or not state.present:
+        return RouteReason.PREFERRED_ABSENT
+    if not state.supports_model:
+        return RouteReason.UNSUPPORTED
+    return RouteReason.OVER_DEVICE_PROMPT_LEN
+
+
+def fallback_order(ctx: RoutingContext) -> list[str]:
+    """The configured fallback device first, then NPU, GPU, CPU, then any other device."""
+    order: list[str] = []
+    if ctx.fallback_device:
+        order.append(ctx.fallback_device)
+    order += [d for d in DEVICE_PREFERENCE if d not in order]
+    order += sorted(d for d in ctx.devices if d not in order)
+    return order
+
+
+class TokenThresholdPolicy(RoutingPolicy):
+    """Short prompts go to the preferred device, long ones (and refusals) to the fallback.
+
+    Up to ``token_limit`` prompt tokens: the preferred device, when usable. Otherwise
+    the first usable of the fallback order; the reason names why the preferred device
+    was passed over (over the token limit, absent, over its compiled prompt length,
+    queue full, load failed).
+    """
+
+    name = "token_threshold"
+    description = "prompts up to NPU_PROXY_TOKEN_LIMIT tokens to the preferred device"
+
+    def choose(self, ctx: RoutingContext) -> RouteDecision:
+        preferred = ctx.preferred_device
+        over_limit = ctx.token_count > ctx.token_limit
+        if not over_limit and ctx.usable(preferred):
+            return RouteDecision(preferred, RouteReason.PREFERRED)
+        reason = RouteReason.OVER_TOKEN_LIMIT if over_limit else why_not(ctx, preferred)
+        for device in fallback_order(ctx):
+            if device != preferred and ctx.usable(device):
+                return RouteDecision(device, reason)
+        # Over the token limit but nothing else can take it: the preferred device will.
+        if over_limit and ctx.usable(preferred):
+            return RouteDecision(preferred, RouteReason.ONLY_DEVICE)
+        return RouteDecision(None, reason)

@@ -1,0 +1,248 @@
+"""The engine's request and event types: the only language dialects and backends share.
+
+Dialect plugins translate their wire format into these types; backend plugins consume
+them and yield :class:`GenerationEvent` values. Nothing here knows about HTTP or
+OpenVINO. All durations are integer nanoseconds, measured, never estimated.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+
+class Capability(enum.StrEnum):
+    """What a model can do; the names are Ollama's ``/api/show`` capability strings."""
+
+    COMPLETION = "completion"
+    TOOLS = "tools"
+    EMBEDDING = "embedding"
+    VISION = "vision"
+    INSERT = "insert"
+    THINKING = "thinking"
+
+
+class FinishReason(enum.StrEnum):
+    """Why a generation ended."""
+
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_tokens or the context ran out
+    TOOL_CALLS = "tool_calls"  # the model answered with tool calls
+    CANCELLED = "cancelled"  # the client went away
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model the server can serve: the single source of truth for its metadata.
+
+    ``name`` is the canonical Ollama-style ``model:tag`` (always with a tag).
+    ``path`` is the GGUF file or IR folder (``None`` for simulated models).
+    """
+
+    name: str
+    format: str  # "gguf", "ir", "onnx" or "mock"
+    family: str
+    capabilities: frozenset[Capability]
+    context_length: int
+    size: int = 0
+    digest: str = ""
+    path: Path | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+    architecture: str = ""
+    modified_at: datetime | None = None
+    source: str = ""  # where it came from: a package, a repository, a local file
+    builtin: bool = False  # shipped with a plugin; cannot be deleted
+    embedding_length: int = 0
+    template: str = ""  # the chat template as the model declares it
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model asked for. ``arguments`` is a decoded JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call; ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat turn. ``role`` is system, user, assistant or tool.
+
+    ``images`` holds raw image bytes; a text-only model refuses them before generation.
+    ``tool_call_id``/``tool_name`` identify which call a tool message answers.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    images: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """Sampling and length controls. ``None`` means "the model's own default".
+
+    ``max_tokens=None`` generates until a stop condition or the end of the context.
+    ``temperature=0`` means greedy decoding.
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    num_ctx: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """Structured output: ``json`` (any JSON object) or ``json_schema`` (this schema)."""
+
+    kind: Literal["json", "json_schema"]
+    schema: dict[str, Any] | None = None
+
+
+ToolChoice = Literal["auto", "none", "required"] | str
+"""``auto``, ``none``, ``required``, or the name of the one tool that must be called."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A text generation, either chat (``messages``) or raw (``prompt``).
+
+    Exactly one of ``messages`` and ``prompt`` is set. For ``messages`` the backend
+    applies the model's chat template exactly once; a raw ``prompt`` reaches the model
+    untouched. ``keep_alive`` is seconds to keep the model loaded afterwards (``None``:
+    the server default; negative: forever; ``0``: unload when done).
+    """
+
+    model: str
+    messages: tuple[Message, ...] | None = None
+    prompt: str | None = None
+    suffix: str | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    response_format: ResponseFormat | None = None
+    keep_alive: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of messages and prompt must be given")
+
+    @property
+    def images(self) -> tuple[bytes, ...]:
+        if self.messages is None:
+            return ()
+        return tuple(image for message in self.messages for image in message.images)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Embed each of ``inputs``. ``truncate`` cuts inputs to the context instead of failing.
+
+    ``dimensions`` asks for vectors cut to that length (then re-normalised); ``None``
+    keeps the model's own size.
+    """
+
+    model: str
+    inputs: tuple[str, ...]
+    truncate: bool = True
+    dimensions: int | None = None
+    keep_alive: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """Vectors in input order, the tokens they took, and measured durations (ns)."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+    total_duration: int = 0
+    load_duration: int = 0
+
+
+# --- events a backend yields during a generation -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of generated text (never splits a multi-byte character)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """One complete tool call, parsed from the model's output."""
+
+    call: ToolCall
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Real counts and timings of one generation (durations in nanoseconds).
+
+    ``prompt_tokens`` counts the rendered prompt with the model's tokenizer;
+    ``completion_tokens`` the generated tokens. ``prefill_duration`` runs from the
+    start of generation to the first token, ``decode_duration`` from there to the end.
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    load_duration: int = 0
+    prefill_duration: int = 0
+    decode_duration: int = 0
+    total_duration: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The final event of every generation that did not fail."""
+
+    finish_reason: FinishReason
+    usage: Usage
+
+
+GenerationEvent = TextDelta | ToolCallDelta | Done
+
+
+# --- device and routing facts ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What a backend knows of its device. ``present=False`` carries the reason in ``error``."""
+
+    device: str
+    present: bool
+    full_name: str = ""
+    driver_version: str = ""
+    memory_bytes: int | None = None
+    error: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,133 @@
+"""The whole extension surface of npu-proxy, in one file.
+
+Every hook is prefixed ``npu_proxy_``. Registration hooks receive a ``register``
+callback and hand it named objects; the host validates each object and refuses a
+duplicate name with an error that names both plugins. The host calls each plugin's
+implementation separately, so one plugin's failure is reported against that plugin.
+An implementation may accept any subset of a hook's arguments (pluggy's rule).
+
+Kinds of plugin and their entry-point groups:
+
+- ``npu_proxy.api``: API dialects (:class:`npu_proxy.api.ApiDialect`)
+- ``npu_proxy.backends``: device backends (:class:`npu_proxy.engine.backend.Backend`)
+  and the models they ship (:class:`npu_proxy.engine.types.ModelInfo`)
+- ``npu_proxy.routing``: routing policies (:class:`npu_proxy.engine.routing.RoutingPolicy`)
+- ``npu_proxy.metrics``: metrics sinks (:class:`npu_proxy.engine.events.MetricsSink`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .api import ApiDialect
+    from .context import ServerContext
+    from .engine.backend import Backend
+    from .engine.events import MetricsSink
+    from .engine.routing import RoutingPolicy
+    from .engine.types import ModelInfo
+    from .settings import Settings
+
+PROJECT = "npu_proxy"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def npu_proxy_register_api(
+    register: Callable[[ApiDialect], None], settings: Settings
+) -> None:
+    """Register API dialects (HTTP front ends).
+
+    :param register: call once per :class:`~npu_proxy.api.ApiDialect`; its ``name`` must be
+        unique across all plugins.
+    :param settings: the server's settings.
+
+    All implementations are called; the return value is ignored.
+    """
+
+
+@hookspec
+def npu_proxy_register_backends(
+    register: Callable[[Backend], None], settings: Settings
+) -> None:
+    """Register device backends.
+
+    :param register: call once per :class:`~npu_proxy.engine.backend.Backend`; its ``name``
+        must be unique, and at most one active backend may drive each device.
+    :param settings: the server's settings (device limits, model path, timeouts).
+
+    All implementations are called; the return value is ignored. Constructing a backend
+    must be cheap and must not touch the device: probing happens later, off the loop.
+    """
+
+
+@hookspec
+def npu_proxy_register_models(
+    register: Callable[[ModelInfo], None], settings: Settings
+) -> None:
+    """Register models a plugin ships (packaged defaults, simulated models).
+
+    :param register: call once per :class:`~npu_proxy.engine.types.ModelInfo`; its
+        ``name`` (``model:tag``) must not clash with another plugin's model.
+    :param settings: the server's settings.
+
+    All implementations are called. Models pulled into ``NPU_PROXY_MODEL_PATH`` are read
+    from the model store and need no hook; a stored model shadows a registered one.
+    """
+
+
+@hookspec
+def npu_proxy_register_routing_policies(
+    register: Callable[[RoutingPolicy], None], settings: Settings
+) -> None:
+    """Register routing policies.
+
+    :param register: call once per :class:`~npu_proxy.engine.routing.RoutingPolicy`; its
+        ``name`` is what ``--routing NAME`` / ``NPU_PROXY_ROUTING`` selects.
+    :param settings: the server's settings.
+
+    All implementations are called. Exactly one policy is active: the one named in the
+    settings (an unknown name stops startup and lists the installed ones).
+    """
+
+
+@hookspec
+def npu_proxy_register_metrics_sinks(
+    register: Callable[[MetricsSink], None], settings: Settings
+) -> None:
+    """Register metrics sinks.
+
+    :param register: call once per :class:`~npu_proxy.engine.events.MetricsSink`; every
+        registered sink receives every event.
+    :param settings: the server's settings.
+
+    All implementations are called. A sink that also serves HTTP (``/metrics``)
+    registers an API dialect as well.
+    """
+
+
+@hookspec
+def npu_proxy_startup(ctx: ServerContext) -> Awaitable[None] | None:
+    """Run when the server starts, after every object is registered.
+
+    :param ctx: the server context (settings, engine, model store, registries).
+
+    All implementations are called; a returned awaitable is awaited. A failure is
+    logged against the plugin and does not stop the server. Long work (warm-up) must
+    be started as a background task, not awaited here: ``/health`` must answer at once.
+    """
+
+
+@hookspec
+def npu_proxy_shutdown(ctx: ServerContext) -> Awaitable[None] | None:
+    """Run when the server stops, before backends are closed.
+
+    :param ctx: the server context.
+
+    All implementations are called in reverse registration order; a returned
+    awaitable is awaited; failures are logged and do not stop the others.
+    """

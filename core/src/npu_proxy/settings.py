@@ -1,0 +1,164 @@
+"""Settings: every ``NPU_PROXY_*`` variable, validated once at startup.
+
+Values come from the environment (and CLI flags, which override it). An invalid value
+stops startup with a message naming the variable (see :func:`load_settings`).
+Plugins with options of their own read them from here or define their own
+pydantic-settings class with the same prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "NPU_PROXY_"
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from an Ollama-style duration: ``"5m"``, ``"1h30m"``, ``"300"``, ``1800``.
+
+    Negative means "forever". Raises ``ValueError`` for anything else.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as '5m'")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("a duration is a number of seconds or a string such as '5m'")
+    text = value.strip()
+    single = _DURATION.match(text)
+    if single:
+        return float(single.group(1)) * _UNIT_SECONDS[single.group(2) or "s"]
+    # Go-style compound durations: "1h30m", "2m30s", "-1h".
+    sign = -1.0 if text.startswith("-") else 1.0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)", text.lstrip("-"))
+    if parts and "".join(n + u for n, u in parts) == text.lstrip("-"):
+        return sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    raise ValueError(f"invalid duration {value!r}: use seconds or a string such as '5m'")
+
+
+def _device_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All server settings. Field ``x`` is read from ``NPU_PROXY_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+    )
+
+    # --- the original specification's variables -----------------------------------
+    host: str = Field("0.0.0.0", description="Bind address (0.0.0.0 so WSL2 can reach it).")
+    port: int = Field(11435, ge=1, le=65535, description="TCP port.")
+    device: str = Field("NPU", description="Preferred device: NPU, GPU or CPU.")
+    fallback_device: str | None = Field(
+        None, description="Fallback device; unset or 'auto' tries NPU, GPU, CPU in order."
+    )
+    real_inference: bool = Field(
+        True, description="1: real inference (OpenVINO); 0: the deterministic mock backend."
+    )
+    model_path: Path = Field(
+        Path("~/.cache/npu-proxy/models"), description="Model store directory."
+    )
+    inference_timeout: float = Field(
+        180.0, gt=0, description="Seconds a generation may run before it is stopped."
+    )
+    max_prompt_len: int = Field(
+        4096, ge=64, description="Prompt tokens the NPU is compiled for (MAX_PROMPT_LEN)."
+    )
+    min_response_len: int = Field(
+        128, ge=1, description="Response tokens the NPU is compiled for (MIN_RESPONSE_LEN)."
+    )
+    token_limit: int = Field(
+        1800, ge=1, description="Prompts above this many tokens go to the fallback device."
+    )
+    embedding_model: str = Field(
+        "all-minilm:latest", description="Embedding model used when a request names none."
+    )
+    embedding_device: str = Field("CPU", description="Preferred device for embeddings.")
+    embedding_cache_size: int = Field(
+        1000, ge=0, description="Embeddings kept in the LRU cache (0 disables it)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Logging verbosity."
+    )
+
+    # --- what the engine needs -----------------------------------------------------
+    max_queue: int = Field(
+        512, ge=0, description="Requests that may wait per device before 503 (Retry-After)."
+    )
+    keep_alive: float = Field(
+        300.0, description="Default seconds a model stays loaded after use ('5m'; <0 forever)."
+    )
+    default_model: str = Field(
+        "smollm2:135m", description="Model loaded by warm-up and suggested by the docs."
+    )
+    warmup: bool = Field(
+        False, description="Load the default model and generate 16 tokens at startup."
+    )
+    routing: str = Field("token_threshold", description="Routing policy to use, by name.")
+    plugins: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Comma-separated plugin names to load; unset loads all installed."
+    )
+    max_parallel: int = Field(
+        4, ge=1, description="Concurrent generations per CPU/GPU device (NPU: always 1)."
+    )
+
+    @field_validator("device", "embedding_device")
+    @classmethod
+    def _upper_device(cls, value: str) -> str:
+        value = value.strip().upper()
+        if not value:
+            raise ValueError("must name a device such as NPU, GPU or CPU")
+        return value
+
+    @field_validator("fallback_device")
+    @classmethod
+    def _fallback(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() in ("", "auto"):
+            return None
+        return value.strip().upper()
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("model_path")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugins(cls, value: Any) -> Any:
+        return _device_list(value)
+
+
+class SettingsError(Exception):
+    """Invalid configuration; the message names each offending variable."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment with ``overrides`` (CLI flags) on top.
+
+    ``None`` overrides are ignored. Raises :class:`SettingsError` naming the variables.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""Anthropic Messages API dialect for npu-proxy (Claude Code)."""

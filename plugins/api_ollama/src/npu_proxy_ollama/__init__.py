@@ -1,0 +1,1 @@
+"""Ollama API dialect for npu-proxy."""

@@ -1,0 +1,1 @@
+"""OpenAI API dialect for npu-proxy."""

@@ -1,0 +1,1 @@
+"""Deterministic simulated backend for npu-proxy: tests and clients without hardware."""

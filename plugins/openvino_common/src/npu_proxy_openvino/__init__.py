@@ -1,0 +1,1 @@
+"""OpenVINO GenAI pipelines shared by the npu-proxy device backends, and the embedded default models."""

@@ -1,0 +1,1 @@
+"""OpenVINO GenAI CPU backend for npu-proxy."""

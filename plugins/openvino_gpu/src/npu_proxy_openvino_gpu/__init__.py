@@ -1,0 +1,1 @@
+"""OpenVINO GenAI Intel GPU backend for npu-proxy."""

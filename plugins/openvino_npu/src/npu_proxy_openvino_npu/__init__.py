@@ -1,0 +1,1 @@
+"""OpenVINO GenAI Intel NPU backend for npu-proxy."""
