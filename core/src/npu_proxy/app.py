@@ -1,0 +1,216 @@
+"""``create_app(settings, plugins)``: compose a server from the loaded plugins.
+
+Each call builds its own plugin registrations, engine and model store; nothing is
+shared between apps, so tests can create as many as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from . import __version__
+from .api import ApiDialect
+from .context import ServerContext
+from .engine.backend import Backend
+from .engine.engine import Engine
+from .engine.errors import EngineError
+from .engine.events import EventBus, MetricsSink
+from .engine.routing import RoutingPolicy
+from .engine.store import ModelStore
+from .engine.types import ModelInfo
+from .middleware import RequestContextMiddleware
+from .plugins import PluginError, PluginHost
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The configuration cannot make a working server; the message says why."""
+
+
+def _select_backends(settings: Settings, found: list[tuple[str, Backend]]) -> list[Backend]:
+    """The backends for this mode (simulated or real), one per device."""
+    wanted = [(p, b) for p, b in found if b.simulated == (not settings.real_inference)]
+    by_device: dict[str, str] = {}
+    for plugin, backend in wanted:
+        if backend.device in by_device:
+            raise StartupError(
+                f"device {backend.device} is driven by two backends: plugin "
+                f"{by_device[backend.device]!r} and plugin {plugin!r}; load only one of them"
+            )
+        by_device[backend.device] = plugin
+    return [b for _, b in wanted]
+
+
+def _select_policy(settings: Settings, found: list[tuple[str, RoutingPolicy]]) -> RoutingPolicy:
+    for _, policy in found:
+        if policy.name == settings.routing:
+            return policy
+    names = ", ".join(sorted(p.name for _, p in found)) or "none"
+    raise StartupError(
+        f"unknown routing policy {settings.routing!r} (NPU_PROXY_ROUTING); installed: {names}"
+    )
+
+
+def build_context(settings: Settings, host: PluginHost) -> ServerContext:
+    """Collect every registered object and assemble the engine. Raises StartupError."""
+    try:
+        dialects = [d for _, d in host.collect("npu_proxy_register_api", ApiDialect, settings)]
+        backends = host.collect("npu_proxy_register_backends", Backend, settings)
+        models = host.collect("npu_proxy_register_models", ModelInfo, settings)
+        policies = host.collect("npu_proxy_register_routing_policies", RoutingPolicy, settings)
+        sinks = host.collect("npu_proxy_register_metrics_sinks", MetricsSink, settings)
+    except PluginError as exc:
+        raise StartupError(str(exc)) from None
+    store = ModelStore(settings.model_path)
+    for _, model in models:
+        store.register(model)
+    bus = EventBus([s for _, s in sinks])
+    engine = Engine(
+        settings, store, _select_backends(settings, backends), _select_policy(settings, policies),
+        bus,
+    )
+    return ServerContext(settings, engine, store, bus, host, dialects)
+
+
+def dialect_for(ctx: ServerContext, path: str) -> ApiDialect | None:
+    """The dialect owning ``path`` (longest matching prefix), for rendering errors."""
+    best: tuple[int, ApiDialect] | None = None
+    for dialect in ctx.dialects:
+        for prefix in dialect.prefixes:
+            matches = path == prefix or path.startswith(prefix.rstrip("/") + "/")
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), dialect)
+    return best[1] if best else None
+
+
+def error_response(ctx: ServerContext, path: str, status: int, message: str, code: str = "",
+                   headers: dict[str, str] | None = None) -> Response:
+    """An error in the shape of the dialect that owns ``path`` (plain JSON otherwise)."""
+    dialect = dialect_for(ctx, path)
+    if dialect is None:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return dialect.error_response(status, message, code=code, headers=headers)
+
+
+async def _run_hook(ctx: ServerContext, hook: str) -> None:
+    for plugin, result in ctx.plugins.call_each(hook, ctx=ctx):
+        if inspect.isawaitable(result):
+            try:
+                await result
+            except Exception:
+                log.exception("plugin %r failed in %s", plugin, hook)
+
+
+def create_app(
+    settings: Settings | None = None,
+    plugins: PluginHost | Iterable[str] | None = None,
+) -> FastAPI:
+    """A FastAPI app composed from ``plugins`` (a host, a list of names, or all installed).
+
+    Raises :class:`StartupError` for an unusable configuration (unknown plugin or
+    routing policy, two backends for one device, a duplicate name).
+    """
+    settings = settings or Settings()
+    if not isinstance(plugins, PluginHost):
+        try:
+            plugins = PluginHost.load(None if plugins is None else list(plugins))
+        except PluginError as exc:
+            raise StartupError(str(exc)) from None
+    ctx = build_context(settings, plugins)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ctx.store.ascan()
+        ctx.engine.start()
+        await _run_hook(ctx, "npu_proxy_startup")
+        warmup = None
+        if settings.warmup:
+            warmup = asyncio.get_running_loop().create_task(_warm_up(ctx))
+        try:
+            yield
+        finally:
+            if warmup is not None:
+                warmup.cancel()
+            await _run_hook(ctx, "npu_proxy_shutdown")
+            await ctx.engine.close()
+            for sink in ctx.bus.sinks:
+                try:
+                    sink.close()
+                except Exception:
+                    log.exception("closing metrics sink %r failed", sink.name)
+
+    app = FastAPI(
+        title="npu-proxy",
+        version=__version__,
+        lifespan=lifespan,
+        description="Ollama-, OpenAI- and Anthropic-compatible inference on Intel NPU/GPU/CPU",
+    )
+    app.state.ctx = ctx
+    for dialect in ctx.dialects:
+        app.include_router(dialect.router(ctx))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = str(exc.detail) if exc.status_code != 404 else f"{request.url.path} not found"
+        return error_response(ctx, request.url.path, exc.status_code, message,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error_response(ctx, request.url.path, 400, f"invalid request: {loc} "
+                              f"{first.get('msg', '')}".strip(), code="invalid_request")
+
+    @app.exception_handler(EngineError)
+    async def engine_error(request: Request, exc: EngineError) -> Response:
+        headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if exc.status == 503 else None
+        return error_response(ctx, request.url.path, exc.status, exc.message, exc.code, headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return error_response(ctx, request.url.path, 500, "internal server error")
+
+    app.add_middleware(RequestContextMiddleware, bus=ctx.bus)
+    return app
+
+
+async def _warm_up(ctx: ServerContext) -> None:
+    """Load the default model and generate 16 tokens, so the first request is fast."""
+    from .engine.types import GenerationRequest, Message, SamplingOptions
+
+    request = GenerationRequest(
+        model=ctx.settings.default_model,
+        messages=(Message(role="user", content="Hello"),),
+        options=SamplingOptions(max_tokens=16, temperature=0.0),
+        keep_alive=-1,
+    )
+    try:
+        async with await ctx.engine.generate(request) as generation:
+            async for _ in generation:
+                pass
+        log.info("warm-up of %s finished", ctx.settings.default_model)
+    except Exception as exc:
+        log.warning("warm-up of %s failed: %s", ctx.settings.default_model,
+                    getattr(exc, "message", exc))
+
+
+def context_of(app: Any) -> ServerContext:
+    """The :class:`ServerContext` of an app made by :func:`create_app`."""
+    ctx: ServerContext = app.state.ctx
+    return ctx

@@ -1,0 +1,23 @@
+"""The built-in plugin: the default routing policy and the ``/health`` endpoints.
+
+Loaded through the same hooks as third-party plugins (see ``BUILTIN_PLUGINS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .api import ApiDialect
+from .engine.routing import RoutingPolicy, TokenThresholdPolicy
+from .health import HealthApi
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def npu_proxy_register_routing_policies(register: Callable[[RoutingPolicy], None]) -> None:
+    register(TokenThresholdPolicy())
+
+
+@hookimpl
+def npu_proxy_register_api(register: Callable[[ApiDialect], None]) -> None:
+    register(HealthApi())

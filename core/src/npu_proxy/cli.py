@@ -1,0 +1,138 @@
+"""The ``npu-proxy`` command line: serve, and inspect plugins and devices.
+
+``--plugins a,b`` (or ``NPU_PROXY_PLUGINS``) restricts which installed plugins load;
+flags override ``NPU_PROXY_*`` variables. Errors are one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .app import StartupError, build_context, create_app
+from .plugins import PluginError, PluginHost
+from .settings import Settings, SettingsError, load_settings
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    try:
+        return load_settings(plugins=ctx.obj.get("plugins"), **overrides)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _host(settings: Settings) -> PluginHost:
+    try:
+        return PluginHost.load(settings.plugins)
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--plugins",
+    help="Comma-separated plugin names to load (default: every installed plugin).",
+    metavar="A,B,...",
+)
+@click.version_option(__version__, prog_name="npu-proxy")
+@click.pass_context
+def main(ctx: click.Context, plugins: str | None) -> None:
+    """Local inference on Intel NPU, GPU and CPU behind the Ollama, OpenAI and Anthropic APIs."""
+    ctx.ensure_object(dict)
+    ctx.obj["plugins"] = plugins
+
+
+@main.command()
+@click.option("--host", help="Bind address [NPU_PROXY_HOST, default 0.0.0.0].")
+@click.option("--port", type=int, help="Port [NPU_PROXY_PORT, default 11435].")
+@click.option("--device", help="Preferred device: NPU, GPU or CPU [NPU_PROXY_DEVICE].")
+@click.option("--fallback-device", help="Fallback device [NPU_PROXY_FALLBACK_DEVICE].")
+@click.option("--routing", help="Routing policy by name [NPU_PROXY_ROUTING].")
+@click.option("--model-path", help="Model store directory [NPU_PROXY_MODEL_PATH].")
+@click.option("--real-inference/--mock", default=None,
+              help="Real inference or the mock backend [NPU_PROXY_REAL_INFERENCE].")
+@click.option("--warmup/--no-warmup", default=None,
+              help="Load the default model at startup [NPU_PROXY_WARMUP].")
+@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR [NPU_PROXY_LOG_LEVEL].")
+@click.pass_context
+def serve(ctx: click.Context, **flags: Any) -> None:
+    """Start the server."""
+    import uvicorn
+
+    settings = _settings(ctx, **flags)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app = create_app(settings, _host(settings))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List plugins: name, kind, distribution, version, hooks, built-in, load errors."""
+    settings = _settings(ctx)
+    host = _host(settings)
+    try:
+        build_context(settings, host)  # runs the registration hooks, recording failures
+    except StartupError as exc:
+        click.echo(f"warning: {exc}", err=True)
+    records = [r.as_dict() for r in host.records]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    for r in records:
+        origin = "built-in" if r["builtin"] else (r["distribution"] or "inline")
+        version = f" {r['version']}" if r["version"] else ""
+        click.echo(f"{r['name']:<18} {r['kind']:<9} {origin}{version}")
+        if r["registered"]:
+            click.echo(f"{'':<18} provides: {', '.join(r['registered'])}")
+        if r["hooks"]:
+            click.echo(f"{'':<18} hooks: {', '.join(r['hooks'])}")
+        if r["error"]:
+            click.echo(f"{'':<18} FAILED: {r['error']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def devices(ctx: click.Context, as_json: bool) -> None:
+    """Probe every backend's device and report what is present."""
+    settings = _settings(ctx)
+    try:
+        server = build_context(settings, _host(settings))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    infos = asyncio.run(server.engine.probe())
+    rows = [
+        {
+            "device": info.device,
+            "backend": server.engine.backends[name].name,
+            "present": info.present,
+            "full_name": info.full_name,
+            "driver_version": info.driver_version,
+            "memory_bytes": info.memory_bytes,
+            "error": info.error or None,
+        }
+        for name, info in sorted(infos.items())
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no device backends are loaded", err=True)
+        sys.exit(1)
+    for row in rows:
+        state = "present" if row["present"] else "absent"
+        detail = row["full_name"] or row["error"] or ""
+        click.echo(f"{row['device']:<6} {state:<8} {row['backend']:<14} {detail}")

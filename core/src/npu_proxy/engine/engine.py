@@ -1,0 +1,501 @@
+"""The engine: model lookup -> token count -> routing -> device queue -> loaded model -> events.
+
+Dialects call :meth:`Engine.generate` (and :meth:`Engine.embed`); what they get back
+already knows where it runs and why (:class:`Route`), so response headers tell the
+truth before the first byte. No HTTP and no OpenVINO here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+from ..settings import Settings
+from .backend import Backend, LoadedModel
+from .errors import (
+    BackendError,
+    BusyError,
+    CapabilityError,
+    EngineError,
+    InferenceTimeoutError,
+    InvalidRequestError,
+    ModelLoadError,
+    NoDeviceError,
+    PromptTooLongError,
+)
+from .events import (
+    EmbeddingFinished,
+    EventBus,
+    FirstToken,
+    GenerationFailed,
+    GenerationFinished,
+    QueueChanged,
+    RouteDecided,
+)
+from .lifecycle import ModelLifecycle, Residency
+from .routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
+from .scheduler import DeviceQueue, Ticket
+from .store import ModelStore
+from .types import (
+    Capability,
+    DeviceInfo,
+    Done,
+    EmbeddingRequest,
+    EmbeddingResult,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    TextDelta,
+    ToolCallDelta,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request runs and why: the ``X-NPU-Proxy-*`` headers."""
+
+    device: str
+    reason: str
+    token_count: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-NPU-Proxy-Device": self.device,
+            "X-NPU-Proxy-Route-Reason": self.reason,
+            "X-NPU-Proxy-Token-Count": str(self.token_count),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """An embedding result together with its route."""
+
+    model: ModelInfo
+    route: Route
+    result: EmbeddingResult
+
+
+class Generation:
+    """An admitted generation: holds a device slot and a loaded model until closed.
+
+    Iterate it for events (ending with :class:`Done`), and close it (``async with`` or
+    :meth:`aclose`) so the slot is freed even if iteration never started. Closing early
+    cancels the generation at the next token; only this request is affected.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        request: GenerationRequest,
+        model: ModelInfo,
+        route: Route,
+        ticket: Ticket,
+        loaded: LoadedModel,
+        load_duration: int,
+        started: int,
+    ) -> None:
+        self.engine = engine
+        self.request = request
+        self.model = model
+        self.route = route
+        self._ticket = ticket
+        self._loaded = loaded
+        self._load_duration = load_duration
+        self._started = started
+        self._iterator: AsyncIterator[GenerationEvent] | None = None
+        self._closed = False
+        #: the final event, once the generation ends normally
+        self.done: Done | None = None
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        if self._iterator is not None:
+            raise RuntimeError("a generation can be iterated once")
+        self._iterator = self._events()
+        return self._iterator
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the generation (if running) and free the slot. Idempotent."""
+        if self._iterator is not None:
+            await self._iterator.aclose()  # type: ignore[attr-defined]
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ticket.release()
+        self.engine.lifecycle.release(
+            self.route.device, self.model.name, self.request.keep_alive
+        )
+
+    async def _events(self) -> AsyncIterator[GenerationEvent]:
+        engine, model, device = self.engine, self.model.name, self.route.device
+        deadline = asyncio.get_running_loop().time() + engine.settings.inference_timeout
+        source = self._loaded.generate(self.request)
+        began = time.perf_counter()
+        last: float | None = None
+        gaps: list[float] = []
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(source)
+                except StopAsyncIteration:
+                    raise BackendError("the generation ended without a result") from None
+                except TimeoutError:
+                    engine.bus.emit(GenerationFailed(model, device, "timeout"))
+                    raise InferenceTimeoutError(
+                        f"generation took longer than {engine.settings.inference_timeout:g} s"
+                    ) from None
+                now = time.perf_counter()
+                if isinstance(event, TextDelta | ToolCallDelta):
+                    if last is None:
+                        engine.bus.emit(FirstToken(model, device, now - began))
+                    else:
+                        gaps.append(now - last)
+                    last = now
+                    yield event
+                    continue
+                self.done = self._complete(event)
+                yield self.done
+                return
+        except EngineError as exc:
+            if not isinstance(exc, InferenceTimeoutError):
+                engine.bus.emit(GenerationFailed(model, device, exc.code))
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            log.exception("generation of %s on %s failed", model, device)
+            engine.bus.emit(GenerationFailed(model, device, "backend_error"))
+            raise BackendError(f"the {device} backend failed during generation") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await source.aclose()  # type: ignore[attr-defined]
+            self._finish()
+            if self.done is None:
+                engine.bus.emit(GenerationFailed(model, device, "cancelled"))
+            else:
+                usage = self.done.usage
+                decode = usage.decode_duration / 1e9
+                engine.bus.emit(
+                    GenerationFinished(
+                        model=model,
+                        device=device,
+                        finish_reason=self.done.finish_reason.value,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        duration=(usage.prefill_duration + usage.decode_duration) / 1e9,
+                        tokens_per_second=(
+                            usage.completion_tokens / decode if decode > 0 else 0.0
+                        ),
+                        inter_token_latencies=tuple(gaps),
+                    )
+                )
+
+    def _complete(self, done: Done) -> Done:
+        # The engine measured the load and the wall-clock total; the backend measured
+        # the device work. Each fact comes from the one that saw it.
+        usage = replace(
+            done.usage,
+            load_duration=done.usage.load_duration or self._load_duration,
+            total_duration=time.perf_counter_ns() - self._started,
+        )
+        return Done(finish_reason=done.finish_reason, usage=usage)
+
+
+class Engine:
+    """Routes, queues and runs requests on the registered backends (one per device)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        backends: list[Backend],
+        policy: RoutingPolicy,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backends: dict[str, Backend] = {b.device: b for b in backends}
+        self.policy = policy
+        self.bus = bus or EventBus()
+        self.devices: dict[str, DeviceInfo] = {}
+        self.queues: dict[str, DeviceQueue] = {
+            b.device: DeviceQueue(b.device, b.max_parallel, settings.max_queue, self._queued)
+            for b in backends
+        }
+        self.lifecycle = ModelLifecycle(self.backends, self.bus, settings.keep_alive)
+        self._probed = asyncio.Event()
+        self._probe_task: asyncio.Task[None] | None = None
+
+    # --- startup and devices ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start probing devices in the background; requests wait for the result."""
+        #: the loop the engine serves on (for tests and thread-side callers)
+        self.loop = asyncio.get_running_loop()
+        if self._probe_task is None:
+            self._probe_task = self.loop.create_task(self.probe())
+
+    async def probe(self) -> dict[str, DeviceInfo]:
+        """Ask every backend about its device (concurrently, never raising)."""
+
+        async def one(backend: Backend) -> DeviceInfo:
+            try:
+                return await backend.probe()
+            except Exception as exc:
+                log.exception("probing %s failed", backend.device)
+                return DeviceInfo(backend.device, present=False, error=f"probe failed: {exc}")
+
+        infos = await asyncio.gather(*(one(b) for b in self.backends.values()))
+        self.devices = {info.device: info for info in infos}
+        for info in infos:
+            if not info.present:
+                log.warning("device %s is not available: %s", info.device, info.error)
+        self._probed.set()
+        return self.devices
+
+    @property
+    def probing(self) -> bool:
+        return not self._probed.is_set()
+
+    def _queued(self, device: str, waiting: int, in_flight: int) -> None:
+        self.bus.emit(QueueChanged(device, waiting, in_flight))
+
+    # --- routing ------------------------------------------------------------------------
+
+    def _states(self, model: ModelInfo) -> dict[str, DeviceState]:
+        states = {}
+        loaded = {r.device for r in self.lifecycle.find(model.name) if r.state == "loaded"}
+        for device, backend in self.backends.items():
+            info = self.devices.get(device)
+            queue = self.queues[device]
+            states[device] = DeviceState(
+                device=device,
+                present=bool(info and info.present),
+                supports_model=backend.supports(model),
+                queue_depth=queue.waiting,
+                queue_limit=queue.limit,
+                in_flight=queue.in_flight,
+                max_parallel=queue.slots,
+                prompt_limit=backend.prompt_limit(model),
+                model_loaded=device in loaded,
+            )
+        return states
+
+    def _counting_backend(self, model: ModelInfo, preferred: str) -> Backend:
+        first = self.backends.get(preferred)
+        if first is not None and first.supports(model):
+            return first
+        for backend in self.backends.values():
+            if backend.supports(model):
+                return backend
+        raise NoDeviceError(f"no installed backend can run '{model.name}' ({model.format})")
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """Prompt tokens of ``request`` with the model's tokenizer, template applied."""
+        await self._probed.wait()
+        model = self.resolve(request.model, Capability.COMPLETION)
+        backend = self._counting_backend(model, self.settings.device)
+        return await backend.count_tokens(model, request)
+
+    def resolve(self, name: str, capability: Capability) -> ModelInfo:
+        """The model called ``name``, which must have ``capability``."""
+        model = self.store.resolve(name)
+        if not model.can(capability):
+            what = {
+                Capability.COMPLETION: "generate text",
+                Capability.EMBEDDING: "generate embeddings",
+            }.get(capability, f"do {capability.value}")
+            raise CapabilityError(f"\"{model.name}\" does not support {what}", param="model")
+        return model
+
+    async def _admit(
+        self, model: ModelInfo, token_count: int, preferred: str
+    ) -> tuple[Route, Ticket, LoadedModel, int]:
+        """Route, queue and load, falling back past full queues and failed loads."""
+        await self._probed.wait()
+        excluded: dict[str, str] = {}
+        while True:
+            ctx = RoutingContext(
+                model=model,
+                token_count=token_count,
+                preferred_device=preferred,
+                fallback_device=self.settings.fallback_device,
+                token_limit=self.settings.token_limit,
+                devices=self._states(model),
+                excluded=dict(excluded),
+            )
+            decision = self.policy.choose(ctx)
+            if decision.device is None or decision.device not in self.backends:
+                raise self._no_route(ctx, decision.reason)
+            device = decision.device
+            # The reason the *first* choice was passed over is the one clients care about.
+            reason = next(iter(excluded.values())) if excluded else decision.reason
+            try:
+                ticket = self.queues[device].reserve()
+            except BusyError:
+                excluded[device] = RouteReason.QUEUE_FULL
+                continue
+            try:
+                await ticket.acquire()
+                loaded, load_ns = await self.lifecycle.acquire(device, model)
+            except ModelLoadError as exc:
+                ticket.release()
+                excluded[device] = RouteReason.LOAD_FAILED
+                log.warning("falling back from %s: %s", device, exc.message)
+                self._last_load_error = exc
+                continue
+            except BaseException:
+                ticket.release()
+                raise
+            route = Route(device, reason, token_count)
+            self.bus.emit(RouteDecided(model.name, device, reason, token_count))
+            return route, ticket, loaded, load_ns
+
+    def _no_route(self, ctx: RoutingContext, reason: str) -> EngineError:
+        if RouteReason.QUEUE_FULL in ctx.excluded.values():
+            retry = max(1, min(60, max(q.waiting for q in self.queues.values()) // 4))
+            return BusyError("server busy: every device queue is full", retry_after=retry)
+        if RouteReason.LOAD_FAILED in ctx.excluded.values():
+            last = getattr(self, "_last_load_error", None)
+            return ModelLoadError(last.message if last else f"could not load {ctx.model.name}")
+        limits = [
+            s.prompt_limit
+            for s in ctx.devices.values()
+            if s.present and s.supports_model and s.prompt_limit is not None
+        ]
+        if limits and all(s.prompt_limit is not None for s in ctx.devices.values()
+                          if s.present and s.supports_model):
+            return PromptTooLongError(ctx.token_count, max(limits), "any available device")
+        present = [d for d, s in ctx.devices.items() if s.present]
+        if not present:
+            absent = ", ".join(
+                f"{d} ({i.error or 'absent'})" for d, i in sorted(self.devices.items())
+            ) or "no backend plugins are loaded"
+            return NoDeviceError(f"no device is available: {absent}")
+        return NoDeviceError(
+            f"no available device ({', '.join(present)}) can run '{ctx.model.name}'"
+        )
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        """Admit a generation: returns once a device slot is held and the model is loaded.
+
+        Raises ModelNotFoundError, CapabilityError, InvalidRequestError,
+        PromptTooLongError, BusyError, NoDeviceError or ModelLoadError. Cancelling the
+        awaiting task (the client left) withdraws the request before it reaches a device.
+        """
+        started = time.perf_counter_ns()
+        model = self.resolve(request.model, Capability.COMPLETION)
+        if request.images and not model.can(Capability.VISION):
+            raise CapabilityError(
+                f"\"{model.name}\" is a text-only model and does not accept images",
+                param="images",
+            )
+        await self._probed.wait()
+        backend = self._counting_backend(model, self.settings.device)
+        tokens = await backend.count_tokens(model, request)
+        if tokens >= model.context_length > 0:
+            raise PromptTooLongError(tokens, model.context_length, f"the context of {model.name}")
+        options = request.options
+        if options.max_tokens is not None and options.max_tokens < 0:
+            raise InvalidRequestError("max_tokens must not be negative", param="max_tokens")
+        route, ticket, loaded, load_ns = await self._admit(model, tokens, self.settings.device)
+        return Generation(self, request, model, route, ticket, loaded, load_ns, started)
+
+    async def embed(self, request: EmbeddingRequest) -> Embedding:
+        """Embed ``request.inputs`` on the embedding device (or its fallback)."""
+        started = time.perf_counter_ns()
+        model = self.resolve(request.model, Capability.EMBEDDING)
+        if request.dimensions is not None and not (
+            0 < request.dimensions <= (model.embedding_length or request.dimensions)
+        ):
+            raise InvalidRequestError(
+                f"dimensions must be between 1 and {model.embedding_length}", param="dimensions"
+            )
+        route, ticket, loaded, load_ns = await self._admit(
+            model, 0, self.settings.embedding_device
+        )
+        try:
+            result = await loaded.embed(request)
+        except EngineError:
+            raise
+        except Exception as exc:
+            log.exception("embedding with %s failed", model.name)
+            raise BackendError(f"the {route.device} backend failed to embed") from exc
+        finally:
+            ticket.release()
+            self.lifecycle.release(route.device, model.name, request.keep_alive)
+        total = time.perf_counter_ns() - started
+        result = replace(result, load_duration=load_ns, total_duration=total)
+        route = replace(route, token_count=result.prompt_tokens)
+        self.bus.emit(
+            EmbeddingFinished(
+                model.name,
+                route.device,
+                len(request.inputs),
+                result.prompt_tokens,
+                total / 1e9,
+                cache_hits=0,
+            )
+        )
+        return Embedding(model, route, result)
+
+    async def load(self, name: str, keep_alive: float | None) -> tuple[ModelInfo, Route, int]:
+        """Load ``name`` without generating (Ollama's empty prompt). Returns the load ns."""
+        model = self.store.resolve(name)
+        preferred = (
+            self.settings.embedding_device
+            if model.can(Capability.EMBEDDING) and not model.can(Capability.COMPLETION)
+            else self.settings.device
+        )
+        route, ticket, _, load_ns = await self._admit(model, 0, preferred)
+        ticket.release()
+        self.lifecycle.release(route.device, model.name, keep_alive)
+        return model, route, load_ns
+
+    async def unload(self, name: str) -> bool:
+        """Unload ``name`` everywhere (once its running requests finish)."""
+        model = self.store.resolve(name)
+        return await self.lifecycle.unload(model.name)
+
+    def running(self) -> list[Residency]:
+        """Resident models (loaded or loading), for ``/api/ps``."""
+        return [r for r in self.lifecycle.residents() if r.state != "failed"]
+
+    async def close(self) -> None:
+        if self._probe_task is not None and not self._probe_task.done():
+            self._probe_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._probe_task
+        await self.lifecycle.close()
+        for backend in self.backends.values():
+            try:
+                await backend.close()
+            except Exception:
+                log.exception("closing backend %s failed", backend.name)
+
+
+__all__ = ["Embedding", "Engine", "FinishReason", "Generation", "Route"]

@@ -1,0 +1,176 @@
+"""The model store: every model the server can serve, and the one place to look it up.
+
+Two sources: models plugins ship (registered at startup, e.g. the embedded defaults)
+and models stored under ``NPU_PROXY_MODEL_PATH``, one folder per model with a
+``manifest.json``. A stored model shadows a registered one of the same name. Lookups
+come from an in-memory index; the disk is read at :meth:`ModelStore.scan` (in a
+worker thread) and written only through this class, which keeps the index current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelNotFoundError, ModelStoreError
+from .names import parse_model_name
+from .types import Capability, ModelInfo
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+STAGING_PREFIX = ".staging-"
+
+
+def info_to_manifest(info: ModelInfo, folder: Path) -> dict[str, Any]:
+    """The JSON form of ``info``; a path inside ``folder`` is stored relative to it."""
+    data = asdict(info)
+    data["capabilities"] = sorted(c.value for c in info.capabilities)
+    data["modified_at"] = (info.modified_at or datetime.now(UTC)).isoformat()
+    if info.path is not None:
+        path = info.path
+        data["path"] = str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+    data.pop("builtin", None)
+    return data
+
+
+def manifest_to_info(data: dict[str, Any], folder: Path) -> ModelInfo:
+    """Read a manifest written by :func:`info_to_manifest`; raises ``ValueError`` if bad."""
+    fields = dict(data)
+    fields["capabilities"] = frozenset(Capability(c) for c in fields.get("capabilities", []))
+    if fields.get("path"):
+        path = Path(fields["path"])
+        fields["path"] = path if path.is_absolute() else folder / path
+    if fields.get("modified_at"):
+        fields["modified_at"] = datetime.fromisoformat(fields["modified_at"])
+    known = set(ModelInfo.__dataclass_fields__)
+    fields = {k: v for k, v in fields.items() if k in known}
+    fields["builtin"] = False
+    return ModelInfo(**fields)
+
+
+class ModelStore:
+    """Name -> :class:`ModelInfo`, backed by plugin registrations and the store folder."""
+
+    def __init__(self, root: Path, registered: dict[str, ModelInfo] | None = None) -> None:
+        self.root = root
+        self._registered: dict[str, ModelInfo] = dict(registered or {})
+        self._stored: dict[str, ModelInfo] = {}
+        self._lock = threading.Lock()
+
+    # --- lookups (in memory, safe on the event loop) ---------------------------------
+
+    def resolve(self, name: object) -> ModelInfo:
+        """The model called ``name`` (``:latest`` implied). Raises ModelNotFoundError.
+
+        Raises InvalidRequestError for an unsafe or empty name.
+        """
+        key = str(parse_model_name(name))
+        with self._lock:
+            info = self._stored.get(key) or self._registered.get(key)
+        if info is None:
+            raise ModelNotFoundError(str(name))
+        return info
+
+    def models(self) -> list[ModelInfo]:
+        """Every model, stored ones shadowing registered ones, sorted by name."""
+        with self._lock:
+            merged = {**self._registered, **self._stored}
+        return sorted(merged.values(), key=lambda m: m.name)
+
+    def register(self, info: ModelInfo) -> None:
+        """Add a plugin-shipped model (startup only)."""
+        key = str(parse_model_name(info.name))
+        with self._lock:
+            self._registered[key] = replace(info, name=key, builtin=True)
+
+    # --- disk (call through asyncio.to_thread, or use the async wrappers) ------------
+
+    def scan(self) -> None:
+        """Read every manifest under the root; remove staging leftovers of killed pulls."""
+        found: dict[str, ModelInfo] = {}
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name.startswith(STAGING_PREFIX):
+                    log.info("removing an unfinished download left in the model store")
+                    shutil.rmtree(entry, ignore_errors=True)
+                    continue
+                manifest = entry / MANIFEST
+                if not manifest.is_file():
+                    continue
+                try:
+                    info = manifest_to_info(json.loads(manifest.read_text("utf-8")), entry)
+                    found[str(parse_model_name(info.name))] = info
+                except (ValueError, TypeError, KeyError, OSError) as exc:
+                    log.warning("skipping unreadable manifest in %s: %s", entry.name, exc)
+        with self._lock:
+            self._stored = found
+
+    def folder_for(self, name: str) -> Path:
+        """The store folder a model of this name lives in (validated, inside the root)."""
+        return self.root / parse_model_name(name).folder
+
+    def write(self, info: ModelInfo) -> ModelInfo:
+        """Write ``info``'s manifest atomically into its folder and index it."""
+        parsed = parse_model_name(info.name)
+        info = replace(info, name=str(parsed), builtin=False)
+        folder = self.root / parsed.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(info_to_manifest(info, folder), indent=2), "utf-8")
+        os.replace(tmp, folder / MANIFEST)
+        with self._lock:
+            self._stored[info.name] = info
+        return info
+
+    def copy(self, source: str, destination: str) -> ModelInfo:
+        """Make ``destination`` another name for ``source`` (files are shared, not copied)."""
+        info = self.resolve(source)
+        dst = str(parse_model_name(destination))
+        if dst == info.name:
+            raise ModelStoreError(f"'{destination}' is the same model as '{source}'")
+        return self.write(replace(info, name=dst, modified_at=datetime.now(UTC)))
+
+    def delete(self, name: str) -> None:
+        """Remove a stored model: its manifest, and its files when no other name uses them."""
+        key = str(parse_model_name(name))
+        with self._lock:
+            info = self._stored.get(key)
+        if info is None:
+            if key in self._registered:
+                raise ModelStoreError(f"model '{name}' is built in and cannot be deleted")
+            raise ModelNotFoundError(name)
+        folder = self.root / parse_model_name(key).folder
+        shared = info.path is not None and any(
+            other.path == info.path for k, other in self._stored.items() if k != key
+        )
+        if shared or (info.path is not None and not info.path.is_relative_to(folder)):
+            (folder / MANIFEST).unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        with self._lock:
+            self._stored.pop(key, None)
+
+    # --- async wrappers: disk work off the event loop --------------------------------
+
+    async def ascan(self) -> None:
+        await asyncio.to_thread(self.scan)
+
+    async def acopy(self, source: str, destination: str) -> ModelInfo:
+        return await asyncio.to_thread(self.copy, source, destination)
+
+    async def adelete(self, name: str) -> None:
+        await asyncio.to_thread(self.delete, name)
+
+    async def awrite(self, info: ModelInfo) -> ModelInfo:
+        return await asyncio.to_thread(self.write, info)

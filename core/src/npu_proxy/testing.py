@@ -1,0 +1,322 @@
+"""Test support for npu-proxy and its plugin authors (also a pytest plugin).
+
+- :func:`make_host` / :func:`make_app`: an app with chosen plugins plus inline ones.
+- :class:`LiveServer`: the app served by a real uvicorn on a free loopback port, so the
+  official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it.
+- :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
+  plugin's tests to prove the plugin keeps the core's contracts.
+
+Fixtures (available wherever npu-proxy is installed): ``npu_settings`` (mock mode, a
+temporary model store) and ``mock_server`` (a live server with every installed dialect
+and the mock backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import uvicorn
+
+from .app import create_app
+from .engine.backend import Backend, LoadedModel
+from .engine.errors import PromptTooLongError
+from .engine.routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
+from .engine.types import (
+    DeviceInfo,
+    Done,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    ModelInfo,
+    SamplingOptions,
+    TextDelta,
+)
+from .hookspecs import hookimpl
+from .plugins import PluginHost
+from .settings import Settings
+
+
+def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for tests: mock mode, a private model store, no warm-up."""
+    values: dict[str, Any] = {
+        "real_inference": False,
+        "model_path": tmp_path / "models",
+        "host": "127.0.0.1",
+        "warmup": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest
+
+
+def inline_plugin(**hooks: Any) -> Any:
+    """An object whose attributes are hook implementations, e.g.
+    ``inline_plugin(npu_proxy_register_backends=lambda register: register(b))``."""
+    plugin = SimpleNamespace()
+    for name, function in hooks.items():
+        setattr(plugin, name, hookimpl(function))
+    return plugin
+
+
+def backend_plugin(*backends: Backend) -> Any:
+    """An inline plugin that registers ``backends`` (e.g. mock NPU and CPU devices)."""
+
+    def register_backends(register: Any) -> None:
+        for backend in backends:
+            register(backend)
+
+    return inline_plugin(npu_proxy_register_backends=register_backends)
+
+
+def make_host(
+    plugins: list[str] | None = None, inline: Mapping[str, Any] | None = None
+) -> PluginHost:
+    """Built-ins, the named installed plugins (all when None), and ``inline`` objects."""
+    host = PluginHost.load(plugins)
+    for name, plugin in (inline or {}).items():
+        host.add_inline(name, plugin)
+    return host
+
+
+def make_app(
+    settings: Settings,
+    plugins: list[str] | None = None,
+    inline: Mapping[str, Any] | None = None,
+) -> Any:
+    """``create_app`` with :func:`make_host`'s plugins."""
+    return create_app(settings, make_host(plugins, inline))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """Serve ``app`` with uvicorn in a background thread; use as a context manager.
+
+    ``url`` is ``http://127.0.0.1:PORT``; ``ctx`` the app's ServerContext.
+    """
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def ctx(self) -> Any:
+        return self.app.state.ctx
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run ``coro`` on the server's event loop (to inspect engine state safely)."""
+        loop = self.ctx.engine.loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+
+# --- pytest fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture
+def npu_settings(tmp_path: Path) -> Settings:
+    """Mock-mode settings with a temporary model store."""
+    return test_settings(tmp_path)
+
+
+@pytest.fixture
+def mock_server(npu_settings: Settings) -> Iterator[LiveServer]:
+    """Every installed plugin, in mock mode, behind a real uvicorn server."""
+    with LiveServer(make_app(npu_settings)) as server:
+        yield server
+
+
+# --- contract tests ------------------------------------------------------------------
+
+
+class BackendContract:
+    """Contract tests for a backend plugin. Subclass and provide two fixtures:
+
+    ``backend`` (a :class:`Backend` whose device is present) and ``model`` (a
+    :class:`ModelInfo` with the completion capability that it supports).
+    """
+
+    @staticmethod
+    def request(text: str = "Say hello.", **options: Any) -> GenerationRequest:
+        return GenerationRequest(
+            model="contract",
+            messages=(Message(role="user", content=text),),
+            options=SamplingOptions(temperature=0.0, **options),
+        )
+
+    @pytest.fixture
+    async def loaded(self, backend: Backend, model: ModelInfo) -> AsyncIterator[LoadedModel]:
+        loaded = await backend.load(model)
+        try:
+            yield loaded
+        finally:
+            await loaded.unload()
+
+    async def test_probe_reports_its_device(self, backend: Backend) -> None:
+        info = await backend.probe()
+        assert isinstance(info, DeviceInfo)
+        assert info.device == backend.device
+        assert info.present, info.error
+
+    async def test_supports_and_counts(self, backend: Backend, model: ModelInfo) -> None:
+        assert backend.supports(model)
+        short = await backend.count_tokens(model, self.request("Hi"))
+        long = await backend.count_tokens(model, self.request("Hi " * 50))
+        assert 0 < short < long
+
+    async def test_stream_ends_with_one_done_and_true_counts(
+        self, backend: Backend, model: ModelInfo, loaded: LoadedModel
+    ) -> None:
+        request = self.request(max_tokens=8)
+        events = [e async for e in loaded.generate(request)]
+        assert isinstance(events[-1], Done)
+        assert sum(isinstance(e, Done) for e in events) == 1
+        done = events[-1]
+        assert done.usage.prompt_tokens == await backend.count_tokens(model, request)
+        assert 0 < done.usage.completion_tokens <= 8
+        assert done.usage.prefill_duration > 0
+        assert done.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+
+    async def test_max_tokens_gives_length(self, loaded: LoadedModel) -> None:
+        events = [e async for e in loaded.generate(self.request("Count to fifty.", max_tokens=2))]
+        done = events[-1]
+        assert isinstance(done, Done)
+        assert done.finish_reason == FinishReason.LENGTH
+        assert done.usage.completion_tokens == 2
+
+    async def test_closing_the_stream_stops_it(self, loaded: LoadedModel) -> None:
+        stream = loaded.generate(self.request("Tell me a long story.", max_tokens=64))
+        pieces = 0
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                pieces += 1
+                if pieces == 3:
+                    break
+        await stream.aclose()  # type: ignore[attr-defined]
+        # The device is free again: a new generation runs to completion.
+        events = [e async for e in loaded.generate(self.request(max_tokens=4))]
+        assert isinstance(events[-1], Done)
+
+    async def test_prompt_over_the_limit_is_refused(
+        self, backend: Backend, model: ModelInfo, loaded: LoadedModel
+    ) -> None:
+        limit = backend.prompt_limit(model)
+        if limit is None:
+            pytest.skip("this backend has no compiled prompt limit")
+        request = self.request("word " * (limit + 10))
+        with pytest.raises(PromptTooLongError):
+            async for _ in loaded.generate(request):
+                pass
+
+
+def routing_context(
+    devices: Mapping[str, dict[str, Any]],
+    *,
+    token_count: int = 10,
+    preferred: str = "NPU",
+    fallback: str | None = None,
+    token_limit: int = 1800,
+    excluded: Mapping[str, str] | None = None,
+) -> RoutingContext:
+    """A RoutingContext from short device descriptions, e.g. ``{"NPU": {"present": False}}``."""
+    model = ModelInfo(name="m:latest", format="mock", family="m", capabilities=frozenset(),
+                      context_length=8192)
+    states = {}
+    for name, spec in devices.items():
+        states[name] = DeviceState(
+            device=name,
+            present=spec.get("present", True),
+            supports_model=spec.get("supports_model", True),
+            queue_depth=spec.get("queue_depth", 0),
+            queue_limit=spec.get("queue_limit", 512),
+            in_flight=spec.get("in_flight", 0),
+            max_parallel=spec.get("max_parallel", 1),
+            prompt_limit=spec.get("prompt_limit"),
+            model_loaded=spec.get("model_loaded", False),
+        )
+    return RoutingContext(
+        model=model,
+        token_count=token_count,
+        preferred_device=preferred,
+        fallback_device=fallback,
+        token_limit=token_limit,
+        devices=states,
+        excluded=dict(excluded or {}),
+    )
+
+
+class RoutingPolicyContract:
+    """Contract tests for a routing policy. Subclass and provide a ``policy`` fixture."""
+
+    def test_has_a_name(self, policy: RoutingPolicy) -> None:
+        assert isinstance(policy.name, str) and policy.name
+
+    def test_chooses_a_usable_device(self, policy: RoutingPolicy) -> None:
+        ctx = routing_context({"NPU": {}, "CPU": {}})
+        decision = policy.choose(ctx)
+        assert decision.device in ("NPU", "CPU")
+        assert isinstance(decision.reason, str) and decision.reason
+
+    def test_never_chooses_an_absent_device(self, policy: RoutingPolicy) -> None:
+        ctx = routing_context({"NPU": {"present": False}, "CPU": {}})
+        assert policy.choose(ctx).device == "CPU"
+
+    def test_never_chooses_an_excluded_device(self, policy: RoutingPolicy) -> None:
+        ctx = routing_context({"NPU": {}, "CPU": {}}, excluded={"NPU": RouteReason.QUEUE_FULL})
+        assert policy.choose(ctx).device == "CPU"
+
+    def test_respects_a_device_prompt_limit(self, policy: RoutingPolicy) -> None:
+        ctx = routing_context({"NPU": {"prompt_limit": 100}, "CPU": {}}, token_count=500)
+        assert policy.choose(ctx).device == "CPU"
+
+    def test_none_when_nothing_fits(self, policy: RoutingPolicy) -> None:
+        ctx = routing_context({"NPU": {"present": False}, "CPU": {"supports_model": False}})
+        decision = policy.choose(ctx)
+        assert decision.device is None
+        assert decision.reason
+
+    def test_is_deterministic(self, policy: RoutingPolicy) -> None:
+        ctx = routing_context({"NPU": {}, "GPU": {}, "CPU": {}}, token_count=50)
+        assert {policy.choose(ctx).device for _ in range(5)} == {policy.choose(ctx).device}
+
+
+@contextlib.contextmanager
+def live_app(settings: Settings, plugins: list[str] | None = None,
+             inline: Mapping[str, Any] | None = None) -> Iterator[LiveServer]:
+    """A :class:`LiveServer` around :func:`make_app` (for use in ``with`` blocks)."""
+    with LiveServer(make_app(settings, plugins, inline)) as server:
+        yield server

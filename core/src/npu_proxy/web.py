@@ -1,0 +1,93 @@
+"""Helpers every dialect needs: reading a JSON body, validating it, and noticing when
+the client has gone while a request waits for a device.
+
+Dialects parse their own bodies (instead of FastAPI's body parameters) so that every
+error, validation included, is rendered in the dialect's own shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from .engine.errors import InvalidRequestError
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the response began."""
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON; :class:`InvalidRequestError` if it is empty or malformed."""
+    body = await request.body()
+    if not body.strip():
+        raise InvalidRequestError("request body is empty; expected a JSON object")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(f"invalid JSON in request body: {exc}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
+    """A one-line message for the first problem and the parameter it concerns."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        return f"{loc} is required", loc or None
+    return (f"invalid value for {loc}: {message}" if loc else message), loc or None
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``model.model_validate(data)``, with errors as :class:`InvalidRequestError`."""
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_error(exc)
+        raise InvalidRequestError(message, param=param) from None
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client disconnects first (then cancel it and raise).
+
+    Use it around :meth:`Engine.generate` so a client that leaves while queued never
+    reaches the device. The body must already have been read.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        result = await task
+    except asyncio.CancelledError:
+        raise ClientDisconnected() from None
+    # The work finished just as the client left: release whatever it holds.
+    closer = getattr(result, "aclose", None)
+    if closer is not None:
+        await closer()
+    raise ClientDisconnected()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,111 @@
+"""Core sampling options -> an OpenVINO GenAI ``GenerationConfig``.
+
+Every field of :class:`~npu_proxy.engine.types.SamplingOptions` is either applied or
+refused with :class:`InvalidRequestError`; none is silently dropped. The config always
+starts from the model's own (``pipe.get_generation_config()``) so its EOS and stop
+token ids survive.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from npu_proxy.engine.errors import InvalidRequestError
+from npu_proxy.engine.types import ResponseFormat, SamplingOptions
+
+
+def validate_options(options: SamplingOptions) -> None:
+    """Refuse out-of-range values with a message naming the parameter.
+
+    Checked here, not by GenAI, because GenAI's own messages carry source paths.
+    """
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("max_tokens", options.max_tokens, options.max_tokens is None or options.max_tokens >= 1,
+         "must be at least 1"),
+        ("temperature", options.temperature,
+         options.temperature is None or options.temperature >= 0, "must be >= 0"),
+        ("top_p", options.top_p, options.top_p is None or 0 < options.top_p <= 1,
+         "must be in (0, 1]"),
+        ("min_p", options.min_p, options.min_p is None or 0 <= options.min_p <= 1,
+         "must be in [0, 1]"),
+        ("repetition_penalty", options.repetition_penalty,
+         options.repetition_penalty is None or options.repetition_penalty > 0, "must be > 0"),
+        ("presence_penalty", options.presence_penalty,
+         options.presence_penalty is None or -2 <= options.presence_penalty <= 2,
+         "must be in [-2, 2]"),
+        ("frequency_penalty", options.frequency_penalty,
+         options.frequency_penalty is None or -2 <= options.frequency_penalty <= 2,
+         "must be in [-2, 2]"),
+        ("num_ctx", options.num_ctx, options.num_ctx is None or options.num_ctx >= 1,
+         "must be at least 1"),
+    ]
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise InvalidRequestError(f"{name} {rule} (got {value})", param=name)
+    if any(not stop for stop in options.stop):
+        raise InvalidRequestError("stop strings must not be empty", param="stop")
+
+
+def apply_options(
+    config: Any,
+    options: SamplingOptions,
+    *,
+    max_new_tokens: int,
+    structured_schema: dict[str, Any] | None = None,
+) -> Any:
+    """Write ``options`` onto ``config`` (a fresh ``GenerationConfig``) and return it.
+
+    - ``temperature == 0``: greedy; ``> 0``: sampling at that temperature; ``None``: the
+      model's default mode. A sampled request without a seed gets a random one, because
+      GenAI's default seed is a constant and every answer would be the same.
+    - ``top_k <= 0`` means "no top-k" (Ollama's convention), so the default is kept.
+    - The prompt is already rendered, so GenAI must not apply the template again.
+    """
+    import openvino_genai
+
+    config.max_new_tokens = max_new_tokens
+    config.apply_chat_template = False
+    if options.temperature is not None:
+        if options.temperature == 0:
+            config.do_sample = False
+        else:
+            config.do_sample = True
+            config.temperature = options.temperature
+    if options.top_p is not None:
+        config.top_p = options.top_p
+    if options.top_k is not None and options.top_k > 0:
+        config.top_k = options.top_k
+    if options.min_p is not None:
+        config.min_p = options.min_p
+    if config.do_sample:
+        config.rng_seed = options.seed if options.seed is not None else secrets.randbits(31)
+    if options.repetition_penalty is not None:
+        config.repetition_penalty = options.repetition_penalty
+    if options.presence_penalty is not None:
+        config.presence_penalty = options.presence_penalty
+    if options.frequency_penalty is not None:
+        config.frequency_penalty = options.frequency_penalty
+    if options.stop:
+        config.stop_strings = set(options.stop)
+        config.include_stop_str_in_output = False
+    if structured_schema is not None:
+        config.structured_output_config = openvino_genai.StructuredOutputConfig(
+            json_schema=json.dumps(structured_schema)
+        )
+    return config
+
+
+def response_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    """The JSON schema that constrains output, or ``None`` for free text.
+
+    ``json`` (Ollama ``format: "json"``, OpenAI ``json_object``) means any JSON object.
+    """
+    if response_format is None:
+        return None
+    if response_format.kind == "json":
+        return {"type": "object"}
+    if not isinstance(response_format.schema, dict):
+        raise InvalidRequestError("json_schema needs a schema object", param="format")
+    return response_format.schema
