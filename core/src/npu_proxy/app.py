@@ -178,7 +178,8 @@ def create_app(
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError) -> Response:
-        headers = {"Retry-After": str(getattr(exc, "retry_after", 1))} if exc.status == 503 else None
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
         return error_response(ctx, request.url.path, exc.status, exc.message, exc.code, headers)
 
     @app.exception_handler(Exception)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Callable
 
 from .errors import BusyError
@@ -99,10 +100,8 @@ class DeviceQueue:
             self.in_flight -= 1
             self._hand_on()
         else:
-            try:
+            with contextlib.suppress(ValueError):
                 self._waiting.remove(ticket)
-            except ValueError:
-                pass
             if not ticket._future.done():
                 ticket._future.cancel()
         self._changed()
