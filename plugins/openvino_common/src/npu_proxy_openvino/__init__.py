@@ -1,1 +1,32 @@
-"""OpenVINO GenAI pipelines shared by the npu-proxy device backends, and the embedded default models."""
+"""OpenVINO GenAI pipelines shared by the npu-proxy device backends; the embedded models.
+
+The device plugins (``npu_proxy_openvino_cpu``, ``_gpu``, ``_npu``) subclass
+:class:`~npu_proxy_openvino.backend.OpenVINOBackend`; ``npu_proxy_openvino.plugin``
+registers the two models that ship as packages.
+"""
+
+from .backend import (
+    EmbeddingPipelineFactory,
+    OpenVINOBackend,
+    PipelineFactory,
+    openvino_embedding_pipeline,
+    openvino_llm_pipeline,
+)
+from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel
+from .language import WARMUP_TOKENS, OpenVINOLanguageModel
+from .models import EMBEDDING_NAME, LLM_NAME, embedded_models
+
+__all__ = [
+    "EMBEDDING_NAME",
+    "LLM_NAME",
+    "WARMUP_TOKENS",
+    "EmbeddingCache",
+    "EmbeddingPipelineFactory",
+    "OpenVINOBackend",
+    "OpenVINOEmbeddingModel",
+    "OpenVINOLanguageModel",
+    "PipelineFactory",
+    "embedded_models",
+    "openvino_embedding_pipeline",
+    "openvino_llm_pipeline",
+]

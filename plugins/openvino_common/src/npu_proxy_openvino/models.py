@@ -213,6 +213,7 @@ class ModelPreparer:
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:
             convert(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the store is shared with the user
             try:
                 os.replace(tmp, target)
             except OSError:

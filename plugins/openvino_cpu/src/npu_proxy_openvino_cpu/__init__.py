@@ -1,1 +1,5 @@
-"""OpenVINO GenAI CPU backend for npu-proxy."""
+"""OpenVINO GenAI CPU backend for npu-proxy (backend name ``openvino-cpu``)."""
+
+from .backend import CpuBackend
+
+__all__ = ["CpuBackend"]

@@ -1,0 +1,217 @@
+"""The OpenVINO GenAI backend, parametrised by device; the device plugins subclass it.
+
+A subclass chooses the device name, its concurrency, the properties the pipeline is
+compiled with (:meth:`OpenVINOBackend.pipeline_properties`) and its limits
+(:meth:`OpenVINOBackend.prompt_limit`, :meth:`OpenVINOBackend.context_limit`).
+Everything that touches OpenVINO goes through injectable factories, so a device that
+is not on this machine can be tested with an imitation of OpenVINO's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from npu_proxy.engine.backend import Backend, LoadedModel
+from npu_proxy.engine.errors import CapabilityError, ModelLoadError
+from npu_proxy.engine.types import Capability, DeviceInfo, GenerationRequest, ModelInfo
+from npu_proxy.settings import Settings
+
+from . import tokens
+from .chat import render_prompt
+from .devices import describe_device
+from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
+from .files import cache_root
+from .language import Limits, OpenVINOLanguageModel
+from .models import EXTRA_MAX_LENGTH, EXTRA_NORMALIZE, ModelPreparer, pooling_of
+from .runner import LLMPipelineGenerator
+from .tokens import TokenizerCache
+
+log = logging.getLogger(__name__)
+
+#: ``(model folder, device, properties) -> LLMPipeline``-like object.
+PipelineFactory = Callable[[str, str, dict[str, Any]], Any]
+#: ``(model folder, device, TextEmbeddingPipeline.Config, properties) -> pipeline``.
+EmbeddingPipelineFactory = Callable[[str, str, Any, dict[str, Any]], Any]
+
+
+def openvino_llm_pipeline(path: str, device: str, properties: dict[str, Any]) -> Any:
+    """The real factory: ``openvino_genai.LLMPipeline(path, device, **properties)``."""
+    import openvino_genai
+
+    return openvino_genai.LLMPipeline(path, device, **properties)
+
+
+def openvino_embedding_pipeline(
+    path: str, device: str, config: Any, properties: dict[str, Any]
+) -> Any:
+    """The real factory: ``openvino_genai.TextEmbeddingPipeline``."""
+    import openvino_genai
+
+    return openvino_genai.TextEmbeddingPipeline(path, device, config, **properties)
+
+
+def openvino_core() -> Any:
+    """The real ``openvino.Core`` (loads device plugins: call it off the event loop)."""
+    import openvino
+
+    return openvino.Core()
+
+
+class OpenVINOBackend(Backend):
+    """Runs GGUF and IR language models, and ONNX/IR embedding models, on one device.
+
+    Constructing it is cheap and touches no device (the hook's contract); the
+    ``openvino.Core`` is created on the first probe, in a worker thread.
+    """
+
+    #: Whether this device runs embedding models (the NPU's static shapes do not suit them).
+    embeddings: bool = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        device: str,
+        max_parallel: int = 1,
+        max_loaded_models: int | None = None,
+        pipeline_factory: PipelineFactory | None = None,
+        embedding_factory: EmbeddingPipelineFactory | None = None,
+        core_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.max_parallel = max_parallel
+        self.max_loaded_models = max_loaded_models
+        self.settings = settings
+        self._pipeline_factory = pipeline_factory or openvino_llm_pipeline
+        self._embedding_factory = embedding_factory or openvino_embedding_pipeline
+        self._core_factory = core_factory or openvino_core
+        self._core: Any = None
+        self._preparer = ModelPreparer(settings.model_path)
+        self._tokenizers = TokenizerCache()
+        self._embedding_cache = EmbeddingCache(settings.embedding_cache_size)
+
+    # --- device-specific knobs (overridden by the device plugins) ---------------------
+
+    def pipeline_properties(self, model: ModelInfo) -> dict[str, Any]:
+        """Properties the pipeline is compiled with on this device (none by default)."""
+        return {}
+
+    def context_limit(self, model: ModelInfo) -> int:
+        """Prompt plus generated tokens one generation may use on this device."""
+        return model.context_length
+
+    def device_cache_dir(self) -> Path:
+        """Where compiled blobs for this device are kept (``CACHE_DIR``)."""
+        return cache_root(self.settings.model_path) / "compiled" / self.device.lower()
+
+    # --- Backend contract ---------------------------------------------------------------
+
+    async def probe(self) -> DeviceInfo:
+        """Device facts from ``openvino.Core``; never raises."""
+        return await asyncio.to_thread(self._probe)
+
+    def _probe(self) -> DeviceInfo:
+        try:
+            if self._core is None:
+                self._core = self._core_factory()
+        except Exception as exc:
+            log.warning("openvino.Core failed: %s", exc)
+            return DeviceInfo(device=self.device, present=False,
+                              error=f"{self.device} not found; OpenVINO failed to start")
+        return describe_device(self._core, self.device)
+
+    def supports(self, model: ModelInfo) -> bool:
+        """GGUF/IR chat models; ONNX/IR embedding models where :attr:`embeddings`."""
+        if model.path is None:
+            return False
+        if model.can(Capability.EMBEDDING):
+            return self.embeddings and model.format in ("onnx", "ir")
+        return model.can(Capability.COMPLETION) and model.format in ("gguf", "ir")
+
+    async def count_tokens(self, model: ModelInfo, request: GenerationRequest) -> int:
+        """Tokens of the rendered prompt, with the model's tokenizer (no device needed).
+
+        The first call for a GGUF model converts it to IR once (seconds); later calls
+        and later starts load only the tokenizer (milliseconds).
+        """
+        tokenizer = await self._tokenizer(model)
+        return await asyncio.to_thread(
+            lambda: tokens.count(tokenizer, render_prompt(tokenizer, request))
+        )
+
+    async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
+        """Tokens of each text as given (no template), with the model's tokenizer."""
+        tokenizer = await self._tokenizer(model)
+        return await asyncio.to_thread(tokens.count_each, tokenizer, list(texts))
+
+    async def load(self, model: ModelInfo) -> LoadedModel:
+        """Convert (once) and compile ``model`` for this device.
+
+        Raises :class:`ModelLoadError` naming the model and device (never a path) when
+        the device is absent, the model does not suit it, or OpenVINO fails.
+        """
+        device = await self.probe()
+        if not device.present:
+            raise ModelLoadError(f"cannot load {model.name}: {device.error}")
+        if not self.supports(model):
+            raise ModelLoadError(
+                f"{model.name} ({model.format}) cannot run on {self.device} with {self.name}"
+            )
+        folder = await self._prepared(model)
+        tokenizer = await self._tokenizer(model)
+        if model.can(Capability.EMBEDDING):
+            return await self._load_embedding(model, folder, tokenizer)
+        properties = self.pipeline_properties(model)
+        try:
+            pipeline = await asyncio.to_thread(
+                self._pipeline_factory, str(folder), self.device, properties
+            )
+        except Exception as exc:
+            log.error("loading %s on %s failed: %s", model.name, self.device, exc)
+            raise ModelLoadError(f"{model.name} could not be loaded on {self.device}") from exc
+        limits = Limits(prompt=self.prompt_limit(model), context=self.context_limit(model))
+        return OpenVINOLanguageModel(
+            model, self.device, LLMPipelineGenerator(pipeline), tokenizer, limits,
+            max_parallel=self.max_parallel,
+        )
+
+    async def _load_embedding(self, model: ModelInfo, folder: Path, tokenizer: Any) -> LoadedModel:
+        max_length = int(model.extra.get(EXTRA_MAX_LENGTH) or model.context_length)
+        config = embedding_config(
+            pooling_of(model, folder), bool(model.extra.get(EXTRA_NORMALIZE, True)), max_length
+        )
+        try:
+            pipeline = await asyncio.to_thread(
+                self._embedding_factory, str(folder), self.device, config,
+                self.pipeline_properties(model),
+            )
+        except Exception as exc:
+            log.error("loading %s on %s failed: %s", model.name, self.device, exc)
+            raise ModelLoadError(f"{model.name} could not be loaded on {self.device}") from exc
+        return OpenVINOEmbeddingModel(
+            model, self.device, pipeline, tokenizer, self._embedding_cache, max_length,
+            max_parallel=self.max_parallel,
+        )
+
+    async def _prepared(self, model: ModelInfo) -> Path:
+        try:
+            return await asyncio.to_thread(self._preparer.prepare, model)
+        except Exception as exc:
+            log.error("preparing %s failed: %s", model.name, exc)
+            raise ModelLoadError(f"{model.name} could not be converted for OpenVINO") from exc
+
+    async def _tokenizer(self, model: ModelInfo) -> Any:
+        if model.path is None:
+            raise CapabilityError(f"{model.name} has no tokenizer on disk")
+        folder = await self._prepared(model)
+        try:
+            return await asyncio.to_thread(self._tokenizers.get, folder)
+        except Exception as exc:
+            log.error("tokenizer of %s failed to load: %s", model.name, exc)
+            raise ModelLoadError(f"the tokenizer of {model.name} could not be loaded") from exc

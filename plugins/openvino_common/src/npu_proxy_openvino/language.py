@@ -1,0 +1,213 @@
+"""A language model resident on a device: requests in, core events out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from npu_proxy.engine.backend import LoadedModel
+from npu_proxy.engine.errors import BackendError, PromptTooLongError
+from npu_proxy.engine.types import (
+    Done,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    SamplingOptions,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+from . import tokens
+from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
+from .options import apply_options, response_schema, validate_options
+from .runner import Outcome, TextGenerator
+from .streaming import Finished, stream_in_thread
+
+log = logging.getLogger(__name__)
+
+#: Tokens a warm-up generation produces (enough to exercise prefill and decode).
+WARMUP_TOKENS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the device accepts: ``prompt`` tokens (None: no own limit) and ``context``."""
+
+    prompt: int | None
+    context: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedGeneration:
+    """A request ready for the device: rendered, counted, configured."""
+
+    prompt: str
+    prompt_tokens: int
+    config: Any
+    tool_names: frozenset[str]
+
+
+def prepare_generation(
+    request: GenerationRequest,
+    tokenizer: Any,
+    limits: Limits,
+    new_config: Callable[[], Any],
+    where: str,
+) -> PreparedGeneration:
+    """Render, count and configure ``request``; blocking (tokenizer), no device work.
+
+    Raises :class:`PromptTooLongError` when the prompt exceeds the device's prompt limit
+    or leaves no room in the context, and ``InvalidRequestError`` for bad options.
+    """
+    options = request.options
+    validate_options(options)
+    prompt = render_prompt(tokenizer, request)
+    count = tokens.count(tokenizer, prompt)
+    if limits.prompt is not None and count > limits.prompt:
+        raise PromptTooLongError(count, limits.prompt, where)
+    context = min(limits.context, options.num_ctx or limits.context)
+    if count >= context:
+        raise PromptTooLongError(count, context - 1, f"the context of {request.model}")
+    room = context - count
+    max_new = min(options.max_tokens or room, room)
+    tools = active_tools(request)
+    schema = response_schema(request.response_format)
+    if tools and request.tool_choice != "auto":
+        # "required" or a named tool: constrain the answer to a well-formed call.
+        schema = forced_tool_schema(tools)
+    config = apply_options(new_config(), options, max_new_tokens=max_new,
+                           structured_schema=schema)
+    return PreparedGeneration(prompt, count, config, frozenset(t.name for t in tools))
+
+
+class OpenVINOLanguageModel(LoadedModel):
+    """A chat/completion model on one device.
+
+    At most ``max_parallel`` generations touch the device at once (a semaphore, in
+    addition to the engine's own guarantee, because a busy ``LLMPipeline`` fails a
+    second request instead of queueing it).
+    """
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        device: str,
+        generator: TextGenerator,
+        tokenizer: Any,
+        limits: Limits,
+        max_parallel: int = 1,
+    ) -> None:
+        self.info = info
+        self.device = device
+        self.size = info.size
+        self._generator = generator
+        self._tokenizer = tokenizer
+        self._limits = limits
+        self._slots = asyncio.Semaphore(max_parallel)
+        #: Usage of the last generation that reached the device, cancelled ones included.
+        self.last_usage: Usage | None = None
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        """The exact prompt text the device receives for ``request`` (blocking)."""
+        return render_prompt(self._tokenizer, request)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream text (and tool calls), then one :class:`Done` with measured usage.
+
+        See :meth:`LoadedModel.generate` for the contract. ``PromptTooLongError`` is
+        raised before the device is touched; the device is free when ``aclose()``
+        returns; ``FinishReason.TOOL_CALLS`` when the answer was parsed as tool calls.
+        """
+        start = time.perf_counter_ns()
+        prepared = await asyncio.to_thread(
+            prepare_generation, request, self._tokenizer, self._limits,
+            self._generator.new_config, f"the {self.device}",
+        )
+        tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
+        outcome: Outcome | None = None
+        finished: list[Outcome] = []
+
+        def run(on_piece: Callable[[str], bool]) -> Outcome:
+            result = self._generator.run(prepared.prompt, prepared.config, on_piece)
+            finished.append(result)  # also seen when the consumer left early
+            return result
+
+        async with self._slots:
+            stream = stream_in_thread(run)
+            try:
+                async for item in stream:
+                    if isinstance(item, Finished):
+                        outcome = item.result
+                        break
+                    text = tool_filter.feed(item) if tool_filter else item
+                    if text:
+                        yield TextDelta(text)
+            except (PromptTooLongError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                raise _device_error(exc, self.device, prepared.prompt_tokens) from exc
+            finally:
+                await stream.aclose()
+                if finished:
+                    self.last_usage = _usage(finished[0], prepared.prompt_tokens, start)
+        assert outcome is not None and self.last_usage is not None
+        usage = self.last_usage
+        finish = FinishReason.LENGTH if outcome.finish == "length" else FinishReason.STOP
+        if tool_filter is not None:
+            text, calls = tool_filter.finish()
+            if text:
+                yield TextDelta(text)
+            for call in calls:
+                yield ToolCallDelta(call)
+            if calls:
+                finish = FinishReason.TOOL_CALLS
+        yield Done(finish_reason=finish, usage=usage)
+
+    async def warm_up(self) -> Usage:
+        """Generate :data:`WARMUP_TOKENS` greedy tokens so the first user request is fast.
+
+        Returns the warm-up's measured usage. Called by the engine after ``load`` when
+        ``NPU_PROXY_WARMUP`` is set.
+        """
+        request = GenerationRequest(
+            model=self.info.name,
+            prompt="Hello",
+            options=SamplingOptions(max_tokens=WARMUP_TOKENS, temperature=0),
+        )
+        usage: Usage | None = None
+        async for event in self.generate(request):
+            if isinstance(event, Done):
+                usage = event.usage
+        assert usage is not None
+        return usage
+
+    async def unload(self) -> None:
+        async with self._slots:
+            await asyncio.to_thread(self._generator.close)
+
+
+def _usage(outcome: Outcome, counted: int, start: int) -> Usage:
+    prefill = outcome.ttft_ns
+    return Usage(
+        prompt_tokens=outcome.prompt_tokens if outcome.prompt_tokens is not None else counted,
+        completion_tokens=outcome.completion_tokens or 0,
+        prefill_duration=prefill,
+        decode_duration=max(outcome.generate_ns - prefill, 0),
+        total_duration=time.perf_counter_ns() - start,
+    )
+
+
+def _device_error(exc: Exception, device: str, prompt_tokens: int) -> Exception:
+    """An engine error for a failure inside GenAI; details go to the log, not the client."""
+    message = str(exc)
+    if "MAX_PROMPT_LEN" in message:
+        # The device's own limit check fired (our count disagreed with its count).
+        return PromptTooLongError(prompt_tokens, prompt_tokens - 1, f"the {device}")
+    log.error("generation failed on %s: %s", device, message)
+    return BackendError(f"generation failed on {device}")

@@ -1,0 +1,25 @@
+"""Entry point ``openvino`` (group ``npu_proxy.backends``): the embedded default models.
+
+The device backends live in their own plugins (``openvino-cpu``, ``openvino-gpu``,
+``openvino-npu``); this one only registers the models every one of them can serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from npu_proxy.engine.types import ModelInfo
+from npu_proxy.hookspecs import hookimpl
+from npu_proxy.settings import Settings
+
+from .models import embedded_models
+
+
+@hookimpl
+def npu_proxy_register_models(register: Callable[[ModelInfo], None], settings: Settings) -> None:
+    """Register ``smollm2:135m`` and ``all-minilm:latest`` when their packages are installed.
+
+    Reads file headers and a cached digest only (milliseconds after the first start).
+    """
+    for model in embedded_models(settings.model_path):
+        register(model)

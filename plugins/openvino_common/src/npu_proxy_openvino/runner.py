@@ -1,0 +1,111 @@
+"""What a loaded language model runs generations with.
+
+:class:`TextGenerator` is the narrow seam between the async model wrapper and OpenVINO:
+one blocking call per generation that streams pieces through a callback. The
+``LLMPipeline`` implementation serves one stream at a time; a
+``ContinuousBatchingPipeline`` implementation (several streams per device) fits the
+same protocol, since each call is independent and owns its own config and callback.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .streaming import PieceCallback
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one finished (or cancelled) generation produced, with measured figures.
+
+    ``finish`` is ``"stop"``, ``"length"`` or ``"cancelled"``. Durations are ns;
+    token counts are ``None`` when the pipeline did not report them.
+    """
+
+    text: str
+    finish: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ttft_ns: int
+    generate_ns: int
+
+
+class TextGenerator(Protocol):
+    """A model resident on a device that can generate text."""
+
+    def new_config(self) -> Any:
+        """A fresh ``GenerationConfig`` holding the model's own defaults."""
+
+    def run(self, prompt: str, config: Any, on_piece: PieceCallback) -> Outcome:
+        """Generate from the already rendered ``prompt``; blocking.
+
+        ``on_piece`` receives each decoded piece and returns ``False`` to stop at the
+        next token.
+        """
+
+    def close(self) -> None:
+        """Release the device memory. No call follows."""
+
+
+class LLMPipelineGenerator:
+    """:class:`TextGenerator` over ``openvino_genai.LLMPipeline`` (or an imitation).
+
+    The pipeline handles one generation at a time (openvino.genai#2480): callers
+    serialise, which the model wrapper does with a semaphore.
+    """
+
+    def __init__(self, pipeline: Any) -> None:
+        import openvino_genai
+
+        self._pipe = pipeline
+        self._running = openvino_genai.StreamingStatus.RUNNING
+        self._cancel = openvino_genai.StreamingStatus.CANCEL
+        self._length = openvino_genai.GenerationFinishReason.LENGTH
+        self._stop = openvino_genai.GenerationFinishReason.STOP
+
+    def new_config(self) -> Any:
+        return self._pipe.get_generation_config()
+
+    def run(self, prompt: str, config: Any, on_piece: PieceCallback) -> Outcome:
+        first_piece = 0
+        cancelled = False
+
+        def streamer(piece: str) -> Any:
+            nonlocal first_piece, cancelled
+            if not first_piece:
+                first_piece = time.perf_counter_ns()
+            if on_piece(piece):
+                return self._running
+            cancelled = True
+            return self._cancel
+
+        start = time.perf_counter_ns()
+        # A list input returns DecodedResults (finish reasons, perf metrics); a bare
+        # string would return only the text.
+        result = self._pipe.generate([prompt], config, streamer)
+        end = time.perf_counter_ns()
+        text = result.texts[0] if result.texts else ""
+        reason = result.finish_reasons[0] if getattr(result, "finish_reasons", None) else None
+        if cancelled:
+            finish = "cancelled"
+        elif reason == self._length:
+            finish = "length"
+        else:
+            finish = "stop"
+        metrics = getattr(result, "perf_metrics", None)
+        prompt_tokens = completion_tokens = None
+        ttft_ns = (first_piece or end) - start
+        generate_ns = end - start
+        if metrics is not None:
+            prompt_tokens = int(metrics.get_num_input_tokens())
+            completion_tokens = int(metrics.get_num_generated_tokens())
+            # GenAI times the first token itself; the first streamed piece can lag it
+            # because the detokenizer holds back incomplete words.
+            ttft_ns = int(metrics.get_ttft().mean * 1e6) or ttft_ns
+            generate_ns = int(metrics.get_generate_duration().mean * 1e6) or generate_ns
+        return Outcome(text, finish, prompt_tokens, completion_tokens, ttft_ns, generate_ns)
+
+    def close(self) -> None:
+        self._pipe = None

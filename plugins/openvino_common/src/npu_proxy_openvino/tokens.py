@@ -1,0 +1,49 @@
+"""Token counting with a model's own tokenizer, without loading the model on a device.
+
+``openvino_genai.Tokenizer`` on an IR folder loads in tens of milliseconds (on a GGUF
+file it converts the vocabulary first, about 2 s), and runs on the CPU only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def count(tokenizer: Any, text: str) -> int:
+    """Tokens of ``text`` as GenAI feeds a string prompt (special tokens included)."""
+    encoded = tokenizer.encode(text)
+    return int(encoded.input_ids.get_shape()[1])
+
+
+def count_each(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Tokens of each text (one call per text, so padding never inflates a count)."""
+    return [count(tokenizer, text) for text in texts]
+
+
+class TokenizerCache:
+    """One ``openvino_genai.Tokenizer`` per model folder, loaded on first use.
+
+    Blocking; call from a worker thread. ``load`` is injectable for tests.
+    """
+
+    def __init__(self, load: Callable[[Path], Any] | None = None) -> None:
+        self._load = load or _load_tokenizer
+        self._items: dict[Path, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, folder: Path) -> Any:
+        with self._lock:
+            tokenizer = self._items.get(folder)
+            if tokenizer is None:
+                tokenizer = self._load(folder)
+                self._items[folder] = tokenizer
+            return tokenizer
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    import openvino_genai
+
+    return openvino_genai.Tokenizer(str(folder))

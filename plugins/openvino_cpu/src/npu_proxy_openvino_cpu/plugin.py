@@ -1,0 +1,17 @@
+"""Entry point ``openvino-cpu`` (group ``npu_proxy.backends``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from npu_proxy.engine.backend import Backend
+from npu_proxy.hookspecs import hookimpl
+from npu_proxy.settings import Settings
+
+from .backend import CpuBackend
+
+
+@hookimpl
+def npu_proxy_register_backends(register: Callable[[Backend], None], settings: Settings) -> None:
+    """Register the CPU backend (construction touches no device)."""
+    register(CpuBackend(settings))

@@ -1,0 +1,40 @@
+"""The Intel GPU backend: dynamic shapes, a compile cache so restarts take seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from npu_proxy.engine.types import ModelInfo
+from npu_proxy.settings import Settings
+from npu_proxy_openvino import EmbeddingPipelineFactory, OpenVINOBackend, PipelineFactory
+
+
+class GpuBackend(OpenVINOBackend):
+    """``openvino-gpu``: compiles with ``CACHE_DIR`` under the model path.
+
+    The first compile of a model takes 20-30 s; with the cache the next start loads the
+    compiled blob. One stream at a time for now (see ``CpuBackend`` on batching).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pipeline_factory: PipelineFactory | None = None,
+        embedding_factory: EmbeddingPipelineFactory | None = None,
+        core_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        super().__init__(
+            settings,
+            name="openvino-gpu",
+            device="GPU",
+            max_parallel=1,
+            pipeline_factory=pipeline_factory,
+            embedding_factory=embedding_factory,
+            core_factory=core_factory,
+        )
+
+    def pipeline_properties(self, model: ModelInfo) -> dict[str, Any]:
+        """``CACHE_DIR``: compiled kernels survive restarts."""
+        return {"CACHE_DIR": str(self.device_cache_dir())}
