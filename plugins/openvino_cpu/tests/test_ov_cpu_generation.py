@@ -1,0 +1,273 @@
+"""The CPU backend with the real SmolLM2-135M model (one compiled pipeline per run)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from npu_proxy.engine.backend import LoadedModel
+from npu_proxy.engine.errors import CapabilityError, PromptTooLongError
+from npu_proxy.engine.types import (
+    Done,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    Message,
+    ModelInfo,
+    ResponseFormat,
+    SamplingOptions,
+    TextDelta,
+    ToolCallDelta,
+    ToolSpec,
+)
+from npu_proxy.settings import Settings
+from npu_proxy.testing import BackendContract
+from npu_proxy_openvino import OpenVINOLanguageModel
+from npu_proxy_openvino.options import apply_options
+from npu_proxy_openvino.runner import LLMPipelineGenerator
+from npu_proxy_openvino.testing import shared_pipeline_factory
+from npu_proxy_openvino_cpu import CpuBackend
+
+
+@pytest.fixture
+def backend(ov_settings: Settings, cpu_llm_pipeline: Any) -> CpuBackend:
+    return CpuBackend(ov_settings, pipeline_factory=shared_pipeline_factory(cpu_llm_pipeline))
+
+
+@pytest.fixture
+def model(smollm2: ModelInfo) -> ModelInfo:
+    return smollm2
+
+
+@pytest.fixture
+async def lm(backend: CpuBackend, model: ModelInfo) -> OpenVINOLanguageModel:
+    loaded = await backend.load(model)
+    assert isinstance(loaded, OpenVINOLanguageModel)
+    return loaded
+
+
+class TestCpuBackendContract(BackendContract):
+    """The core's backend contract, on the real model."""
+
+
+def chat(text: str, **options: Any) -> GenerationRequest:
+    return GenerationRequest(
+        model="smollm2:135m",
+        messages=(Message(role="user", content=text),),
+        options=SamplingOptions(**options),
+    )
+
+
+async def run(loaded: LoadedModel, request: GenerationRequest) -> tuple[str, Done, list[Any]]:
+    events: list[GenerationEvent] = [event async for event in loaded.generate(request)]
+    done = events[-1]
+    assert isinstance(done, Done)
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    return text, done, events
+
+
+async def test_greedy_output_is_stable(lm: OpenVINOLanguageModel) -> None:
+    request = chat("Name three colors.", temperature=0, max_tokens=24)
+    first, _, _ = await run(lm, request)
+    second, _, _ = await run(lm, request)
+    assert first.strip()
+    assert first == second
+
+
+async def test_same_seed_same_sample(lm: OpenVINOLanguageModel) -> None:
+    request = chat("Write a sentence about the sea.", temperature=1.0, top_p=0.95, seed=1234,
+                   max_tokens=24)
+    first, _, _ = await run(lm, request)
+    second, _, _ = await run(lm, request)
+    assert first.strip()
+    assert first == second
+
+
+async def test_stop_string_stops(lm: OpenVINOLanguageModel) -> None:
+    prompt = "Count from 1 to 10 separated by commas."
+    free, _, _ = await run(lm, chat(prompt, temperature=0, max_tokens=40))
+    assert "5" in free  # without the stop string the model does reach 5
+    stopped, done, _ = await run(lm, chat(prompt, temperature=0, max_tokens=40, stop=("5",)))
+    assert "5" not in stopped
+    assert "4" in stopped
+    assert done.finish_reason == FinishReason.STOP
+    assert free.startswith(stopped.rstrip())
+
+
+async def test_max_tokens_gives_length(lm: OpenVINOLanguageModel) -> None:
+    _, done, _ = await run(lm, chat("Tell me a long story.", temperature=0, max_tokens=5))
+    assert done.finish_reason == FinishReason.LENGTH
+    assert done.usage.completion_tokens == 5
+    assert done.usage.prefill_duration > 0
+    assert done.usage.decode_duration > 0
+    assert done.usage.total_duration >= done.usage.prefill_duration + done.usage.decode_duration
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+async def test_json_schema_output_validates(lm: OpenVINOLanguageModel) -> None:
+    request = GenerationRequest(
+        model="smollm2:135m",
+        messages=(Message(role="user", content="Describe a person as JSON."),),
+        options=SamplingOptions(temperature=0, max_tokens=80),
+        response_format=ResponseFormat(kind="json_schema", schema=Person.model_json_schema()),
+    )
+    text, done, _ = await run(lm, request)
+    person = Person.model_validate_json(text)
+    assert person.name
+    assert done.finish_reason == FinishReason.STOP
+
+
+async def test_cancel_after_three_pieces_stops_within_a_token(
+    lm: OpenVINOLanguageModel, backend: CpuBackend, model: ModelInfo
+) -> None:
+    stream = lm.generate(chat("Tell me a long story about a dragon.", temperature=0,
+                              max_tokens=200))
+    pieces: list[str] = []
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            pieces.append(event.text)
+            if len(pieces) == 3:
+                break
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert lm.last_usage is not None
+    # The stop reaches the worker once the event loop has handled the break; the
+    # runner-level test below pins "within a token" exactly.
+    assert lm.last_usage.completion_tokens < 40
+    # The device is free: the next generation runs at once.
+    _, done, _ = await run(lm, chat("Hi", temperature=0, max_tokens=3))
+    assert done.usage.completion_tokens == 3
+
+
+def test_runner_stops_at_the_next_token(cpu_llm_pipeline: Any, smollm2: ModelInfo,
+                                        backend: CpuBackend) -> None:
+    generator = LLMPipelineGenerator(cpu_llm_pipeline)
+    config = apply_options(generator.new_config(), SamplingOptions(temperature=0),
+                           max_new_tokens=200)
+    prompt = "<|im_start|>user\nTell me a long story about a dragon.<|im_end|>\n"
+    pieces: list[str] = []
+    after_stop = 0
+
+    def on_piece(text: str) -> bool:
+        nonlocal after_stop
+        if len(pieces) >= 3:
+            after_stop += 1
+        pieces.append(text)
+        return len(pieces) < 3
+
+    outcome = generator.run(prompt + "<|im_start|>assistant\n", config, on_piece)
+    assert outcome.finish == "cancelled"
+    shown = asyncio.run(backend.count_text_tokens(smollm2, ["".join(pieces[:3])]))[0]
+    assert outcome.completion_tokens is not None
+    # Tokens = those shown + those GenAI's streamer held back for an unfinished word
+    # (at most 3) + the single token in flight when CANCEL was returned.
+    assert outcome.completion_tokens <= shown + 3 + 1
+    assert after_stop <= 1  # only the final flush of held-back text follows
+
+
+async def test_task_cancellation_frees_the_device(lm: OpenVINOLanguageModel) -> None:
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in lm.generate(chat("Tell me a story.", temperature=0, max_tokens=200)):
+            if isinstance(event, TextDelta):
+                started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert lm.last_usage is not None and lm.last_usage.completion_tokens < 200
+    _, done, _ = await run(lm, chat("Hi", temperature=0, max_tokens=2))
+    assert done.usage.completion_tokens == 2
+
+
+async def test_counts_match_the_tokenizer(
+    lm: OpenVINOLanguageModel, backend: CpuBackend, model: ModelInfo
+) -> None:
+    request = chat("Explain photosynthesis in one sentence.", temperature=0, max_tokens=4)
+    counted = await backend.count_tokens(model, request)
+    rendered = lm.render_prompt(request)
+    assert counted == (await backend.count_text_tokens(model, [rendered]))[0]
+    _, done, _ = await run(lm, request)
+    assert done.usage.prompt_tokens == counted  # GenAI's own count of what it consumed
+    # CJK text counts for real (a regex counter once counted it as zero).
+    cjk = await backend.count_text_tokens(model, ["你好，世界", "你好，世界" * 10])
+    assert 0 < cjk[0] < cjk[1]
+
+
+async def test_chat_template_applied_once(lm: OpenVINOLanguageModel) -> None:
+    request = GenerationRequest(
+        model="smollm2:135m",
+        messages=(
+            Message(role="system", content="You answer tersely."),
+            Message(role="user", content="Hi there"),
+        ),
+    )
+    rendered = lm.render_prompt(request)
+    assert rendered == (
+        "<|im_start|>system\nYou answer tersely.<|im_end|>\n"
+        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    )
+    raw = GenerationRequest(model="smollm2:135m", prompt="<|im_start|>user\nHi")
+    assert lm.render_prompt(raw) == "<|im_start|>user\nHi"
+
+
+async def test_raw_prompt_reaches_the_model_untouched(
+    lm: OpenVINOLanguageModel, backend: CpuBackend, model: ModelInfo
+) -> None:
+    prompt = "The capital of France is"
+    request = GenerationRequest(model="smollm2:135m", prompt=prompt,
+                                options=SamplingOptions(temperature=0, max_tokens=3))
+    _, done, _ = await run(lm, request)
+    assert done.usage.prompt_tokens == (await backend.count_text_tokens(model, [prompt]))[0]
+
+
+async def test_named_tool_choice_yields_a_tool_call(lm: OpenVINOLanguageModel) -> None:
+    weather = ToolSpec(
+        name="get_weather",
+        description="Current weather for a city",
+        parameters={"type": "object", "properties": {"city": {"type": "string"}},
+                    "required": ["city"]},
+    )
+    request = GenerationRequest(
+        model="smollm2:135m",
+        messages=(Message(role="user", content="What is the weather in Paris?"),),
+        tools=(weather,),
+        tool_choice="get_weather",
+        options=SamplingOptions(temperature=0, max_tokens=80),
+    )
+    rendered = lm.render_prompt(request)
+    assert "get_weather" in rendered  # the tool reached the chat template
+    _, done, events = await run(lm, request)
+    calls = [e.call for e in events if isinstance(e, ToolCallDelta)]
+    assert done.finish_reason == FinishReason.TOOL_CALLS
+    assert [call.name for call in calls] == ["get_weather"]
+    assert isinstance(calls[0].arguments.get("city"), str)
+
+
+async def test_prompt_beyond_num_ctx_is_refused(lm: OpenVINOLanguageModel) -> None:
+    with pytest.raises(PromptTooLongError):
+        await run(lm, chat("word " * 100, num_ctx=64))
+
+
+async def test_images_and_suffix_are_refused(lm: OpenVINOLanguageModel) -> None:
+    with pytest.raises(CapabilityError):
+        await run(lm, GenerationRequest(model="smollm2:135m", prompt="def f(", suffix="pass"))
+    image = GenerationRequest(
+        model="smollm2:135m", messages=(Message(role="user", content="?", images=(b"x",)),)
+    )
+    with pytest.raises(CapabilityError):
+        await run(lm, image)
+
+
+async def test_warm_up_generates_sixteen_tokens(lm: OpenVINOLanguageModel) -> None:
+    usage = await lm.warm_up()
+    assert usage.completion_tokens == 16
