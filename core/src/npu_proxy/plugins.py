@@ -79,6 +79,14 @@ def installed_plugins() -> dict[str, str]:
     return found
 
 
+def _entry_point_distribution(group: str, name: str) -> tuple[str, str]:
+    """The distribution (name, version) that declares entry point ``name`` in ``group``."""
+    for ep in metadata.entry_points(group=group, name=name):
+        if ep.dist is not None:
+            return ep.dist.name, ep.dist.version
+    return "", ""
+
+
 def _distribution_of(module: str) -> tuple[str, str]:
     top = module.split(".")[0]
     dists = metadata.packages_distributions().get(top, [])
@@ -131,7 +139,10 @@ class PluginHost:
                 self._add_extension(ext.name, ext.plugin, kind, ext.entry_point)
             for name, error in failures:
                 log.warning("skipping plugin %r (%s): %s", name, kind, error)
-                self.records.append(PluginRecord(name, kind, module="", error=error))
+                dist, version = _entry_point_distribution(group, name)
+                self.records.append(
+                    PluginRecord(name, kind, "", distribution=dist, version=version, error=error)
+                )
 
     def _load_named(self, names: list[str]) -> None:
         self.requested = set(names)
@@ -169,8 +180,7 @@ class PluginHost:
     def _add_extension(self, name: str, plugin: Any, kind: str, entry_point: Any) -> None:
         if not isinstance(plugin, ModuleType) and not hasattr(plugin, "__dict__"):
             raise PluginError(f"plugin {name!r} is not a module or object with hooks")
-        dist = getattr(getattr(entry_point, "dist", None), "name", "") or ""
-        version = getattr(getattr(entry_point, "dist", None), "version", "") or ""
+        dist, version = _entry_point_distribution(GROUPS[kind], name)
         self.add_module(name, plugin, kind, distribution=dist, version=version)
 
     def add_module(

@@ -1,0 +1,79 @@
+"""The app over real HTTP: request ids, health, errors, and a responsive event loop."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from npu_proxy.testing import LiveServer, backend_plugin, make_app, test_settings
+from npu_proxy_mock.backend import MockBackend
+
+
+def test_every_response_has_a_request_id(mock_server: LiveServer) -> None:
+    seen = set()
+    for path in ("/health", "/health/devices", "/no/such/route"):
+        response = httpx.get(mock_server.url + path)
+        request_id = response.headers["x-request-id"]
+        assert re.fullmatch(r"req_[0-9a-f]{24}", request_id)
+        seen.add(request_id)
+    assert len(seen) == 3
+
+
+def test_unknown_routes_are_json_errors_not_fastapi_details(mock_server: LiveServer) -> None:
+    response = httpx.get(mock_server.url + "/health/nope")
+    assert response.status_code == 404
+    assert "detail" not in response.json() and "error" in response.json()
+
+
+def test_health_reports_devices_and_models(tmp_path: Path) -> None:
+    npu = MockBackend("NPU", present=False)
+    cpu = MockBackend("CPU")
+    app = make_app(test_settings(tmp_path), ["mock"], {"devs": backend_plugin(npu, cpu)})
+    with LiveServer(app) as server:
+        body = httpx.get(server.url + "/health").json()
+        assert body["status"] == "ok"
+        assert body["devices"]["NPU"] == {
+            "present": False, "state": "absent", "error": "NPU not found (simulated)",
+            "queue_depth": 0, "in_flight": 0, "max_parallel": 1,
+        }
+        assert body["devices"]["CPU"]["present"] is True
+        devices = httpx.get(server.url + "/health/devices").json()["devices"]
+        assert {d["device"]: d["present"] for d in devices} == {
+            "CPU": True, "MOCK": True, "NPU": False
+        }
+
+
+def test_health_answers_while_a_model_loads(tmp_path: Path) -> None:
+    slow = MockBackend("CPU", load_delay=1.5)
+    settings = test_settings(tmp_path, device="CPU")
+    app = make_app(settings, [], {"slow": backend_plugin(slow), "models": _mock_models()})
+    with LiveServer(app) as server:
+        loader = threading.Thread(target=server.call, args=(server.ctx.engine.load("mock", -1),))
+        loader.start()
+        states = []
+        latencies = []
+        while loader.is_alive():
+            started = time.perf_counter()
+            body = httpx.get(server.url + "/health").json()
+            latencies.append(time.perf_counter() - started)
+            states.append(body["status"])
+            time.sleep(0.05)
+        loader.join()
+        assert "loading" in states
+        assert httpx.get(server.url + "/health").json()["models"][0]["state"] == "loaded"
+        # Dozens of answers arrived during a 1.5 s load: the loop was never blocked.
+        assert len(latencies) > 10
+
+
+def _mock_models() -> object:
+    from npu_proxy.testing import inline_plugin
+    from npu_proxy_mock.backend import mock_models
+
+    def register(register: object) -> None:
+        for model in mock_models():
+            register(model)  # type: ignore[operator]
+
+    return inline_plugin(npu_proxy_register_models=register)

@@ -1,0 +1,72 @@
+"""Settings: the original specification's variables, their defaults, and clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from npu_proxy.settings import Settings, SettingsError, load_settings, parse_duration
+
+
+def test_defaults_follow_the_specification(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("NPU_PROXY_"):
+            monkeypatch.delenv(key)
+    s = Settings()
+    assert (s.host, s.port, s.device, s.fallback_device) == ("0.0.0.0", 11435, "NPU", None)
+    assert s.real_inference is True  # the deliberate change: real inference by default
+    assert s.model_path == Path("~/.cache/npu-proxy/models").expanduser()
+    assert (s.inference_timeout, s.max_prompt_len, s.token_limit) == (180, 4096, 1800)
+    assert (s.embedding_device, s.embedding_cache_size, s.log_level) == ("CPU", 1000, "INFO")
+    assert s.embedding_model == "all-minilm:latest"
+    assert (s.max_queue, s.keep_alive) == (512, 300.0)
+
+
+def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NPU_PROXY_DEVICE", "gpu")
+    monkeypatch.setenv("NPU_PROXY_FALLBACK_DEVICE", "auto")
+    monkeypatch.setenv("NPU_PROXY_REAL_INFERENCE", "0")
+    monkeypatch.setenv("NPU_PROXY_KEEP_ALIVE", "10m")
+    monkeypatch.setenv("NPU_PROXY_PLUGINS", "ollama, mock")
+    s = load_settings(port=9999, host=None)
+    assert (s.device, s.fallback_device, s.real_inference) == ("GPU", None, False)
+    assert (s.keep_alive, s.port, s.host, s.plugins) == (600.0, 9999, "0.0.0.0", ["ollama", "mock"])
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("NPU_PROXY_PORT", "abc"), ("NPU_PROXY_PORT", "70000"), ("NPU_PROXY_MAX_QUEUE", "-1"),
+     ("NPU_PROXY_KEEP_ALIVE", "soon"), ("NPU_PROXY_LOG_LEVEL", "LOUD"),
+     ("NPU_PROXY_INFERENCE_TIMEOUT", "0")],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+def test_serve_refuses_an_invalid_variable() -> None:
+    env = {**os.environ, "NPU_PROXY_PORT": "not-a-port"}
+    result = subprocess.run([sys.executable, "-m", "npu_proxy", "serve"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "NPU_PROXY_PORT" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5m", 300.0), ("1h30m", 5400.0), ("300", 300.0), (1800, 1800.0), ("-1", -1.0),
+     ("-1m", -60.0), ("2m30s", 150.0), ("250ms", 0.25), (0, 0.0)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m5", "5 minutes", True, None, [1]])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
