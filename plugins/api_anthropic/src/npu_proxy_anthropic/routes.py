@@ -1,0 +1,94 @@
+"""``POST /v1/messages`` and ``POST /v1/messages/count_tokens``.
+
+Bodies are parsed here (not by FastAPI) so every validation error is Anthropic-shaped.
+Everything that can fail before generation (validation, model lookup, token count,
+prompt too long, full queue) fails with a proper status before the first byte; only
+what happens during generation ends a stream with an ``error`` event. Query strings
+(``?beta=true``) and the ``anthropic-version``/``anthropic-beta`` headers are accepted
+and need no handling: the wire format does not depend on them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+from npu_proxy.engine.engine import Generation
+from npu_proxy.engine.types import GenerationRequest
+from npu_proxy.web import ClientDisconnected, read_json, until_disconnected, validate
+from starlette.responses import JSONResponse, Response
+
+from .convert import generation_request
+from .encoder import MessageEncoder
+from .models import ModelResolver
+from .schemas import MessagesRequest, PromptParams
+from .settings import AnthropicSettings
+from .streaming import ClosingStreamingResponse, message_stream
+
+if TYPE_CHECKING:
+    from npu_proxy.context import ServerContext
+
+# 499: the client closed the request (nobody reads it; metrics see why it ended).
+CLIENT_CLOSED = 499
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def build_router(ctx: ServerContext, settings: AnthropicSettings) -> APIRouter:
+    """The Messages routes over ``ctx``; no state outside this closure."""
+    router = APIRouter()
+    resolver = ModelResolver(
+        ctx.store, settings.model_map, settings.default_model or ctx.settings.default_model
+    )
+
+    def headers(generation: Generation) -> dict[str, str]:
+        return {**generation.route.headers(), "X-NPU-Proxy-Model": generation.model.name}
+
+    @router.post("/v1/messages")
+    async def create_message(request: Request) -> Response:
+        body = validate(MessagesRequest, await read_json(request))
+        engine_request = generation_request(body, resolver.resolve(body.model))
+        encoder_args = (new_message_id(), body.model)
+        if body.stream:
+            try:
+                generation = await until_disconnected(
+                    request, ctx.engine.generate(engine_request)
+                )
+            except ClientDisconnected:
+                return Response(status_code=CLIENT_CLOSED)
+            encoder = MessageEncoder(*encoder_args, generation.route.token_count,
+                                     engine_request.options.stop)
+            return ClosingStreamingResponse(
+                message_stream(generation, encoder, settings.ping_interval),
+                media_type="text/event-stream",
+                headers={**headers(generation), "Cache-Control": "no-cache"},
+            )
+
+        async def complete() -> tuple[MessageEncoder, dict[str, str]]:
+            generation = await ctx.engine.generate(engine_request)
+            async with generation:
+                encoder = MessageEncoder(*encoder_args, generation.route.token_count,
+                                         engine_request.options.stop)
+                async for event in generation:
+                    encoder.feed(event)
+            return encoder, headers(generation)
+
+        # The whole generation runs under the disconnect watch: a client that gives up
+        # on a non-streaming request stops it too.
+        try:
+            encoder, reply_headers = await until_disconnected(request, complete())
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(encoder.message(), headers=reply_headers)
+
+    @router.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Response:
+        body = validate(PromptParams, await read_json(request))
+        engine_request: GenerationRequest = generation_request(body, resolver.resolve(body.model))
+        tokens = await ctx.engine.count_tokens(engine_request)
+        return JSONResponse({"input_tokens": tokens})
+
+    return router
