@@ -1,0 +1,161 @@
+"""``POST /v1/completions``: OpenAI's legacy text completions on a raw prompt.
+
+The prompt reaches the model untouched (no chat template). A list of prompts gives one
+choice per prompt, generated one after another; ``echo`` puts the prompt in front of
+each choice's text. Token-id prompts are refused: the engine takes text only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from npu_proxy.context import ServerContext
+from npu_proxy.engine.engine import Generation
+from npu_proxy.engine.errors import BackendError, CapabilityError, EngineError, InvalidRequestError
+from npu_proxy.engine.types import Capability, Done, GenerationRequest, TextDelta, Usage
+from npu_proxy.web import read_json
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import engine_error_body
+from .running import Envelope, admit, finish_reason, new_id, run, usage_body
+from .schemas import CompletionRequest, parse
+from .streaming import DONE, EventStreamResponse, sse
+from .translate import sampling_options
+
+log = logging.getLogger(__name__)
+
+
+def prompts_of(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str]:
+    """The text prompts of a request; token ids and an empty list are refused."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidRequestError("prompt must not be empty", "prompt")
+    if all(isinstance(p, str) for p in prompt):
+        return [p for p in prompt if isinstance(p, str)]
+    raise InvalidRequestError(
+        "prompts given as token ids are not supported: the server cannot turn token ids "
+        "back into text for its backends; send the prompt as a string",
+        "prompt",
+    )
+
+
+def completion_requests(ctx: ServerContext, body: CompletionRequest) -> list[GenerationRequest]:
+    """One engine request per prompt."""
+    if body.best_of not in (None, 1):
+        raise InvalidRequestError("best_of greater than 1 is not supported", "best_of")
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequestError(
+            "stream_options is only allowed when stream is true", "stream_options"
+        )
+    prompts = prompts_of(body.prompt)
+    options = sampling_options(body, body.max_tokens)
+    if body.suffix:
+        model = ctx.store.resolve(body.model)
+        if not model.can(Capability.INSERT):
+            raise CapabilityError(
+                f'"{model.name}" does not support insertion (suffix)', param="suffix"
+            )
+    return [
+        GenerationRequest(model=body.model, prompt=p, suffix=body.suffix or None, options=options)
+        for p in prompts
+    ]
+
+
+async def create_completion(ctx: ServerContext, request: Request) -> Response:
+    """Serve a text completion, streamed or whole."""
+    body = parse(CompletionRequest, await read_json(request))
+    works = completion_requests(ctx, body)
+    envelope = Envelope(new_id("cmpl"), int(time.time()), body.model)
+    if body.stream:
+        first = await admit(ctx, request, works[0])
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventStreamResponse(
+            stream_completion(ctx, first, works, envelope, body.echo, include_usage),
+            first.aclose,
+            headers=first.route.headers(),
+        )
+    choices: list[dict[str, Any]] = []
+    usages: list[Usage] = []
+    headers: dict[str, str] = {}
+    for index, work in enumerate(works):
+        generation, reply = await run(ctx, request, work)
+        assert reply.done is not None
+        headers = headers or generation.route.headers()
+        usages.append(reply.usage)
+        choices.append(
+            {
+                "text": (work.prompt or "") + reply.text if body.echo else reply.text,
+                "index": index,
+                "logprobs": None,
+                "finish_reason": finish_reason(reply.done, False),
+            }
+        )
+    return JSONResponse(
+        {**envelope.head("text_completion"), "choices": choices, "usage": _total(usages)},
+        headers=headers,
+    )
+
+
+def _total(usages: list[Usage]) -> dict[str, int]:
+    return usage_body(
+        Usage(
+            prompt_tokens=sum(u.prompt_tokens for u in usages),
+            completion_tokens=sum(u.completion_tokens for u in usages),
+        )
+    )
+
+
+async def stream_completion(
+    ctx: ServerContext,
+    first: Generation,
+    works: list[GenerationRequest],
+    envelope: Envelope,
+    echo: bool,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """The SSE body: each prompt's chunks in turn; a failure ends it with an error event.
+
+    ``first`` is already admitted (so its errors got a proper HTTP status); the other
+    prompts queue for a device as their turn comes.
+    """
+
+    def chunk(index: int, text: str, finish: str | None = None) -> bytes:
+        data: dict[str, Any] = {
+            **envelope.head("text_completion"),
+            "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            data["usage"] = None
+        return sse(data)
+
+    usages: list[Usage] = []
+    generation = first
+    try:
+        for index, work in enumerate(works):
+            if index:
+                generation = await ctx.engine.generate(work)
+            async with generation:
+                if echo and work.prompt:
+                    yield chunk(index, work.prompt)
+                async for event in generation:
+                    if isinstance(event, TextDelta) and event.text:
+                        yield chunk(index, event.text)
+                    elif isinstance(event, Done):
+                        usages.append(event.usage)
+                        yield chunk(index, "", finish_reason(event, False))
+    except EngineError as exc:
+        yield sse(engine_error_body(exc))
+        return
+    except Exception:
+        log.exception("streaming a text completion failed")
+        yield sse(engine_error_body(BackendError("the stream failed")))
+        return
+    if include_usage:
+        yield sse({**envelope.head("text_completion"), "choices": [], "usage": _total(usages)})
+    yield DONE

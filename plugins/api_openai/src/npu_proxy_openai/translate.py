@@ -1,0 +1,209 @@
+"""OpenAI request bodies -> the engine's :class:`GenerationRequest`.
+
+Everything a client can get wrong here becomes an :class:`InvalidRequestError` naming
+the parameter; what the engine knows better (whether the model takes images, whether
+the prompt fits) is left to the engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from npu_proxy.engine.errors import InvalidRequestError
+from npu_proxy.engine.types import (
+    GenerationRequest,
+    Message,
+    ResponseFormat,
+    SamplingOptions,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
+
+from .schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ContentPart,
+    NamedToolChoice,
+    ResponseFormatParam,
+    SamplingParams,
+    ToolParam,
+)
+
+
+def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOptions:
+    """The sampling fields both generation routes share."""
+    if body.n not in (None, 1):
+        raise InvalidRequestError(
+            "n greater than 1 is not supported: request one choice at a time", "n"
+        )
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        seed=body.seed,
+        repetition_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        stop=tuple(s for s in stop if s),
+    )
+
+
+def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
+    """The engine request for a chat completion."""
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequestError(
+            "stream_options is only allowed when stream is true", "stream_options"
+        )
+    # max_completion_tokens replaced max_tokens; a client that sends both means the new one.
+    limit = body.max_completion_tokens
+    if limit is None:
+        limit = body.max_tokens
+    tools = tuple(_tool(t) for t in body.tools or ())
+    return GenerationRequest(
+        model=body.model,
+        messages=_messages(body.messages),
+        tools=tools,
+        tool_choice=_tool_choice(body.tool_choice, tools),
+        options=sampling_options(body, limit),
+        response_format=_response_format(body.response_format),
+    )
+
+
+def _messages(messages: list[ChatMessage]) -> tuple[Message, ...]:
+    names: dict[str, str] = {}  # tool_call id -> function name, for tool results
+    result = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        text, images = _content(message, where)
+        if message.role in ("system", "developer"):
+            if images:
+                raise InvalidRequestError(
+                    f"{where}: a {message.role} message cannot hold images", f"{where}.content"
+                )
+            result.append(Message(role="system", content=text))
+        elif message.role == "user":
+            if message.content is None:
+                raise InvalidRequestError(
+                    f"{where}: a user message needs content", f"{where}.content"
+                )
+            result.append(Message(role="user", content=text, images=images))
+        elif message.role == "assistant":
+            calls = tuple(
+                _call(c.id, c.function.name, c.function.arguments, f"{where}.tool_calls")
+                for c in message.tool_calls or ()
+            )
+            names.update((c.id, c.name) for c in calls)
+            result.append(Message(role="assistant", content=text, tool_calls=calls))
+        else:
+            if not message.tool_call_id:
+                raise InvalidRequestError(
+                    f"{where}: a tool message needs tool_call_id", f"{where}.tool_call_id"
+                )
+            result.append(
+                Message(
+                    role="tool",
+                    content=text,
+                    tool_call_id=message.tool_call_id,
+                    tool_name=names.get(message.tool_call_id, message.name),
+                )
+            )
+    return tuple(result)
+
+
+def _content(message: ChatMessage, where: str) -> tuple[str, tuple[bytes, ...]]:
+    """The message's text (parts joined by newlines) and the images it carries."""
+    if message.content is None or isinstance(message.content, str):
+        return message.content or "", ()
+    texts: list[str] = []
+    images: list[bytes] = []
+    for index, part in enumerate(message.content):
+        param = f"{where}.content[{index}]"
+        if part.type == "text" and part.text is not None:
+            texts.append(part.text)
+        elif part.type == "refusal" and part.refusal is not None:
+            texts.append(part.refusal)
+        elif part.type == "image_url" and part.image_url is not None:
+            images.append(_image(part, param))
+        else:
+            raise InvalidRequestError(
+                f"{param}: content parts of type {part.type!r} are not supported "
+                "(use 'text' or 'image_url')",
+                param,
+            )
+    return "\n".join(texts), tuple(images)
+
+
+def _image(part: ContentPart, param: str) -> bytes:
+    assert part.image_url is not None
+    url = part.image_url.url
+    header, comma, data = url.partition(",")
+    # Remote URLs are not fetched: the server would become a way to reach other hosts.
+    if not (header.startswith("data:") and header.endswith(";base64") and comma):
+        raise InvalidRequestError(
+            f"{param}: images must be sent inline as data:<type>;base64,<data> URLs; "
+            "the server does not fetch remote images",
+            param,
+        )
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(f"{param}: the image is not valid base64", param) from None
+
+
+def _call(call_id: str, name: str, arguments: str, param: str) -> ToolCall:
+    try:
+        decoded = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        raise InvalidRequestError(
+            f"{param}: function.arguments of call {call_id!r} is not valid JSON", param
+        ) from None
+    if not isinstance(decoded, dict):
+        raise InvalidRequestError(
+            f"{param}: function.arguments of call {call_id!r} must be a JSON object", param
+        )
+    return ToolCall(id=call_id, name=name, arguments=decoded)
+
+
+def _tool(tool: ToolParam) -> ToolSpec:
+    spec = tool.function
+    return ToolSpec(
+        name=spec.name,
+        description=spec.description or "",
+        parameters=spec.parameters or {"type": "object", "properties": {}},
+    )
+
+
+def _tool_choice(choice: str | NamedToolChoice | None, tools: tuple[ToolSpec, ...]) -> ToolChoice:
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        if choice == "required" and not tools:
+            raise InvalidRequestError("tool_choice 'required' needs tools", "tool_choice")
+        return choice
+    name = choice.function.name
+    if name not in {t.name for t in tools}:
+        raise InvalidRequestError(
+            f"tool_choice names function {name!r}, which is not among the tools", "tool_choice"
+        )
+    return name
+
+
+def _response_format(fmt: ResponseFormatParam | None) -> ResponseFormat | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ResponseFormat(kind="json")
+    schema: dict[str, Any] | None = fmt.json_schema.schema_ if fmt.json_schema else None
+    if schema is None:
+        raise InvalidRequestError(
+            "response_format of type json_schema needs json_schema.schema",
+            "response_format.json_schema",
+        )
+    return ResponseFormat(kind="json_schema", schema=schema)
