@@ -1,0 +1,47 @@
+"""The Ollama dialect: its routes under ``/api`` (plus ``GET|HEAD /``) and its error shape."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from npu_proxy.api import ApiDialect
+from npu_proxy.context import ServerContext
+from starlette.responses import Response
+
+from .create import create_routes
+from .embeddings import embedding_routes
+from .inference import inference_routes
+from .management import management_routes
+from .wire import error_json
+
+
+class OllamaApi(ApiDialect):
+    """Ollama's HTTP API, as its official clients, Open WebUI and Continue use it.
+
+    Only ``/api`` is claimed as a prefix: ``/`` would capture every other dialect's
+    errors. ``GET|HEAD /`` is still served (it is how clients detect Ollama).
+    """
+
+    name = "ollama"
+    prefixes = ("/api",)
+
+    def router(self, ctx: ServerContext) -> APIRouter:
+        router = APIRouter()
+        for part in (
+            inference_routes(ctx),
+            embedding_routes(ctx),
+            management_routes(ctx),
+            create_routes(ctx),
+        ):
+            router.include_router(part)
+        return router
+
+    def error_response(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """``{"error": message}`` with ``status`` (Ollama has no error codes on the wire)."""
+        return error_json(status, message, headers)

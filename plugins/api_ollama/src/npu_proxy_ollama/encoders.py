@@ -1,0 +1,86 @@
+"""Engine events -> Ollama response objects, for /api/generate and /api/chat.
+
+An encoder turns each event of a generation into the chunks Ollama streams, and a
+whole generation into the one object ``stream: false`` returns. Each tool call is
+sent whole, in its own chunk, with its arguments as a JSON object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from npu_proxy.engine.types import Done, GenerationEvent, TextDelta, ToolCall, ToolCallDelta
+
+from .wire import done_reason, now_rfc3339, statistics
+
+
+class Encoder:
+    """Shared by both endpoints; subclasses say where the text goes."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._calls = 0
+
+    def _head(self) -> dict[str, Any]:
+        return {"model": self.model, "created_at": now_rfc3339()}
+
+    def _final(self, done: Done) -> dict[str, Any]:
+        return {
+            "done": True,
+            "done_reason": done_reason(done.finish_reason),
+            **statistics(done.usage),
+        }
+
+    def call_json(self, call: ToolCall) -> dict[str, Any]:
+        """A tool call as Ollama writes it; ``index`` counts the calls of this turn."""
+        index, self._calls = self._calls, self._calls + 1
+        return {
+            "id": call.id,
+            "function": {"index": index, "name": call.name, "arguments": call.arguments},
+        }
+
+    def chunk(self, event: GenerationEvent) -> dict[str, Any] | None:
+        """The streamed object for ``event`` (``None``: nothing to send)."""
+        raise NotImplementedError
+
+    def whole(self, text: str, calls: list[ToolCall], done: Done) -> dict[str, Any]:
+        """The single object of a non-streamed response."""
+        raise NotImplementedError
+
+
+class GenerateEncoder(Encoder):
+    """``/api/generate``: text in ``response``."""
+
+    def chunk(self, event: GenerationEvent) -> dict[str, Any] | None:
+        if isinstance(event, TextDelta):
+            if not event.text:
+                return None
+            return {**self._head(), "response": event.text, "done": False}
+        if isinstance(event, Done):
+            return {**self._head(), "response": "", **self._final(event)}
+        return None  # /api/generate takes no tools, so no call can arrive
+
+    def whole(self, text: str, calls: list[ToolCall], done: Done) -> dict[str, Any]:
+        return {**self._head(), "response": text, **self._final(done)}
+
+
+class ChatEncoder(Encoder):
+    """``/api/chat``: text and tool calls in an assistant ``message``."""
+
+    def _message(self, content: str, calls: list[ToolCall] | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = [self.call_json(c) for c in calls]
+        return message
+
+    def chunk(self, event: GenerationEvent) -> dict[str, Any] | None:
+        if isinstance(event, TextDelta):
+            if not event.text:
+                return None
+            return {**self._head(), "message": self._message(event.text), "done": False}
+        if isinstance(event, ToolCallDelta):
+            return {**self._head(), "message": self._message("", [event.call]), "done": False}
+        return {**self._head(), "message": self._message(""), **self._final(event)}
+
+    def whole(self, text: str, calls: list[ToolCall], done: Done) -> dict[str, Any]:
+        return {**self._head(), "message": self._message(text, calls), **self._final(done)}

@@ -1,0 +1,164 @@
+"""``POST /api/generate`` and ``POST /api/chat``: Ollama requests -> GenerationRequest.
+
+A model's stored ``system`` prompt and ``parameters`` (from ``/api/create``) are the
+defaults a request overrides. The request's ``template`` is accepted and ignored: the
+backend applies the model's own chat template, and Go templates are not executed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from npu_proxy.context import ServerContext
+from npu_proxy.engine.errors import CapabilityError, InvalidRequestError
+from npu_proxy.engine.types import (
+    Capability,
+    GenerationRequest,
+    Message,
+    ModelInfo,
+    ToolCall,
+    ToolSpec,
+)
+from npu_proxy.web import read_json, validate
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .encoders import ChatEncoder, GenerateEncoder
+from .options import (
+    decode_images,
+    model_field,
+    parse_format,
+    parse_keep_alive,
+    parse_options,
+)
+from .running import load_or_unload, respond
+from .schemas import ChatBody, ChatMessage, CommonBody, GenerateBody
+
+
+def _check_features(info: ModelInfo, body: CommonBody) -> None:
+    """Refuse what the model or this server cannot do, as Ollama does, with a 400."""
+    if body.think not in (None, False) and not info.can(Capability.THINKING):
+        raise CapabilityError(f'"{info.name}" does not support thinking', param="think")
+    if body.logprobs:
+        raise InvalidRequestError("logprobs are not supported by this server", param="logprobs")
+
+
+def _defaults(info: ModelInfo) -> dict[str, Any]:
+    stored = info.extra.get("parameters")
+    return stored if isinstance(stored, dict) else {}
+
+
+def _stored_system(info: ModelInfo) -> str | None:
+    system = info.extra.get("system")
+    return system if isinstance(system, str) and system else None
+
+
+def _message(index: int, message: ChatMessage) -> Message:
+    calls = tuple(
+        ToolCall(
+            id=call.id or f"call_{index}_{n}",
+            name=call.function.name,
+            arguments=call.function.argument_object(),
+        )
+        for n, call in enumerate(message.tool_calls or ())
+    )
+    return Message(
+        role=message.role,
+        content=message.content or "",
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+        tool_name=message.tool_name,
+        images=decode_images(message.images, f"messages.{index}.images"),
+    )
+
+
+def inference_routes(ctx: ServerContext) -> APIRouter:
+    """The two generation endpoints, closed over ``ctx``."""
+    router = APIRouter()
+
+    @router.post("/api/generate")
+    async def generate(request: Request) -> Response:
+        data = await read_json(request)
+        body = validate(GenerateBody, data)
+        name = model_field(data)
+        keep_alive = parse_keep_alive(body.keep_alive)
+        info = ctx.store.resolve(name)
+        options = parse_options(body.options, _defaults(info))
+        response_format = parse_format(body.format)
+        images = decode_images(body.images)
+        _check_features(info, body)
+        if not body.prompt:
+            return await load_or_unload(ctx, request, name, keep_alive, {"response": ""})
+        if body.raw:
+            if images:
+                if not info.can(Capability.VISION):
+                    raise CapabilityError(
+                        f'"{info.name}" is a text-only model and does not accept images',
+                        param="images",
+                    )
+                raise InvalidRequestError("images cannot be combined with raw", param="raw")
+            generation = GenerationRequest(
+                model=name,
+                prompt=body.prompt,
+                suffix=body.suffix or None,
+                options=options,
+                response_format=response_format,
+                keep_alive=keep_alive,
+            )
+        else:
+            if body.suffix and not info.can(Capability.INSERT):
+                raise CapabilityError(f'"{info.name}" does not support insert', param="suffix")
+            system = body.system if body.system is not None else _stored_system(info)
+            turns = [Message(role="system", content=system)] if system else []
+            turns.append(Message(role="user", content=body.prompt, images=images))
+            generation = GenerationRequest(
+                model=name,
+                messages=tuple(turns),
+                suffix=body.suffix or None,
+                options=options,
+                response_format=response_format,
+                keep_alive=keep_alive,
+            )
+        encoder = GenerateEncoder(name)
+        return await respond(ctx, request, generation, encoder, body.stream is not False)
+
+    @router.post("/api/chat")
+    async def chat(request: Request) -> Response:
+        data = await read_json(request)
+        body = validate(ChatBody, data)
+        name = model_field(data)
+        keep_alive = parse_keep_alive(body.keep_alive)
+        info = ctx.store.resolve(name)
+        options = parse_options(body.options, _defaults(info))
+        response_format = parse_format(body.format)
+        _check_features(info, body)
+        messages = [_message(i, m) for i, m in enumerate(body.messages or ())]
+        if not messages:
+            shape = {"message": {"role": "assistant", "content": ""}}
+            return await load_or_unload(ctx, request, name, keep_alive, shape)
+        tools = tuple(
+            ToolSpec(
+                name=t.function.name,
+                description=t.function.description or "",
+                parameters=t.function.parameters or {"type": "object", "properties": {}},
+            )
+            for t in body.tools or ()
+        )
+        if tools and not info.can(Capability.TOOLS):
+            raise CapabilityError(f'"{info.name}" does not support tools', param="tools")
+        system = _stored_system(info)
+        if system and not any(m.role == "system" for m in messages):
+            messages.insert(0, Message(role="system", content=system))
+        generation = GenerationRequest(
+            model=name,
+            messages=tuple(messages),
+            tools=tools,
+            options=options,
+            response_format=response_format,
+            keep_alive=keep_alive,
+        )
+        encoder = ChatEncoder(name)
+        return await respond(ctx, request, generation, encoder, body.stream is not False)
+
+    return router
