@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.settings import Settings
 

@@ -1,0 +1,76 @@
+"""Embeddings with the bundled all-MiniLM-L6-v2 (int8 ONNX converted to IR once)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from npu_proxy.engine.errors import CapabilityError, PromptTooLongError
+from npu_proxy.engine.types import EmbeddingRequest, GenerationRequest, ModelInfo
+from npu_proxy.settings import Settings
+from npu_proxy_openvino import OpenVINOBackend, OpenVINOEmbeddingModel
+
+
+@pytest.fixture
+def backend(ov_settings: Settings) -> OpenVINOBackend:
+    return OpenVINOBackend(ov_settings, name="openvino-test", device="CPU")
+
+
+@pytest.fixture
+async def embedder(backend: OpenVINOBackend, minilm: ModelInfo) -> OpenVINOEmbeddingModel:
+    loaded = await backend.load(minilm)
+    assert isinstance(loaded, OpenVINOEmbeddingModel)
+    return loaded
+
+
+def request(*texts: str, **kwargs: object) -> EmbeddingRequest:
+    return EmbeddingRequest(model="all-minilm:latest", inputs=texts, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_similar_meanings_rank_closer(embedder: OpenVINOEmbeddingModel) -> None:
+    result = await embedder.embed(request("a cat", "a kitten", "quantum physics"))
+    cat, kitten, physics = (np.array(v) for v in result.vectors)
+    assert len(cat) == 384
+    assert math.isclose(float(np.linalg.norm(cat)), 1.0, rel_tol=1e-4)  # normalised
+    assert float(cat @ kitten) > float(cat @ physics) + 0.3
+    assert result.prompt_tokens == 3 * 4  # [CLS] two words [SEP], for each input
+
+
+async def test_batch_equals_single(embedder: OpenVINOEmbeddingModel, backend: OpenVINOBackend,
+                                   minilm: ModelInfo) -> None:
+    texts = ("the weather is nice today", "a kitten", "Paris is in France")
+    batch = (await embedder.embed(request(*texts))).vectors
+    # A fresh backend has an empty cache, so each single input really runs alone.
+    fresh = await OpenVINOBackend(backend.settings, name="t2", device="CPU").load(minilm)
+    singles = [(await fresh.embed(request(text))).vectors[0] for text in texts]
+    np.testing.assert_allclose(np.array(batch), np.array(singles), atol=1e-5)
+
+
+async def test_cache_serves_repeats(embedder: OpenVINOEmbeddingModel,
+                                    backend: OpenVINOBackend) -> None:
+    cache = backend._embedding_cache
+    first = await embedder.embed(request("repeat me", "repeat me"))
+    hits = cache.hits
+    second = await embedder.embed(request("repeat me"))
+    assert cache.hits == hits + 1
+    assert second.vectors[0] == first.vectors[0] == first.vectors[1]
+    assert second.prompt_tokens * 2 == first.prompt_tokens  # counted even when cached
+
+
+async def test_truncation_and_dimensions(embedder: OpenVINOEmbeddingModel) -> None:
+    long = "word " * 400
+    result = await embedder.embed(request(long))
+    assert result.prompt_tokens == 256
+    with pytest.raises(PromptTooLongError):
+        await embedder.embed(request(long, truncate=False))
+    short = await embedder.embed(request("a cat", dimensions=64))
+    assert len(short.vectors[0]) == 64
+    assert math.isclose(float(np.linalg.norm(short.vectors[0])), 1.0, rel_tol=1e-4)
+
+
+async def test_embedding_model_does_not_generate(embedder: OpenVINOEmbeddingModel) -> None:
+    with pytest.raises(CapabilityError):
+        async for _ in embedder.generate(GenerationRequest(model="all-minilm:latest",
+                                                           prompt="hi")):
+            pass
