@@ -38,7 +38,9 @@ def devices(**npu: Any) -> tuple[MockBackend, MockBackend]:
     return MockBackend("NPU", token_delay=0.001, **npu), MockBackend("CPU", token_delay=0.001)
 
 
-async def test_short_prompt_runs_on_the_preferred_device(make_engine: Any, request_for: Any) -> None:
+async def test_short_prompt_runs_on_the_preferred_device(
+    make_engine: Any, request_for: Any
+) -> None:
     ctx = await make_engine(*devices())
     route = await route_of(ctx, request_for("short", max_tokens=2))
     assert (route.device, route.reason) == ("NPU", RouteReason.PREFERRED)

@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -30,6 +32,7 @@ from .engine.store import ModelStore
 from .engine.types import ModelInfo
 from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
+from .security import DEFAULT_CLIENTS, HostPolicy, SecurityMiddleware, parse_networks
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -187,8 +190,40 @@ def create_app(
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
         return error_response(ctx, request.url.path, 500, "internal server error")
 
+    _add_network_safety(app, ctx)
     app.add_middleware(RequestContextMiddleware, bus=ctx.bus)
     return app
+
+
+def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
+    """Security checks inside CORS (preflights answer first), both inside the request id."""
+    settings = ctx.settings
+    clients = [] if settings.allowed_clients == ["*"] else parse_networks(
+        settings.allowed_clients)
+    app.add_middleware(
+        SecurityMiddleware,
+        render=lambda path, status, message, code, headers: error_response(
+            ctx, path, status, message, code, headers),
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        clients=clients,
+        hosts=HostPolicy(settings.allowed_hosts, clients or parse_networks(DEFAULT_CLIENTS)),
+        max_body=settings.max_body,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=origins_regex(settings.origins),
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-ID", "X-NPU-Proxy-Device", "X-NPU-Proxy-Route-Reason",
+                        "X-NPU-Proxy-Token-Count"],
+        allow_credentials=False,
+    )
+
+
+def origins_regex(patterns: Iterable[str]) -> str:
+    """One regex for origin patterns where ``*`` matches within the origin (no spaces)."""
+    parts = [re.escape(p).replace(r"\*", r"[^\s]*") for p in patterns]
+    return "^(?:" + "|".join(parts) + ")$" if parts else "^$"
 
 
 async def _warm_up(ctx: ServerContext) -> None:

@@ -7,8 +7,10 @@ flags override ``NPU_PROXY_*`` variables. Errors are one clear line and a non-ze
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import logging.config
 import sys
 from typing import Any
 
@@ -16,6 +18,7 @@ import click
 
 from . import __version__
 from .app import StartupError, build_context, create_app
+from .logs import log_config
 from .plugins import PluginError, PluginHost
 from .settings import Settings, SettingsError, load_settings
 
@@ -66,14 +69,37 @@ def serve(ctx: click.Context, **flags: Any) -> None:
     import uvicorn
 
     settings = _settings(ctx, **flags)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    config = log_config(settings.log_level)
+    logging.config.dictConfig(config)
     try:
         app = create_app(settings, _host(settings))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    warning = exposure_warning(settings)
+    if warning:
+        logging.getLogger("npu_proxy").warning(warning)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=config)
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """The one warning for a server reachable beyond this machine without an API key."""
+    if settings.api_key is not None or is_loopback(settings.host):
+        return None
+    return (
+        f"listening on {settings.host}:{settings.port} without an API key: anyone who can "
+        "reach this port (allowed clients: " + ", ".join(settings.allowed_clients) + ") "
+        "can run models, read the model list and pull models. Set NPU_PROXY_API_KEY to "
+        "require 'Authorization: Bearer KEY', or bind to 127.0.0.1 with NPU_PROXY_HOST."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @main.command()

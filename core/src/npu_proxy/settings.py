@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "NPU_PROXY_"
@@ -41,6 +41,31 @@ def parse_duration(value: Any) -> float:
     if parts and "".join(n + u for n, u in parts) == text.lstrip("-"):
         return sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     raise ValueError(f"invalid duration {value!r}: use seconds or a string such as '5m'")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3,
+              "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``33554432``, ``"32MiB"``, ``"32M"`` (decimal) or ``"1GiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"invalid size {value!r}: use bytes or a size such as '32MiB'")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    return int(match.group(1)) * _SIZE_UNIT[unit]
+
+
+#: Browser origins allowed by default: local pages and editor webviews.
+DEFAULT_ORIGINS = (
+    "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
+    "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
+    "http://[::1]", "http://[::1]:*", "http://0.0.0.0", "http://0.0.0.0:*",
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+)
 
 
 def _device_list(value: Any) -> Any:
@@ -113,6 +138,54 @@ class Settings(BaseSettings):
         4, ge=1, description="Concurrent generations per CPU/GPU device (NPU: always 1)."
     )
 
+    # --- network safety ---------------------------------------------------------------
+    api_key: SecretStr | None = Field(
+        None, description="When set, every route but /health needs 'Authorization: Bearer "
+        "KEY' or 'x-api-key: KEY'."
+    )
+    allowed_clients: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(_default_clients()),
+        description="Comma-separated client addresses/CIDR ranges allowed to connect "
+        "(default: loopback, private ranges, link-local; '*' allows all).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Host-header names accepted besides loopback names, private "
+        "addresses and this machine's names ('*' wildcards; '*' alone accepts all).",
+    )
+    origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ORIGINS),
+        description="Comma-separated browser origins allowed by CORS ('*' wildcards).",
+    )
+    max_body: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes "
+        "('32MiB'); larger ones get 413 before parsing."
+    )
+
+    @field_validator("allowed_clients", "allowed_hosts", "origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _device_list(value)
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        from .security import parse_networks
+
+        if value != ["*"]:
+            parse_networks(value)
+        return value
+
+    @field_validator("max_body", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("device", "embedding_device")
     @classmethod
     def _upper_device(cls, value: str) -> str:
@@ -142,6 +215,12 @@ class Settings(BaseSettings):
     @classmethod
     def _plugins(cls, value: Any) -> Any:
         return _device_list(value)
+
+
+def _default_clients() -> tuple[str, ...]:
+    from .security import DEFAULT_CLIENTS
+
+    return DEFAULT_CLIENTS
 
 
 class SettingsError(Exception):
