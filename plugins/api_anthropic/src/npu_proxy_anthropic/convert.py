@@ -18,6 +18,7 @@ from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import (
     GenerationRequest,
     Message,
+    ResponseFormat,
     SamplingOptions,
     ToolCall,
     ToolChoice,
@@ -65,7 +66,16 @@ def generation_request(body: PromptParams, model: str) -> GenerationRequest:
         tools=tools,
         tool_choice=convert_tool_choice(body.tool_choice, tools),
         options=options,
+        response_format=response_format(body),
     )
+
+
+def response_format(body: PromptParams) -> ResponseFormat | None:
+    """``output_config.format`` (JSON schema outputs) as the engine's constrained decoding."""
+    config = body.output_config
+    if config is None or config.format is None:
+        return None
+    return ResponseFormat(kind="json_schema", schema=config.format.json_schema)
 
 
 def convert_tools(body: PromptParams) -> tuple[ToolSpec, ...]:

@@ -94,6 +94,17 @@ class ToolChoice(Wire):
     disable_parallel_tool_use: bool | None = None
 
 
+class OutputFormat(Wire):
+    type: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Wire):
+    """Structured output; ``effort`` has no local meaning and is ignored."""
+
+    format: OutputFormat | None = None
+
+
 class PromptParams(Wire):
     """What ``/v1/messages/count_tokens`` needs: everything that shapes the prompt."""
 
@@ -102,6 +113,7 @@ class PromptParams(Wire):
     system: str | list[TextBlock] | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
 
 
 class MessagesRequest(PromptParams):
