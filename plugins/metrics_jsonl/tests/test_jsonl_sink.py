@@ -1,0 +1,109 @@
+"""The JSON-lines sink: one line per event, in order, through a live server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from npu_proxy.app import StartupError
+from npu_proxy.engine.events import MetricEvent, MetricsSink, QueueChanged
+from npu_proxy.engine.types import GenerationRequest, Message
+from npu_proxy.testing import LiveServer, inline_plugin, make_app, test_settings
+from npu_proxy_jsonl import JsonlSink, event_record
+
+
+class RecordingSink(MetricsSink):
+    """Keeps every event, to compare with what the file says."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.events: list[MetricEvent] = []
+
+    def handle(self, event: MetricEvent) -> None:
+        self.events.append(event)
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+async def generate(ctx: Any) -> int:
+    request = GenerationRequest(model="mock", messages=(Message("user", "hi"),))
+    async with await ctx.engine.generate(request) as generation:
+        async for _ in generation:
+            pass
+    assert generation.done is not None
+    return generation.done.usage.completion_tokens
+
+
+def test_every_event_of_a_live_server_becomes_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "events.jsonl"
+    monkeypatch.setenv("NPU_PROXY_JSONL_PATH", str(path))
+    monkeypatch.setenv("NPU_PROXY_MOCK_TOKEN_DELAY", "0")
+    recording = RecordingSink()
+    app = make_app(
+        test_settings(tmp_path),
+        ["mock", "jsonl"],
+        inline={"recording": inline_plugin(
+            npu_proxy_register_metrics_sinks=lambda register: register(recording))},
+    )
+    with LiveServer(app) as server:
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        tokens = server.call(generate(server.ctx))
+    # Shutdown closed the sink, which wrote every line it was handed.
+    lines = read_lines(path)
+    assert len(lines) == len(recording.events) > 0
+    assert [line["event"] for line in lines] == [
+        event_record(e)["event"] for e in recording.events
+    ]
+    for line, event in zip(lines, recording.events, strict=True):
+        expected = json.loads(json.dumps(event_record(event)))
+        assert {k: v for k, v in line.items() if k != "time"} == {
+            k: v for k, v in expected.items() if k != "time"
+        }
+        assert line["time"].endswith("+00:00")
+    events = {line["event"] for line in lines}
+    assert {"request_completed", "route_decided", "first_token", "generation_finished",
+            "model_loaded", "queue_changed"} <= events
+    finished = next(line for line in lines if line["event"] == "generation_finished")
+    assert finished["model"] == "mock:latest"
+    assert finished["completion_tokens"] == tokens
+    assert isinstance(finished["inter_token_latencies"], list)
+    health = next(line for line in lines if line["event"] == "request_completed")
+    assert (health["endpoint"], health["status"]) == ("/health", 200)
+
+
+def test_not_registered_without_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NPU_PROXY_JSONL_PATH", raising=False)
+    app = make_app(test_settings(tmp_path), ["mock", "jsonl"])
+    assert not any(isinstance(s, JsonlSink) for s in app.state.ctx.bus.sinks)
+    monkeypatch.setenv("NPU_PROXY_JSONL_PATH", "  ")
+    app = make_app(test_settings(tmp_path), ["mock", "jsonl"])
+    assert not any(isinstance(s, JsonlSink) for s in app.state.ctx.bus.sinks)
+
+
+def test_an_unwritable_path_is_a_startup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_JSONL_PATH", str(tmp_path / "missing" / "events.jsonl"))
+    with pytest.raises(StartupError, match="NPU_PROXY_JSONL_PATH"):
+        make_app(test_settings(tmp_path), ["mock", "jsonl"])
+
+
+def test_lines_are_appended_and_close_is_final(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event":"earlier"}\n', "utf-8")
+    sink = JsonlSink(path)
+    sink.handle(QueueChanged("NPU", 2, 1))
+    sink.close()
+    sink.handle(QueueChanged("NPU", 0, 0))  # after close: dropped, no error
+    sink.close()
+    lines = read_lines(path)
+    assert [line["event"] for line in lines] == ["earlier", "queue_changed"]
+    assert (lines[1]["device"], lines[1]["waiting"], lines[1]["in_flight"]) == ("NPU", 2, 1)
