@@ -111,18 +111,21 @@ ServeFactory = Callable[..., Probe]
 
 @pytest.fixture
 def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeFactory]:
-    """``serve(inline=None, **settings)`` -> a :class:`Probe` on a new live server with the
-    mock backend (fast tokens) and the Prometheus plugin; stopped after the test."""
+    """``serve(inline=None, dialects=(), **settings)`` -> a :class:`Probe` on a new live
+    server with the mock backend (fast tokens), the Prometheus plugin and the named
+    dialect plugins; stopped after the test."""
     monkeypatch.setenv("NPU_PROXY_MOCK_TOKEN_DELAY", "0.001")
     with contextlib.ExitStack() as stack:
         count = 0
 
-        def factory(inline: dict[str, Any] | None = None, **settings: Any) -> Probe:
+        def factory(
+            inline: dict[str, Any] | None = None, dialects: tuple[str, ...] = (), **settings: Any
+        ) -> Probe:
             nonlocal count
             count += 1
             app = make_app(
                 test_settings(tmp_path / f"app{count}", **settings),
-                ["mock", "prometheus"],
+                ["mock", "prometheus", *dialects],
                 inline=inline,
             )
             return Probe(stack.enter_context(LiveServer(app)))

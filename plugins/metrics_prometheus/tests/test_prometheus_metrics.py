@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 from npu_proxy.engine.engine import Generation
 from npu_proxy.engine.types import EmbeddingRequest, GenerationRequest, TextDelta
@@ -181,3 +182,31 @@ def test_errors_under_metrics_are_plain_json(probe: Probe) -> None:
     missing = httpx.get(f"{probe.url}/metrics/extra")
     assert missing.status_code == 404
     assert set(missing.json()) == {"error"}
+
+
+def test_ollama_chat_requests_move_the_metrics(serve: Callable[..., Probe]) -> None:
+    probe = serve(dialects=("ollama",))
+    client = ollama.Client(host=probe.url)
+    before = probe.scrape()
+    replies = [
+        client.chat(model="mock", messages=[{"role": "user", "content": f"question {i}"}])
+        for i in range(2)
+    ]
+    streamed = list(client.chat(model="mock", messages=[{"role": "user", "content": "more"}],
+                                stream=True))
+    last = streamed[-1]
+    after = probe.scrape_until(
+        lambda s: s.get("npu_proxy_requests_total", endpoint="/api/chat", status="200") == 3
+    )
+    assert after.get("npu_proxy_requests_total", endpoint="/api/chat", status="200") == 3
+    generated = sum(r.eval_count or 0 for r in replies) + (last.eval_count or 0)
+    prompted = sum(r.prompt_eval_count or 0 for r in replies) + (last.prompt_eval_count or 0)
+    assert generated > 0 and prompted > 0
+    assert after.get("npu_proxy_tokens_generated_total", model=MODEL) - before.get(
+        "npu_proxy_tokens_generated_total", model=MODEL) == generated
+    assert after.get("npu_proxy_prompt_tokens_total", model=MODEL) - before.get(
+        "npu_proxy_prompt_tokens_total", model=MODEL) == prompted
+    assert after.get("npu_proxy_time_to_first_token_seconds_count", model=MODEL) == 3
+    assert after.get("npu_proxy_inter_token_latency_seconds_count", model=MODEL) == (
+        generated - 3
+    )
