@@ -171,10 +171,15 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return text
 
 
+def _depth(loc: tuple[int | str, ...]) -> int:
+    return sum(1 for part in loc if isinstance(part, int) or not _TYPE_TAG.match(part))
+
+
 def parse(model: type[M], data: Any) -> M:
     """Validate a decoded JSON body; raises :class:`InvalidRequestError` for the first problem.
 
     When a value fits none of a union's types, the message lists what each would need.
+    The ``param`` is written as OpenAI's SDKs show it: ``messages[0].content``.
     """
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object")
@@ -182,8 +187,11 @@ def parse(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        param = _param(errors[0]["loc"])
-        if errors[0]["type"] == "missing":
+        # The deepest location is the most specific: for ``"stop": [1]`` it is
+        # ``stop[0]`` (the list was meant) rather than ``stop`` (as a string).
+        first = max(errors, key=lambda e: _depth(e["loc"]))
+        param = _param(first["loc"])
+        if first["type"] == "missing":
             raise InvalidRequestError(f"missing required parameter: '{param}'", param) from None
         reasons: list[str] = []
         for error in errors:
