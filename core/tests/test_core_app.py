@@ -47,7 +47,7 @@ def test_health_reports_devices_and_models(tmp_path: Path) -> None:
 
 
 def test_health_answers_while_a_model_loads(tmp_path: Path) -> None:
-    slow = MockBackend("CPU", load_delay=1.5)
+    slow = MockBackend("CPU", load_delay=3.0)
     settings = test_settings(tmp_path, device="CPU")
     app = make_app(settings, [], {"slow": backend_plugin(slow), "models": _mock_models()})
     with LiveServer(app) as server:
@@ -60,12 +60,12 @@ def test_health_answers_while_a_model_loads(tmp_path: Path) -> None:
             body = httpx.get(server.url + "/health").json()
             latencies.append(time.perf_counter() - started)
             states.append(body["status"])
-            time.sleep(0.05)
+            time.sleep(0.02)
         loader.join()
         assert "loading" in states
         assert httpx.get(server.url + "/health").json()["models"][0]["state"] == "loaded"
-        # Dozens of answers arrived during a 1.5 s load: the loop was never blocked.
-        assert len(latencies) > 10
+        # Many answers arrived during a 3 s load: the loop was never blocked.
+        assert len(latencies) > 5
 
 
 def _mock_models() -> object:

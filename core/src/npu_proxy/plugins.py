@@ -116,6 +116,9 @@ class PluginHost:
         Raises :class:`PluginError` when a named plugin is missing or broken.
         """
         host = cls()
+        # stevedore memoises each group's entry points for the life of the process; a
+        # host must see what is installed now (a plugin added since the last app).
+        ExtensionManager.ENTRY_POINT_CACHE.clear()
         for module in BUILTIN_PLUGINS:
             host.add_module(module.rsplit(".", 1)[-1], importlib.import_module(module), "builtin")
         if names is None:
@@ -173,6 +176,12 @@ class PluginHost:
                 raise PluginError(
                     "plugin(s) failed to load: " + "; ".join(errors)
                     + f". Installed plugins: {', '.join(sorted(installed))}"
+                )
+            unloaded = set(wanted) - set(mgr.names())
+            if unloaded:
+                raise PluginError(
+                    f"plugin(s) could not be loaded: {', '.join(sorted(unloaded))}. "
+                    f"Installed plugins: {', '.join(sorted(installed))}"
                 )
             for ext in mgr:
                 self._add_extension(ext.name, ext.plugin, kind, ext.entry_point)
