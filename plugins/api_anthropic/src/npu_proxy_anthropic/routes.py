@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request
 from npu_proxy.engine.engine import Generation
 from npu_proxy.engine.types import GenerationRequest
-from npu_proxy.web import ClientDisconnected, read_json, until_disconnected, validate
+from npu_proxy.web import ClientDisconnected, read_json, until_disconnected
 from starlette.responses import JSONResponse, Response
 
 from .convert import generation_request
 from .encoder import MessageEncoder
 from .models import ModelResolver
-from .schemas import MessagesRequest, PromptParams
+from .schemas import MessagesRequest, PromptParams, parse
 from .settings import AnthropicSettings
 from .streaming import ClosingStreamingResponse, message_stream
 
@@ -49,7 +49,7 @@ def build_router(ctx: ServerContext, settings: AnthropicSettings) -> APIRouter:
 
     @router.post("/v1/messages")
     async def create_message(request: Request) -> Response:
-        body = validate(MessagesRequest, await read_json(request))
+        body = parse(MessagesRequest, await read_json(request))
         engine_request = generation_request(body, resolver.resolve(body.model))
         encoder_args = (new_message_id(), body.model)
         if body.stream:
@@ -86,7 +86,7 @@ def build_router(ctx: ServerContext, settings: AnthropicSettings) -> APIRouter:
 
     @router.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:
-        body = validate(PromptParams, await read_json(request))
+        body = parse(PromptParams, await read_json(request))
         engine_request: GenerationRequest = generation_request(body, resolver.resolve(body.model))
         tokens = await ctx.engine.count_tokens(engine_request)
         return JSONResponse({"input_tokens": tokens})

@@ -8,11 +8,53 @@ as Claude Code send them on every request.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from npu_proxy.engine.errors import InvalidRequestError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 UINT32_MAX = 2**32 - 1
+W = TypeVar("W", bound=BaseModel)
+# Location parts pydantic adds for union branches ("str", "list[...]", "TextBlock").
+_BRANCH = re.compile(r"^(str|int|float|bool|[A-Z]\w*)$|\[")
+
+
+def parse(model: type[W], data: Any) -> W:
+    """``model`` from a decoded JSON body; :class:`InvalidRequestError` naming the field.
+
+    For a value that matches no branch of a union (content as string or blocks), the
+    deepest error is the one that explains the mistake, so that one is reported.
+    """
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
+        where = ".".join(_readable(first.get("loc", ())))
+        if first.get("type") == "missing":
+            raise InvalidRequestError(f"{where} is required", param=where) from None
+        message = first.get("msg", "invalid value")
+        text = f"invalid value for {where}: {message}" if where else message
+        raise InvalidRequestError(text, param=where or None) from None
+
+
+_BLOCK_TAGS = frozenset(
+    {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+)
+
+
+def _readable(loc: tuple[int | str, ...]) -> list[str]:
+    """The location as a client wrote it: no union branches, no block tags."""
+    kept = [p for p in loc if not _BRANCH.search(str(p))]
+    parts = []
+    for i, part in enumerate(kept):
+        # A discriminated union repeats the block's tag after its index ("0.text.text").
+        tag = i > 0 and isinstance(kept[i - 1], int) and i + 1 < len(kept)
+        if not (tag and part in _BLOCK_TAGS):
+            parts.append(str(part))
+    return parts
 
 
 class Wire(BaseModel):
