@@ -18,6 +18,7 @@ def device_plugin(backend: MockBackend) -> Any:
         npu_proxy_register_models=lambda register: [register(m) for m in mock_models()],
     )
 
+
 JSON_ROUTES = [
     ("POST", "/api/generate"),
     ("POST", "/api/chat"),
@@ -69,18 +70,30 @@ def test_malformed_bodies_are_400(
         ("/api/generate", {"model": "mock", "prompt": 1}, "prompt"),
         ("/api/generate", {"model": "mock", "prompt": "x", "stream": "yes"}, "stream"),
         ("/api/generate", {"model": "mock", "prompt": "x", "raw": "true"}, "raw"),
-        ("/api/generate", {"model": "mock", "prompt": "x", "options": {"temperature": "hot"}},
-         "temperature"),
+        (
+            "/api/generate",
+            {"model": "mock", "prompt": "x", "options": {"temperature": "hot"}},
+            "temperature",
+        ),
         ("/api/generate", {"model": "mock", "prompt": "x", "options": {"top_k": -1}}, "top_k"),
-        ("/api/generate", {"model": "mock", "prompt": "x", "options": {"num_predict": "x"}},
-         "num_predict"),
-        ("/api/generate", {"model": "mock", "prompt": "x", "options": {"num_predict": -3}},
-         "num_predict"),
+        (
+            "/api/generate",
+            {"model": "mock", "prompt": "x", "options": {"num_predict": "x"}},
+            "num_predict",
+        ),
+        (
+            "/api/generate",
+            {"model": "mock", "prompt": "x", "options": {"num_predict": -3}},
+            "num_predict",
+        ),
         ("/api/generate", {"model": "mock", "prompt": "x", "options": {"top_p": 1.5}}, "top_p"),
         ("/api/generate", {"model": "mock", "prompt": "x", "options": {"seed": 1.5}}, "seed"),
         ("/api/generate", {"model": "mock", "prompt": "x", "options": {"stop": [1]}}, "stop"),
-        ("/api/generate", {"model": "mock", "prompt": "x", "options": {"use_mmap": "no"}},
-         "use_mmap"),
+        (
+            "/api/generate",
+            {"model": "mock", "prompt": "x", "options": {"use_mmap": "no"}},
+            "use_mmap",
+        ),
         ("/api/generate", {"model": "mock", "prompt": "x", "options": [1]}, "options"),
         ("/api/generate", {"model": "mock", "prompt": "x", "keep_alive": "soon"}, "keep_alive"),
         ("/api/generate", {"model": "mock", "prompt": "x", "format": "xml"}, "format"),
@@ -88,16 +101,31 @@ def test_malformed_bodies_are_400(
         ("/api/generate", {"model": "mock", "prompt": "x", "suffix": "y"}, "insert"),
         ("/api/generate", {"model": "mock", "prompt": "x", "logprobs": True}, "logprobs"),
         ("/api/chat", {"model": "mock", "messages": [{}]}, "role"),
-        ("/api/chat", {"model": "mock", "messages": [{"role": "wizard", "content": "x"}]},
-         "role"),
+        ("/api/chat", {"model": "mock", "messages": [{"role": "wizard", "content": "x"}]}, "role"),
         ("/api/chat", {"model": "mock", "messages": "hello"}, "messages"),
-        ("/api/chat", {"model": "mock", "messages": [{"role": "user", "content": 5}]},
-         "content"),
-        ("/api/chat", {"model": "mock", "messages": [{"role": "user", "content": "x"}],
-                       "tools": [{"type": "function", "function": {}}]}, "name"),
-        ("/api/chat", {"model": "mock", "messages": [
-            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}
-        ]}, "JSON"),
+        ("/api/chat", {"model": "mock", "messages": [{"role": "user", "content": 5}]}, "content"),
+        (
+            "/api/chat",
+            {
+                "model": "mock",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {}}],
+            },
+            "name",
+        ),
+        (
+            "/api/chat",
+            {
+                "model": "mock",
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "{"}}],
+                    }
+                ],
+            },
+            "JSON",
+        ),
         ("/api/embed", {"model": "mock-embed", "input": [1, 2]}, "input"),
         ("/api/embed", {"model": "mock-embed", "input": "x", "dimensions": -4}, "dimensions"),
         ("/api/embed", {"model": "mock-embed", "input": "x", "truncate": "no"}, "truncate"),
@@ -108,8 +136,7 @@ def test_malformed_bodies_are_400(
         ("/api/pull", {"model": "mock", "stream": "no"}, "stream"),
         ("/api/create", {"model": "new"}, "from"),
         ("/api/create", {"model": "new", "from": "mock", "quantize": "q4_K_M"}, "quantization"),
-        ("/api/create", {"model": "new", "from": "mock", "parameters": {"top_k": "many"}},
-         "top_k"),
+        ("/api/create", {"model": "new", "from": "mock", "parameters": {"top_k": "many"}}, "top_k"),
     ],
 )
 def test_wrong_types_and_values_are_400(

@@ -93,9 +93,7 @@ def test_raw_prompt_reaches_the_model_untouched(server: LiveServer, device: Mock
 def test_format_schema_gives_matching_json(server: LiveServer) -> None:
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
     client = ollama.Client(host=server.url)
-    reply = client.chat(
-        model="mock", messages=[{"role": "user", "content": "age?"}], format=schema
-    )
+    reply = client.chat(model="mock", messages=[{"role": "user", "content": "age?"}], format=schema)
     assert json.loads(reply.message.content or "") == {"age": 42}
     reply = client.generate(model="mock", prompt="json please", format="json")
     assert isinstance(json.loads(reply.response or ""), dict)

@@ -240,8 +240,11 @@ def create_routes(ctx: ServerContext) -> APIRouter:
             data = {**data, "from_": data["from"]}
         body = validate(CreateBody, data)
         name = canonical(model_field(data))
-        for field, what in (("quantize", "quantization"), ("adapters", "adapters"),
-                            ("messages", "stored messages")):
+        for field, what in (
+            ("quantize", "quantization"),
+            ("adapters", "adapters"),
+            ("messages", "stored messages"),
+        ):
             if getattr(body, field):
                 raise InvalidRequestError(f"{what} are not supported by create", param=field)
         if not body.from_ and not body.files:

@@ -1,0 +1,169 @@
+"""``/api/create`` from a local GGUF file, an OpenVINO IR folder, or an existing model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+from npu_proxy.testing import LiveServer
+from npu_proxy_mock.backend import MockBackend
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _value(value: Any) -> bytes:
+    if isinstance(value, str):
+        return struct.pack("<I", 8) + _string(value)
+    if isinstance(value, list):
+        items = b"".join(_string(v) for v in value)
+        return struct.pack("<I", 9) + struct.pack("<IQ", 8, len(value)) + items
+    return struct.pack("<II", 4, value)
+
+
+def write_gguf(path: Path, metadata: dict[str, Any], shapes: list[tuple[int, ...]]) -> Path:
+    """A minimal GGUF v3 file: header, metadata, tensor infos (no weights needed)."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(shapes), len(metadata))
+    for key, value in metadata.items():
+        out += _string(key) + _value(value)
+    for n, shape in enumerate(shapes):
+        out += _string(f"t{n}") + struct.pack("<I", len(shape))
+        out += b"".join(struct.pack("<Q", d) for d in shape) + struct.pack("<IQ", 3, 0)
+    path.write_bytes(out)
+    return path
+
+
+TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}tools{% endif %}"
+
+
+@pytest.fixture
+def gguf(tmp_path: Path) -> Path:
+    metadata = {
+        "general.architecture": "llama",
+        "general.name": "Tiny",
+        "llama.context_length": 4096,
+        "llama.embedding_length": 64,
+        "general.file_type": 3,
+        "tokenizer.chat_template": TEMPLATE,
+        "tokenizer.ggml.tokens": [f"tok{i}" for i in range(100)],
+    }
+    return write_gguf(tmp_path / "outside" / "tiny.gguf", metadata, [(64, 1000), (64,)])
+
+
+@pytest.fixture(autouse=True)
+def _outside(tmp_path: Path) -> None:
+    (tmp_path / "outside").mkdir()
+
+
+def test_create_from_a_gguf_file(server: LiveServer, gguf: Path, device: MockBackend) -> None:
+    client = ollama.Client(host=server.url)
+    progress = client.create(model="tiny", from_=str(gguf))
+    assert progress.status == "success"
+    listed = {m.model: m for m in client.list().models}
+    tiny = listed["tiny:latest"]
+    assert tiny.size == gguf.stat().st_size
+    assert tiny.digest == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert tiny.details and tiny.details.format == "gguf" and tiny.details.family == "llama"
+    assert tiny.details.quantization_level == "Q4_1"
+    assert tiny.details.parameter_size == "64.1K"
+    shown = client.show("tiny")
+    assert shown.capabilities == ["completion", "tools"]
+    assert shown.modelinfo and shown.modelinfo["llama.context_length"] == 4096
+    assert shown.modelinfo["general.architecture"] == "llama"
+    assert shown.template == TEMPLATE
+    assert client.generate(model="tiny", prompt="hi").done
+    # Deleting the model forgets it and leaves the user's file alone.
+    client.delete("tiny")
+    assert "tiny:latest" not in {m.model for m in client.list().models}
+    assert gguf.is_file()
+
+
+def test_create_streams_progress(server: LiveServer, gguf: Path) -> None:
+    client = ollama.Client(host=server.url)
+    statuses = [p.status for p in client.create(model="tiny:q4", from_=str(gguf), stream=True)]
+    assert statuses[-1] == "success" and "writing manifest" in statuses
+
+
+def test_create_from_files_mapping(server: LiveServer, gguf: Path) -> None:
+    client = ollama.Client(host=server.url)
+    assert client.create(model="mapped", files={"tiny.gguf": str(gguf)}).status == "success"
+    assert client.show("mapped").details.format == "gguf"  # type: ignore[union-attr]
+
+
+def test_create_from_an_ir_folder(server: LiveServer, tmp_path: Path) -> None:
+    folder = tmp_path / "outside" / "ir"
+    folder.mkdir()
+    (folder / "openvino_model.xml").write_text("<net/>")
+    (folder / "openvino_model.bin").write_bytes(b"\0" * 128)
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "max_position_embeddings": 32768,
+            }
+        )
+    )
+    client = ollama.Client(host=server.url)
+    assert client.create(model="qwen-ir", from_=str(folder)).status == "success"
+    shown = client.show("qwen-ir")
+    assert shown.details and shown.details.format == "ir"
+    assert shown.modelinfo and shown.modelinfo["qwen2.context_length"] == 32768
+    assert shown.capabilities == ["completion"]
+
+
+def test_create_from_an_existing_model_with_system_and_parameters(
+    server: LiveServer, device: MockBackend
+) -> None:
+    client = ollama.Client(host=server.url)
+    client.create(
+        model="terse",
+        from_="mock",
+        system="Answer in one word.",
+        parameters={"num_predict": 2, "stop": ["END"]},
+    )
+    shown = client.show("terse")
+    assert shown.parameters and "num_predict" in shown.parameters and '"END"' in shown.parameters
+    reply = client.generate(model="terse", prompt="hello")
+    assert reply.eval_count == 2 and reply.done_reason == "length"
+    assert device.counters.prompts[-1].startswith("<|system|>Answer in one word.")
+    # A request's own options win over the stored ones.
+    longer = client.generate(model="terse", prompt="hello", options={"num_predict": 4})
+    assert longer.eval_count == 4
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["missing.gguf", "notes.txt", "truncated.gguf", "folder-without-ir", "relative.gguf"],
+)
+def test_create_refuses_unusable_sources(server: LiveServer, tmp_path: Path, source: str) -> None:
+    outside = tmp_path / "outside"
+    (outside / "notes.txt").write_text("hello")
+    (outside / "truncated.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x01")
+    (outside / "folder-without-ir").mkdir()
+    path = source if source == "relative.gguf" else str(outside / source)
+    before = set(tmp_path.rglob("*"))
+    response = httpx.post(server.url + "/api/create", json={"model": "bad", "from": path})
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"}
+    assert str(tmp_path) not in response.json()["error"]  # no path in an error body
+    assert set(tmp_path.rglob("*")) == before
+    assert "bad:latest" not in {
+        m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]
+    }
+
+
+def test_create_with_blob_digests_is_400(server: LiveServer) -> None:
+    response = httpx.post(
+        server.url + "/api/create",
+        json={"model": "blobby", "files": {"model.gguf": "sha256:" + "0" * 64}},
+    )
+    assert response.status_code == 400 and "blob" in response.json()["error"]
