@@ -106,3 +106,26 @@ def test_resolver_order(tmp_path: Path) -> None:
         models.resolve("gpt-4o")
     with pytest.raises(InvalidRequestError):
         models.resolve("../../secret")
+
+
+def test_sampling_options_and_tool_choice_reach_the_engine_request() -> None:
+    from npu_proxy.engine.types import ResponseFormat, SamplingOptions, ToolSpec
+    from npu_proxy_anthropic.convert import generation_request
+    from npu_proxy_anthropic.schemas import MessagesRequest, parse
+
+    body = parse(MessagesRequest, {
+        "model": "claude-x", "max_tokens": 100, "temperature": 0.5, "top_p": 0.8,
+        "top_k": 20, "stop_sequences": ["\n\nHuman:"],
+        "tools": [{"name": "ls", "input_schema": {"type": "object"}},
+                  {"type": "web_search_20250305", "name": "web_search"}],
+        "tool_choice": {"type": "any"},
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}},
+                          "effort": "high"},
+        "messages": [{"role": "user", "content": "hi"}],
+    })
+    request = generation_request(body, "mock:latest")
+    assert request.options == SamplingOptions(max_tokens=100, temperature=0.5, top_p=0.8,
+                                              top_k=20, stop=("\n\nHuman:",))
+    assert request.tools == (ToolSpec("ls", "", {"type": "object"}),)  # server tool dropped
+    assert request.tool_choice == "required"
+    assert request.response_format == ResponseFormat("json_schema", {"type": "object"})

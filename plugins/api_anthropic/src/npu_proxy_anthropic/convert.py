@@ -161,14 +161,14 @@ def _assistant(turn: MessageParam) -> Message:
 def _user_or_system(turn: MessageParam, index: int, names: dict[str, str]) -> list[Message]:
     role = turn.role
     if isinstance(turn.content, str):
-        return [Message(role=role, content=turn.content)]  # type: ignore[arg-type]
+        return [Message(role=role, content=turn.content)]
     out: list[Message] = []
     texts: list[str] = []
     images: list[bytes] = []
 
     def flush() -> None:
         if texts or images:
-            out.append(Message(role=role, content="\n".join(texts),  # type: ignore[arg-type]
+            out.append(Message(role=role, content="\n".join(texts),
                                images=tuple(images)))
             texts.clear()
             images.clear()

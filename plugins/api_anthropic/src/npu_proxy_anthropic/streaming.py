@@ -63,8 +63,8 @@ async def message_stream(
         events = generation.__aiter__()
         pending: asyncio.Task[GenerationEvent] | None = None
         try:
-            for event in encoder.start():
-                yield sse(event)
+            for opening in encoder.start():
+                yield sse(opening)
             yield sse(PING)
             while True:
                 if pending is None:
