@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import httpx
 import ollama
@@ -195,7 +196,7 @@ def test_embed_with_a_chat_model_is_400(server: LiveServer) -> None:
 
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(
-    server: LiveServer, device: MockBackend, wait_for: object
+    server: LiveServer, device: MockBackend
 ) -> None:
     client = ollama.Client(host=server.url)
     loaded = client.generate(model="mock", prompt="")
@@ -205,10 +206,14 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(
     assert unloaded.done_reason == "unload"
     assert client.ps().models == []
     assert device.counters.unloads == 1
+    # Streaming clients get the same single object as their only chunk.
+    (chunk,) = list(client.generate(model="mock", prompt="", stream=True))
+    assert chunk.done and chunk.done_reason == "load"
+    assert device.counters.started == 0
 
 
 def test_keep_alive_zero_after_a_generation_unloads(
-    server: LiveServer, device: MockBackend, wait_for: object
+    server: LiveServer, device: MockBackend, wait_for: Callable[[Callable[[], bool], str], None]
 ) -> None:
     client = ollama.Client(host=server.url)
     client.generate(model="mock", prompt="hello", keep_alive="10m")
@@ -216,7 +221,7 @@ def test_keep_alive_zero_after_a_generation_unloads(
     assert len(running) == 1 and running[0].context_length == 8192
     assert running[0].expires_at is not None and running[0].size
     client.generate(model="mock", prompt="hello", keep_alive=0)
-    wait_for(lambda: client.ps().models == [], "the model to unload")  # type: ignore[operator]
+    wait_for(lambda: client.ps().models == [], "the model to unload")
     assert device.counters.unloads == 1
 
 
