@@ -241,3 +241,54 @@ def test_unknown_route_and_wrong_method(http: httpx.Client, expect_error: Expect
     assert expect_error(http.post("/v1/no-such-route", json={}), 404)["code"] == "not_found"
     expect_error(http.get(CHAT), 405)
     expect_error(http.delete("/v1/models"), 405)
+
+
+def test_api_key_and_body_limit_errors_in_openai_shape(
+    tmp_path_factory: pytest.TempPathFactory, expect_error: ExpectError
+) -> None:
+    settings = test_settings(
+        tmp_path_factory.mktemp("guarded"), api_key="sesame", max_body=4096
+    )
+    with LiveServer(make_app(settings, plugins=["mock", "openai"])) as server:
+        anonymous = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as denied:
+            anonymous.models.list()
+        assert denied.value.code == "invalid_api_key"
+        assert "sesame" not in str(denied.value.body)
+        keyed = openai.OpenAI(base_url=server.url + "/v1", api_key="sesame", max_retries=0)
+        assert "mock:latest" in {m.id for m in keyed.models.list()}
+        big = {"model": "mock", "messages": [{"role": "user", "content": "x" * 10_000}]}
+        response = httpx.post(server.url + CHAT, json=big,
+                              headers={"Authorization": "Bearer sesame"})
+        assert expect_error(response, 413)["code"] == "request_too_large"
+
+
+def test_anthropic_paths_are_not_answered_in_openai_shape(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    pytest.importorskip("npu_proxy_anthropic")
+    settings = test_settings(tmp_path_factory.mktemp("both"))
+    with LiveServer(make_app(settings, plugins=["mock", "openai", "anthropic"])) as server:
+        anthropic_error = httpx.post(server.url + "/v1/messages", content=b"{")
+        assert anthropic_error.status_code == 400
+        assert anthropic_error.json()["type"] == "error"  # the longer prefix wins
+        openai_error = httpx.post(server.url + CHAT, content=b"{")
+        assert set(openai_error.json()) == {"error"}
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS, EMBEDDINGS])
+@pytest.mark.parametrize("stream", [False, True])
+def test_odd_characters_never_cause_a_500(http: httpx.Client, path: str, stream: bool) -> None:
+    text = "nul \\u0000, lone \\ud800 surrogate, emoji \U0001f600, CR\\r\\nLF"
+    fields = {
+        CHAT: f'"model": "mock", "messages": [{{"role": "user", "content": "{text}"}}]',
+        COMPLETIONS: f'"model": "mock", "prompt": "{text}"',
+        EMBEDDINGS: f'"model": "mock-embed", "input": "{text}"',
+    }[path]
+    if stream and path != EMBEDDINGS:
+        fields += ', "stream": true'
+    body = ("{" + fields + "}").encode()
+    response = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 200 and stream and path != EMBEDDINGS:
+        assert response.text.rstrip().endswith("data: [DONE]")

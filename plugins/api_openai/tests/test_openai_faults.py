@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Callable
 
 import openai
@@ -21,7 +23,7 @@ def _client(server: LiveServer) -> openai.OpenAI:
 def test_disconnect_mid_stream_cancels_the_generation(
     server_with: Callable[..., LiveServer], wait_for: Callable[..., None], route: str
 ) -> None:
-    backend = MockBackend(token_delay=0.05)
+    backend = MockBackend(token_delay=0.2)
     with server_with(backend) as server:
         client = _client(server)
         if route == "chat":
@@ -71,7 +73,7 @@ def test_device_failure_mid_stream_ends_with_an_error_event(
 def test_full_queue_answers_503_with_retry_after(
     server_with: Callable[..., LiveServer],
 ) -> None:
-    backend = MockBackend(token_delay=0.05, max_parallel=1)
+    backend = MockBackend(token_delay=0.5, max_parallel=1)
     with server_with(backend, max_queue=0) as server:
         client = _client(server)
         # The stream holds the only slot from the moment its response begins.
@@ -82,3 +84,22 @@ def test_full_queue_answers_503_with_retry_after(
             assert busy.value.response.headers["retry-after"].isdigit()
             assert busy.value.type == "server_error"
             assert busy.value.code == "busy"
+
+
+def test_disconnect_during_a_whole_reply_cancels_it(
+    server_with: Callable[..., LiveServer], wait_for: Callable[..., None]
+) -> None:
+    backend = MockBackend(token_delay=0.2)
+    with server_with(backend) as server:
+        body = json.dumps({"model": CHAT_MODEL, "messages": HELLO}).encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(head + body)
+            wait_for(lambda: backend.counters.started == 1, "the generation to start")
+        # The client hung up before any byte of the reply.
+        wait_for(lambda: backend.counters.cancelled == 1, "the generation to be cancelled")
+        assert backend.counters.finished == 0
+        assert backend.counters.active == 0

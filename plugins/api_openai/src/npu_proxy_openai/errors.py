@@ -20,6 +20,8 @@ _CODES: dict[str, str | None] = {
     "prompt_too_long": "context_length_exceeded",
     "unsupported_capability": "unsupported_value",
     "internal_error": None,
+    "unauthorized": "invalid_api_key",
+    "too_large": "request_too_large",
 }
 
 # Codes for errors the core raises without an engine code (auth, host check, size).
