@@ -241,8 +241,8 @@ def test_prompt_beyond_the_model_context(server: LiveServer) -> None:
     ("status", "code", "wire", "kind"),
     [
         (400, "invalid_request", 400, "invalid_request_error"),
-        (401, "", 401, "authentication_error"),
-        (403, "", 403, "permission_error"),
+        (401, "unauthorized", 401, "authentication_error"),
+        (403, "forbidden", 403, "permission_error"),
         (404, "model_not_found", 404, "not_found_error"),
         (413, "", 413, "request_too_large"),
         (503, "busy", 529, "overloaded_error"),
@@ -253,7 +253,8 @@ def test_prompt_beyond_the_model_context(server: LiveServer) -> None:
     ],
 )
 def test_error_response_mapping(status: int, code: str, wire: int, kind: str) -> None:
-    # 401/403/413 come from core middleware, which renders them through this method.
+    # 401/403/413 come from the core security middleware through this method (see
+    # test_anthropic_security.py for them over HTTP).
     response = AnthropicApi().error_response(status, "why", code=code,
                                              headers={"Retry-After": "2"})
     assert response.status_code == wire
