@@ -47,10 +47,13 @@ def test_roles_and_content_parts_reach_the_model(
         messages=[
             {"role": "developer", "content": "Be brief."},
             {"role": "system", "content": [{"type": "text", "text": "Be kind."}]},
-            {"role": "user", "content": [
-                {"type": "text", "text": "First part."},
-                {"type": "text", "text": "Second part."},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "First part."},
+                    {"type": "text", "text": "Second part."},
+                ],
+            },
             {"role": "assistant", "content": "Noted."},
             {"role": "user", "content": "Go on."},
         ],

@@ -28,8 +28,10 @@ def test_default_base64_call_returns_the_float_vectors(client: openai.OpenAI) ->
     assert len(default.data[0].embedding) == 384
     for decoded, plain in zip(default.data, floats.data, strict=True):
         # float32 on the wire: equal to the float answer within float32 precision.
-        assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
-                   for a, b in zip(decoded.embedding, plain.embedding, strict=True))
+        assert all(
+            math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
+            for a, b in zip(decoded.embedding, plain.embedding, strict=True)
+        )
     assert default.data[0].embedding != default.data[1].embedding
     assert default.usage.prompt_tokens == 2 + 4  # the mock counts words and punctuation
     assert default.usage.total_tokens == default.usage.prompt_tokens
@@ -123,9 +125,16 @@ def test_completion_stream_with_usage(client: openai.OpenAI, http: httpx.Client)
         finishes = [c.choices[0].finish_reason for c in content if c.choices[0].index == index]
         assert finishes[-1] == "length"
     # Without include_usage no chunk carries a usage field.
-    with http.stream("POST", "/v1/completions", json={
-        "model": CHAT_MODEL, "prompt": "One", "stream": True, "max_tokens": 2,
-    }) as response:
+    with http.stream(
+        "POST",
+        "/v1/completions",
+        json={
+            "model": CHAT_MODEL,
+            "prompt": "One",
+            "stream": True,
+            "max_tokens": 2,
+        },
+    ) as response:
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert all("usage" not in json.loads(line[6:]) for line in lines[:-1])

@@ -58,19 +58,55 @@ BAD_CHAT: list[tuple[str, Any, int, str | None]] = [
     ("empty messages", chat(messages=[]), 400, "messages"),
     ("message not an object", chat(messages=["hi"]), 400, "messages[0]"),
     ("empty message object", chat(messages=[{}]), 400, "messages[0].role"),
-    ("unknown role", chat(messages=[{"role": "wizard", "content": "x"}]), 400,
-     "messages[0].role"),
-    ("content of wrong type", chat(messages=[{"role": "user", "content": 5}]), 400,
-     "messages[0].content"),
+    ("unknown role", chat(messages=[{"role": "wizard", "content": "x"}]), 400, "messages[0].role"),
+    (
+        "content of wrong type",
+        chat(messages=[{"role": "user", "content": 5}]),
+        400,
+        "messages[0].content",
+    ),
     ("user without content", chat(messages=[{"role": "user"}]), 400, "messages[0].content"),
-    ("unknown part type", chat(messages=[{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]), 400,
-     "messages[0].content[0]"),
-    ("tool without tool_call_id", chat(messages=[*USER, {"role": "tool", "content": "x"}]),
-     400, "messages[1].tool_call_id"),
-    ("arguments not JSON", chat(messages=[*USER, {"role": "assistant", "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]),
-     400, "messages[1].tool_calls"),
+    (
+        "unknown part type",
+        chat(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
+                    ],
+                }
+            ]
+        ),
+        400,
+        "messages[0].content[0]",
+    ),
+    (
+        "tool without tool_call_id",
+        chat(messages=[*USER, {"role": "tool", "content": "x"}]),
+        400,
+        "messages[1].tool_call_id",
+    ),
+    (
+        "arguments not JSON",
+        chat(
+            messages=[
+                *USER,
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{oops"},
+                        }
+                    ],
+                },
+            ]
+        ),
+        400,
+        "messages[1].tool_calls",
+    ),
     ("stream not a boolean", chat(stream="yes"), 400, "stream"),
     ("n above one", chat(n=5), 400, "n"),
     ("n of zero", chat(n=0), 400, "n"),
@@ -79,37 +115,67 @@ BAD_CHAT: list[tuple[str, Any, int, str | None]] = [
     ("negative max_tokens", chat(max_tokens=-1), 400, "max_tokens"),
     ("max_tokens beyond uint32", chat(max_tokens=2**32), 400, "max_tokens"),
     ("fractional max_tokens", chat(max_tokens=1.5), 400, "max_tokens"),
-    ("negative max_completion_tokens", chat(max_completion_tokens=-3), 400,
-     "max_completion_tokens"),
+    (
+        "negative max_completion_tokens",
+        chat(max_completion_tokens=-3),
+        400,
+        "max_completion_tokens",
+    ),
     ("temperature too high", chat(temperature=5), 400, "temperature"),
     ("temperature a string", chat(temperature="hot"), 400, "temperature"),
     ("top_p above one", chat(top_p=1.5), 400, "top_p"),
     ("penalty out of range", chat(presence_penalty=3), 400, "presence_penalty"),
     ("seed a string", chat(seed="7"), 400, "seed"),
-    ("unknown response_format", chat(response_format={"type": "xml"}), 400,
-     "response_format.type"),
-    ("json_schema without schema", chat(response_format={"type": "json_schema"}), 400,
-     "response_format.json_schema"),
-    ("stream_options without stream", chat(stream_options={"include_usage": True}), 400,
-     "stream_options"),
-    ("tool of unknown type", chat(tools=[{"type": "custom", "custom": {"name": "x"}}]), 400,
-     "tools[0].type"),
-    ("tool without name", chat(tools=[{"type": "function", "function": {}}]), 400,
-     "tools[0].function.name"),
-    ("tool_choice names a missing tool", chat(
-        tools=[{"type": "function", "function": {"name": "a"}}],
-        tool_choice={"type": "function", "function": {"name": "b"}}), 400, "tool_choice"),
+    ("unknown response_format", chat(response_format={"type": "xml"}), 400, "response_format.type"),
+    (
+        "json_schema without schema",
+        chat(response_format={"type": "json_schema"}),
+        400,
+        "response_format.json_schema",
+    ),
+    (
+        "stream_options without stream",
+        chat(stream_options={"include_usage": True}),
+        400,
+        "stream_options",
+    ),
+    (
+        "tool of unknown type",
+        chat(tools=[{"type": "custom", "custom": {"name": "x"}}]),
+        400,
+        "tools[0].type",
+    ),
+    (
+        "tool without name",
+        chat(tools=[{"type": "function", "function": {}}]),
+        400,
+        "tools[0].function.name",
+    ),
+    (
+        "tool_choice names a missing tool",
+        chat(
+            tools=[{"type": "function", "function": {"name": "a"}}],
+            tool_choice={"type": "function", "function": {"name": "b"}},
+        ),
+        400,
+        "tool_choice",
+    ),
     ("tool_choice of unknown value", chat(tool_choice="sometimes"), 400, "tool_choice"),
     ("required without tools", chat(tool_choice="required"), 400, "tool_choice"),
     ("embedding model", chat(model="mock-embed"), 400, "model"),
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [case[1:] for case in BAD_CHAT],
-                         ids=[case[0] for case in BAD_CHAT])
+@pytest.mark.parametrize(
+    ("body", "status", "param"), [case[1:] for case in BAD_CHAT], ids=[case[0] for case in BAD_CHAT]
+)
 def test_bad_chat_requests(
-    http: httpx.Client, expect_error: ExpectError, counters: MockCounters,
-    body: Any, status: int, param: str | None,
+    http: httpx.Client,
+    expect_error: ExpectError,
+    counters: MockCounters,
+    body: Any,
+    status: int,
+    param: str | None,
 ) -> None:
     started = counters.started
     expect_error(http.post(CHAT, json=body), status, param)
@@ -120,8 +186,7 @@ def test_bad_chat_requests(
 @pytest.mark.parametrize(
     "content",
     [b"", b"   ", b"{", b"[1, 2]", b'"text"', b"null", b"\xff\xfe", b'{"model": "mock",}'],
-    ids=["empty", "blank", "truncated", "array", "string", "null", "not utf-8",
-         "trailing comma"],
+    ids=["empty", "blank", "truncated", "array", "string", "null", "not utf-8", "trailing comma"],
 )
 def test_malformed_bodies(
     http: httpx.Client, expect_error: ExpectError, path: str, content: bytes
@@ -145,10 +210,13 @@ def test_sdk_raises_its_own_error_types(client: openai.OpenAI) -> None:
 def test_image_to_a_text_only_model(client: openai.OpenAI, counters: MockCounters) -> None:
     started = counters.started
     pixel = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(16)).decode()
-    message = {"role": "user", "content": [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
-    ]}
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+        ],
+    }
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="mock", messages=[message])  # type: ignore[list-item]
     assert "text-only" in refused.value.message
@@ -183,8 +251,11 @@ BAD_COMPLETIONS: list[tuple[str, Any, int, str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [case[1:] for case in BAD_COMPLETIONS],
-                         ids=[case[0] for case in BAD_COMPLETIONS])
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [case[1:] for case in BAD_COMPLETIONS],
+    ids=[case[0] for case in BAD_COMPLETIONS],
+)
 def test_bad_completion_requests(
     http: httpx.Client, expect_error: ExpectError, body: Any, status: int, param: str | None
 ) -> None:
@@ -210,8 +281,11 @@ BAD_EMBEDDINGS: list[tuple[str, Any, int, str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [case[1:] for case in BAD_EMBEDDINGS],
-                         ids=[case[0] for case in BAD_EMBEDDINGS])
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [case[1:] for case in BAD_EMBEDDINGS],
+    ids=[case[0] for case in BAD_EMBEDDINGS],
+)
 def test_bad_embedding_requests(
     http: httpx.Client, expect_error: ExpectError, body: Any, status: int, param: str | None
 ) -> None:
@@ -246,9 +320,7 @@ def test_unknown_route_and_wrong_method(http: httpx.Client, expect_error: Expect
 def test_api_key_and_body_limit_errors_in_openai_shape(
     tmp_path_factory: pytest.TempPathFactory, expect_error: ExpectError
 ) -> None:
-    settings = test_settings(
-        tmp_path_factory.mktemp("guarded"), api_key="sesame", max_body=4096
-    )
+    settings = test_settings(tmp_path_factory.mktemp("guarded"), api_key="sesame", max_body=4096)
     with LiveServer(make_app(settings, plugins=["mock", "openai"])) as server:
         anonymous = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as denied:
@@ -258,8 +330,9 @@ def test_api_key_and_body_limit_errors_in_openai_shape(
         keyed = openai.OpenAI(base_url=server.url + "/v1", api_key="sesame", max_retries=0)
         assert "mock:latest" in {m.id for m in keyed.models.list()}
         big = {"model": "mock", "messages": [{"role": "user", "content": "x" * 10_000}]}
-        response = httpx.post(server.url + CHAT, json=big,
-                              headers={"Authorization": "Bearer sesame"})
+        response = httpx.post(
+            server.url + CHAT, json=big, headers={"Authorization": "Bearer sesame"}
+        )
         assert expect_error(response, 413)["code"] == "request_too_large"
 
 

@@ -27,9 +27,7 @@ def test_disconnect_mid_stream_cancels_the_generation(
     with server_with(backend) as server:
         client = _client(server)
         if route == "chat":
-            stream = client.chat.completions.create(
-                model=CHAT_MODEL, messages=HELLO, stream=True
-            )
+            stream = client.chat.completions.create(model=CHAT_MODEL, messages=HELLO, stream=True)
         else:
             stream = client.completions.create(
                 model=CHAT_MODEL, prompt="Once upon a time", max_tokens=None, stream=True

@@ -32,9 +32,7 @@ def real_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.Ope
     )
     app = make_app(settings, plugins=["openai", "openvino", "openvino-cpu"])
     with LiveServer(app) as server:
-        yield openai.OpenAI(
-            base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=600
-        )
+        yield openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=600)
 
 
 def test_real_chat_whole_and_streamed_agree(real_client: openai.OpenAI) -> None:
@@ -78,14 +76,14 @@ def test_real_text_completion(real_client: openai.OpenAI) -> None:
 def test_real_embeddings_default_call(real_client: openai.OpenAI) -> None:
     texts = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock prices fell."]
     default = real_client.embeddings.create(model=EMBED_MODEL, input=texts)
-    floats = real_client.embeddings.create(
-        model=EMBED_MODEL, input=texts, encoding_format="float"
-    )
+    floats = real_client.embeddings.create(model=EMBED_MODEL, input=texts, encoding_format="float")
     vectors = [d.embedding for d in default.data]
     assert all(len(v) == 384 for v in vectors)
     for decoded, plain in zip(vectors, (d.embedding for d in floats.data), strict=True):
-        assert all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
-                   for a, b in zip(decoded, plain, strict=True))
+        assert all(
+            math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+            for a, b in zip(decoded, plain, strict=True)
+        )
 
     def cosine(a: list[float], b: list[float]) -> float:
         return sum(x * y for x, y in zip(a, b, strict=True))  # the vectors are normalised

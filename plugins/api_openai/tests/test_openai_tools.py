@@ -24,8 +24,11 @@ TIME = {
     "type": "function",
     "function": {
         "name": "get_time",
-        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
-                       "required": ["zone"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}},
+            "required": ["zone"],
+        },
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Oslo?"}]
@@ -61,9 +64,7 @@ def test_round_trip_call_then_answer(client: openai.OpenAI, counters: MockCounte
 
 def test_streamed_tool_call_deltas(client: openai.OpenAI) -> None:
     chunks = list(
-        client.chat.completions.create(
-            model=CHAT_MODEL, messages=ASK, tools=[WEATHER], stream=True
-        )
+        client.chat.completions.create(model=CHAT_MODEL, messages=ASK, tools=[WEATHER], stream=True)
     )
     assert len({c.id for c in chunks}) == 1
     calls = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
