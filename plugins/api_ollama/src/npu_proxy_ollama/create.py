@@ -22,13 +22,13 @@ from typing import Any
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError, ModelNotFoundError
+from npu_proxy.engine.gguf import FILE_TYPES, GGUFError, parameter_size, read_header
 from npu_proxy.engine.names import canonical
 from npu_proxy.engine.types import Capability, ModelInfo
 from npu_proxy.web import read_json, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .gguf import FILE_TYPES, GGUFError, parameter_size, read_header
 from .options import model_field, parse_options
 from .schemas import StrictBody
 from .wire import NDJSONResponse, line

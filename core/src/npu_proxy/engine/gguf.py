@@ -7,6 +7,7 @@ every length in it is bounded, so a hostile or truncated file costs little and r
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,33 +119,55 @@ class _Reader:
 def read_header(path: Path) -> GGUFHeader:
     """Parse the header of the GGUF file at ``path``; raises :class:`GGUFError`."""
     with path.open("rb") as stream:
-        reader = _Reader(stream)
-        if reader.take(4) != MAGIC:
-            raise GGUFError("the file is not in GGUF format")
-        version = reader.unpack("<I")
-        if version not in (2, 3):
-            raise GGUFError(f"GGUF version {version} is not supported")
-        tensors, keys = reader.unpack("<Q"), reader.unpack("<Q")
-        if keys > MAX_KEYS or tensors > MAX_TENSORS:
-            raise GGUFError("the GGUF header is implausibly large")
-        header = GGUFHeader(version=version)
-        for _ in range(keys):
-            key = reader.string()
-            value = reader.value(reader.unpack("<I"))
-            if value is not None:
-                header.metadata[key] = value
-        for _ in range(tensors):
-            reader.string()
-            dims = reader.unpack("<I")
-            if dims > 8:
-                raise GGUFError("the GGUF file holds a tensor with too many dimensions")
-            count = 1
-            for _ in range(dims):
-                count *= reader.unpack("<Q")
-            reader.unpack("<I")  # element type
-            reader.unpack("<Q")  # offset
-            header.parameter_count += count
-        return header
+        return _parse(stream)
+
+
+def read_metadata_prefix(data: bytes) -> dict[str, Any]:
+    """The metadata keys found in the first bytes of a GGUF file (e.g. a ranged download).
+
+    Parsing stops quietly where ``data`` ends, so the keys that come first (the
+    architecture, the context length) are known before the file is downloaded.
+    Raises :class:`GGUFError` if ``data`` does not start like a GGUF file.
+    """
+    found: dict[str, Any] = {}
+    try:
+        _parse(io.BytesIO(data), into=found)
+    except GGUFError as exc:
+        if "truncated" not in str(exc):
+            raise
+    return found
+
+
+def _parse(stream: BinaryIO, into: dict[str, Any] | None = None) -> GGUFHeader:
+    reader = _Reader(stream)
+    if reader.take(4) != MAGIC:
+        raise GGUFError("the file is not in GGUF format")
+    version = reader.unpack("<I")
+    if version not in (2, 3):
+        raise GGUFError(f"GGUF version {version} is not supported")
+    tensors, keys = reader.unpack("<Q"), reader.unpack("<Q")
+    if keys > MAX_KEYS or tensors > MAX_TENSORS:
+        raise GGUFError("the GGUF header is implausibly large")
+    header = GGUFHeader(version=version)
+    if into is not None:
+        header.metadata = into
+    for _ in range(keys):
+        key = reader.string()
+        value = reader.value(reader.unpack("<I"))
+        if value is not None:
+            header.metadata[key] = value
+    for _ in range(tensors):
+        reader.string()
+        dims = reader.unpack("<I")
+        if dims > 8:
+            raise GGUFError("the GGUF file holds a tensor with too many dimensions")
+        count = 1
+        for _ in range(dims):
+            count *= reader.unpack("<Q")
+        reader.unpack("<I")  # element type
+        reader.unpack("<Q")  # offset
+        header.parameter_count += count
+    return header
 
 
 def parameter_size(count: int) -> str:
