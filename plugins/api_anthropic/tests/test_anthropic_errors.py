@@ -21,9 +21,10 @@ OK = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content":
 
 def post(server: LiveServer, payload: Any, path: str = "/v1/messages",
          **kwargs: Any) -> httpx.Response:
-    if isinstance(payload, bytes | str):
-        return httpx.post(server.url + path, content=payload, **kwargs)
-    return httpx.post(server.url + path, json=payload, **kwargs)
+    if not isinstance(payload, bytes | str):
+        # json.dumps escapes lone surrogates, which httpx's own encoder refuses to send.
+        payload = json.dumps(payload)
+    return httpx.post(server.url + path, content=payload, **kwargs)
 
 
 def assert_error(response: httpx.Response, status: int, kind: str, *words: str) -> str:
@@ -71,12 +72,22 @@ def assert_error(response: httpx.Response, status: int, kind: str, *words: str) 
                                          "data": "not base64!"}}]}]}, ["base64"]),
         ({**OK, "model": "../../etc/passwd"}, ["invalid model name"]),
         ({**OK, "model": ""}, ["model"]),
+        ({**OK, "model": "claude-\ud800"}, ["invalid model name"]),
+        ({**OK, "model": "claude-x\r\nX-Forged: 1"}, ["invalid model name"]),
     ],
 )
 def test_bad_input_is_a_400_in_anthropic_shape(
     server: LiveServer, payload: Any, words: list[str]
 ) -> None:
     assert_error(post(server, payload), 400, "invalid_request_error", *words)
+
+
+def test_unusual_text_is_never_a_500(server: LiveServer) -> None:
+    for text in ["\u0000", "\ud800 lone surrogate", "emoji \U0001f680 and \u4e2d\u6587"]:
+        response = post(server, {**OK, "messages": [{"role": "user", "content": text}]})
+        assert response.status_code in (200, 400), response.text
+    response = post(server, {**OK, "model": "claude-opus-4-6[1m]"})
+    assert response.status_code == 200 and response.json()["model"] == "claude-opus-4-6[1m]"
 
 
 def test_bad_count_tokens_input(server: LiveServer) -> None:

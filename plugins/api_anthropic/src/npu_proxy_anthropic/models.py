@@ -13,9 +13,14 @@ from __future__ import annotations
 import fnmatch
 
 from npu_proxy.engine.errors import InvalidRequestError, ModelNotFoundError
+from npu_proxy.engine.names import canonical
 from npu_proxy.engine.store import ModelStore
 
 from .settings import MapRule
+
+
+def _echoable(name: str) -> bool:
+    return len(name) <= 200 and name.isprintable()
 
 
 class MappedModelNotFoundError(ModelNotFoundError):
@@ -40,6 +45,8 @@ class ModelResolver:
 
     def resolve(self, requested: str) -> str:
         """The local model for ``requested``; raises ModelNotFoundError/InvalidRequestError."""
+        if not _echoable(requested):
+            canonical(requested)  # raises InvalidRequestError naming the problem
         lowered = requested.strip().lower()
         for pattern, target in self.rules:
             if fnmatch.fnmatchcase(lowered, pattern.lower()):
@@ -50,8 +57,10 @@ class ModelResolver:
             if not lowered.startswith("claude"):
                 raise
         except InvalidRequestError:
-            # Anthropic names may carry characters local names cannot ("...[1m]").
-            if not lowered.startswith("claude"):
+            # Anthropic names may carry characters local names cannot ("...[1m]"), but
+            # the name is echoed in the reply: control characters and lone surrogates
+            # stay refused.
+            if not (lowered.startswith("claude") and _echoable(requested)):
                 raise
         return self._installed(requested, self.default)
 
