@@ -30,6 +30,7 @@ from .engine.events import EventBus, MetricsSink
 from .engine.routing import RoutingPolicy
 from .engine.store import ModelStore
 from .engine.types import ModelInfo
+from .hub.pull import Puller
 from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
 from .security import DEFAULT_CLIENTS, HostPolicy, SecurityMiddleware, parse_networks
@@ -84,7 +85,8 @@ def build_context(settings: Settings, host: PluginHost) -> ServerContext:
         settings, store, _select_backends(settings, backends), _select_policy(settings, policies),
         bus,
     )
-    return ServerContext(settings, engine, store, bus, host, dialects)
+    puller = Puller(store, list(engine.backends.values()))
+    return ServerContext(settings, engine, store, bus, host, dialects, puller=puller)
 
 
 def dialect_for(ctx: ServerContext, path: str) -> ApiDialect | None:

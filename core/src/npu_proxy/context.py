@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .engine.engine import Engine
     from .engine.events import EventBus
     from .engine.store import ModelStore
+    from .hub.pull import Puller
     from .plugins import PluginHost
     from .settings import Settings
 
@@ -27,5 +28,7 @@ class ServerContext:
     bus: EventBus
     plugins: PluginHost
     dialects: list[ApiDialect] = field(default_factory=list)
+    #: pulls models from the configured Hugging Face endpoint into ``store``
+    puller: Puller | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__

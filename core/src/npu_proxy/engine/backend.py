@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from .types import (
     DeviceInfo,
@@ -72,6 +73,9 @@ class Backend(abc.ABC):
     max_loaded_models: int | None = None
     #: simulated backends serve when ``NPU_PROXY_REAL_INFERENCE=0``, real ones otherwise
     simulated: bool = False
+    #: GGUF architectures (``general.architecture``) this backend can load; a pull of
+    #: any other GGUF is refused before the download
+    gguf_architectures: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     async def probe(self) -> DeviceInfo:
@@ -110,6 +114,15 @@ class Backend(abc.ABC):
         Raises :class:`~npu_proxy.engine.errors.ModelLoadError` with a message safe to
         show a client (no paths) when the model cannot be loaded here.
         """
+
+    async def prepare_model(self, folder: Path, model: ModelInfo) -> ModelInfo | None:
+        """Make freshly pulled files in ``folder`` loadable, or return None if not ours.
+
+        Called once per pull, before the model is listed; e.g. convert an ONNX
+        embedding export to IR in place and return the updated ModelInfo. Blocking
+        work must run in a thread.
+        """
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release backend-wide resources at shutdown."""

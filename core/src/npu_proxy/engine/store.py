@@ -15,10 +15,13 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from .errors import ModelNotFoundError, ModelStoreError
 from .names import parse_model_name
@@ -100,8 +103,7 @@ class ModelStore:
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 if entry.name.startswith(STAGING_PREFIX):
-                    log.info("removing an unfinished download left in the model store")
-                    shutil.rmtree(entry, ignore_errors=True)
+                    self._remove_leftover(entry)
                     continue
                 manifest = entry / MANIFEST
                 if not manifest.is_file():
@@ -113,6 +115,20 @@ class ModelStore:
                     log.warning("skipping unreadable manifest in %s: %s", entry.name, exc)
         with self._lock:
             self._stored = found
+
+    def _remove_leftover(self, staging: Path) -> None:
+        """Remove an abandoned staging folder, unless a pull in progress still owns it."""
+        folder = staging.name.removeprefix(STAGING_PREFIX).rsplit("-", 1)[0]
+        lock = FileLock(str(self.root / ".locks" / f"{folder}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return  # another process is pulling this model right now
+        try:
+            log.info("removing an unfinished download left in the model store")
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            lock.release()
 
     def folder_for(self, name: str) -> Path:
         """The store folder a model of this name lives in (validated, inside the root)."""
@@ -127,6 +143,45 @@ class ModelStore:
         tmp = folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(info_to_manifest(info, folder), indent=2), "utf-8")
         os.replace(tmp, folder / MANIFEST)
+        with self._lock:
+            self._stored[info.name] = info
+        return info
+
+    def staging_folder(self, name: str) -> Path:
+        """A new, empty staging folder for ``name`` (removed by :meth:`scan` if abandoned)."""
+        folder = self._staging_path(parse_model_name(name).folder)
+        folder.mkdir(parents=True)
+        return folder
+
+    def _staging_path(self, folder: str) -> Path:
+        return self.root / f"{STAGING_PREFIX}{folder}-{uuid.uuid4().hex[:8]}"
+
+    def lock_path(self, name: str) -> Path:
+        """The lock file that serialises pulls of ``name`` across processes."""
+        return self.root / ".locks" / f"{parse_model_name(name).folder}.lock"
+
+    def install(self, staging: Path, info: ModelInfo) -> ModelInfo:
+        """Move a complete, verified model from ``staging`` into its folder, atomically.
+
+        ``info.path`` points into ``staging``. The manifest is written into the staging
+        folder first, so a model is listed only once every file is in place; a model
+        already under that name is replaced as a whole.
+        """
+        parsed = parse_model_name(info.name)
+        final = self.root / parsed.folder
+        info = replace(info, name=str(parsed), builtin=False)
+        tmp = staging / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(info_to_manifest(info, staging), indent=2), "utf-8")
+        os.replace(tmp, staging / MANIFEST)
+        old = None
+        if final.exists():
+            old = self._staging_path(parsed.folder)
+            os.replace(final, old)
+        os.replace(staging, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        if info.path is not None and info.path.is_relative_to(staging):
+            info = replace(info, path=final / info.path.relative_to(staging))
         with self._lock:
             self._stored[info.name] = info
         return info
