@@ -454,6 +454,7 @@ function Register-ServerService {
     Invoke-Native $nssm @('set', $ServiceName, 'AppStdout', (Join-Path $LogsDir 'npu-proxy.out.log'))
     Invoke-Native $nssm @('set', $ServiceName, 'AppStderr', (Join-Path $LogsDir 'npu-proxy.err.log'))
     Invoke-Native $nssm @('set', $ServiceName, 'AppRotateFiles', '1')
+    Invoke-Native $nssm @('set', $ServiceName, 'AppRotateOnline', '1')
     Invoke-Native $nssm @('set', $ServiceName, 'AppRotateBytes', '10485760')
     Write-Step "service '$ServiceName' (NSSM) starts the server at boot as $LocalServiceAccount"
 }

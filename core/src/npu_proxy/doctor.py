@@ -427,8 +427,10 @@ def check_network(settings: Settings, probe: ServerProbe) -> list[Check]:
                 f"Windows, Get-NetTCPConnection -LocalPort {settings.port}) or choose another "
                 "port with NPU_PROXY_PORT")
     if probe.state == "free":
+        service = ("Start-ScheduledTask npu-proxy" if platform.system() == "Windows"
+                   else "systemctl start npu-proxy")
         checks.append(Check("network", "info", f"no server is running on {where}; start one "
-                            "with 'npu-proxy serve' (or: systemctl start npu-proxy)"))
+                            f"with 'npu-proxy serve' (or, installed as a service: {service})"))
     elif probe.state == "error":
         checks.append(Check("network", "fail", probe.message,
                             fix="set NPU_PROXY_HOST to an address of this machine (0.0.0.0 for "
