@@ -35,6 +35,7 @@ from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
 from .security import DEFAULT_CLIENTS, HostPolicy, SecurityMiddleware, parse_networks
 from .settings import Settings
+from .web import ClientDisconnected
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,12 @@ def create_app(
         retry = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(retry)} if retry is not None else None
         return error_response(ctx, request.url.path, exc.status, exc.message, exc.code, headers)
+
+    @app.exception_handler(ClientDisconnected)
+    async def disconnected(request: Request, exc: ClientDisconnected) -> Response:
+        # Nobody is listening; 499 (Ollama's and nginx's "client closed request") is
+        # what the access log and the metrics should show.
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -60,6 +60,7 @@ async def test_stop_string_cuts_the_reply() -> None:
     word = full.split()[3]
     cut, done = await text_of(chat("hello", options=SamplingOptions(stop=(word,))))
     assert word not in cut and full.startswith(cut) and done.finish_reason == "stop"
+    assert done.stop_sequence == word
 
 
 async def test_tools_and_json() -> None:

@@ -220,7 +220,7 @@ class Generation:
             load_duration=done.usage.load_duration or self._load_duration,
             total_duration=time.perf_counter_ns() - self._started,
         )
-        return Done(finish_reason=done.finish_reason, usage=usage)
+        return replace(done, usage=usage)
 
 
 class Engine:

@@ -223,10 +223,15 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The final event of every generation that did not fail."""
+    """The final event of every generation that did not fail.
+
+    ``stop_sequence`` is the caller's stop string that ended the generation (it is not
+    part of the streamed text), or None when it ended another way.
+    """
 
     finish_reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None
 
 
 GenerationEvent = TextDelta | ToolCallDelta | Done

@@ -133,7 +133,7 @@ class MockLoadedModel(LoadedModel):
         generated = 0
         finished = False
         try:
-            pieces, reason = self._plan(request, prompt)
+            pieces, reason, stop = self._plan(request, prompt)
             for piece in pieces:
                 await asyncio.sleep(backend.token_delay)
                 if backend.fail_after is not None and generated >= backend.fail_after:
@@ -152,7 +152,7 @@ class MockLoadedModel(LoadedModel):
                 prefill_duration=first - began,
                 decode_duration=end - first,
             )
-            yield Done(finish_reason=reason, usage=usage)
+            yield Done(finish_reason=reason, usage=usage, stop_sequence=stop)
         finally:
             counters.active -= 1
             if finished:
@@ -162,8 +162,8 @@ class MockLoadedModel(LoadedModel):
 
     def _plan(
         self, request: GenerationRequest, prompt: str
-    ) -> tuple[list[GenerationEvent], FinishReason]:
-        """The events to stream and the finish reason, all decided up front."""
+    ) -> tuple[list[GenerationEvent], FinishReason, str | None]:
+        """The events to stream, the finish reason and the stop string that hit."""
         tool = _wanted_tool(request)
         if tool is not None:
             call = ToolCall(
@@ -171,13 +171,13 @@ class MockLoadedModel(LoadedModel):
                 name=tool.name,
                 arguments=example_value(tool.parameters or {"type": "object"}) or {},
             )
-            return [ToolCallDelta(call)], FinishReason.TOOL_CALLS
+            return [ToolCallDelta(call)], FinishReason.TOOL_CALLS, None
         if request.response_format is not None:
             schema = request.response_format.schema or {"type": "object", "properties": {
                 "answer": {"type": "string"}}}
             text = json.dumps(example_value(schema))
             words = [text[i : i + 4] for i in range(0, len(text), 4)]
-            return [TextDelta(w) for w in words], FinishReason.STOP
+            return [TextDelta(w) for w in words], FinishReason.STOP, None
         words = [w if i == 0 else " " + w for i, w in enumerate(reply_words(prompt))]
         reason = FinishReason.STOP
         max_tokens = request.options.max_tokens
@@ -186,12 +186,16 @@ class MockLoadedModel(LoadedModel):
         text = ""
         for i, word in enumerate(words):
             candidate = text + word
-            hits = [candidate.index(s) for s in request.options.stop if s and s in candidate]
+            hits = sorted(
+                (candidate.index(s), s) for s in request.options.stop if s and s in candidate
+            )
             if hits:
-                tail = candidate[len(text) : min(hits)]
-                return [TextDelta(w) for w in [*words[:i], tail] if w], FinishReason.STOP
+                at, stop = hits[0]
+                tail = candidate[len(text) : at]
+                pieces = [TextDelta(w) for w in [*words[:i], tail] if w]
+                return pieces, FinishReason.STOP, stop
             text = candidate
-        return [TextDelta(w) for w in words], reason
+        return [TextDelta(w) for w in words], reason, None
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         await asyncio.sleep(self.backend.token_delay)
