@@ -572,10 +572,13 @@ do_install() {
 }
 
 do_uninstall() {
-    if [ "$SYSTEM" -eq 1 ] && systemd_running; then
+    if [ "$SYSTEM" -eq 0 ]; then
+        system systemctl disable --now "$SERVICE.service"
+    elif systemd_running; then
+        # Not installed (or already disabled) is fine: uninstalling twice is not an error.
         systemctl disable --now "$SERVICE.service" 2>/dev/null || true
     else
-        system systemctl disable --now "$SERVICE.service"
+        say "systemd is not running here: nothing to stop"
     fi
     remove "$UNIT_FILE" "$OPT_DIR"
     if [ "$SYSTEM" -eq 1 ] && systemd_running; then systemctl daemon-reload; fi
