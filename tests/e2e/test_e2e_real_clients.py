@@ -1,0 +1,117 @@
+"""The official clients against a real server running SmolLM2 and MiniLM on the CPU.
+
+Every count a client sees is checked against the model's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anthropic
+import httpx
+import ollama
+import openai
+from npu_proxy.engine.types import Capability
+from npu_proxy.testing import LiveServer
+
+LLM = "smollm2:135m"
+EMBED = "all-minilm"
+GREEDY = {"temperature": 0, "num_predict": 24}
+
+
+def reply_tokens(server: LiveServer, text: str) -> int:
+    """Tokens of ``text`` by the model's own tokenizer (no template, no special tokens)."""
+    engine = server.ctx.engine
+    model = engine.resolve(LLM, Capability.COMPLETION)
+    backend = engine.backends["CPU"]
+    return server.call(backend.count_text_tokens(model, [text]))[0]  # type: ignore[no-any-return]
+
+
+def test_ollama_chat_has_real_statistics(real_server: LiveServer) -> None:
+    client = ollama.Client(host=real_server.url)
+    response = client.chat(model=LLM, messages=[{"role": "user", "content": "Name a colour."}],
+                           options=GREEDY)
+    text = response.message.content or ""
+    assert text.strip()
+    assert response.done_reason in ("stop", "length")
+    assert response.prompt_eval_count == real_server.call(real_server.ctx.engine.count_tokens(
+        _chat_request("Name a colour.")))
+    # The generated tokens, re-tokenised, agree with eval_count (within the end token).
+    assert abs(response.eval_count - reply_tokens(real_server, text)) <= 1
+    assert response.eval_duration > 0 and response.prompt_eval_duration > 0
+    assert response.total_duration >= response.eval_duration + response.prompt_eval_duration
+
+
+def _chat_request(text: str) -> Any:
+    from npu_proxy.engine.types import GenerationRequest, Message
+
+    return GenerationRequest(model=LLM, messages=(Message(role="user", content=text),))
+
+
+def test_greedy_answers_are_stable_across_dialects(real_server: LiveServer) -> None:
+    question = [{"role": "user", "content": "What is 2 + 2?"}]
+    first = ollama.Client(host=real_server.url).chat(model=LLM, messages=question,
+                                                     options=GREEDY).message.content
+    oa = openai.OpenAI(base_url=real_server.url + "/v1", api_key="none", max_retries=0)
+    second = oa.chat.completions.create(model=LLM, messages=question, temperature=0,
+                                        max_tokens=24)
+    assert second.choices[0].message.content == first
+    assert second.usage is not None and second.usage.completion_tokens > 0
+
+
+def test_openai_stream_usage_equals_the_counts(real_server: LiveServer) -> None:
+    client = openai.OpenAI(base_url=real_server.url + "/v1", api_key="none", max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Say hello."}], max_tokens=12,
+        temperature=0, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == []
+    assert usage.completion_tokens <= 12 and usage.prompt_tokens > 0
+    assert abs(usage.completion_tokens - reply_tokens(real_server, text)) <= 1
+
+
+def test_anthropic_messages_with_real_usage(real_server: LiveServer) -> None:
+    client = anthropic.Anthropic(base_url=real_server.url, api_key="none", max_retries=0)
+    message = client.messages.create(model=LLM, max_tokens=16,
+                                     messages=[{"role": "user", "content": "Hi there!"}])
+    assert message.content and message.content[0].type == "text"
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    assert 0 < message.usage.output_tokens <= 16
+    counted = client.messages.count_tokens(model=LLM,
+                                           messages=[{"role": "user", "content": "Hi there!"}])
+    assert counted.input_tokens == message.usage.input_tokens
+
+
+def test_embeddings_through_the_sdk_default_call(real_server: LiveServer) -> None:
+    client = openai.OpenAI(base_url=real_server.url + "/v1", api_key="none", max_retries=0)
+    result = client.embeddings.create(model=EMBED, input=["a cat", "a kitten", "quantum physics"])
+    cat, kitten, physics = (d.embedding for d in result.data)
+    assert len(cat) == 384
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+            sum(x * x for x in a) * sum(y * y for y in b))
+
+    assert cos(cat, kitten) > cos(cat, physics)
+    ollama_vectors = ollama.Client(host=real_server.url).embed(model=EMBED, input="a cat")
+    assert max(abs(a - b) for a, b in zip(ollama_vectors.embeddings[0], cat, strict=True)) < 1e-5
+
+
+def test_route_headers_tell_where_it_ran(real_server: LiveServer) -> None:
+    response = httpx.post(real_server.url + "/api/generate", json={
+        "model": LLM, "prompt": "Hello", "stream": False, "options": GREEDY}, timeout=120)
+    assert response.status_code == 200
+    assert response.headers["x-npu-proxy-device"] == "CPU"
+    assert response.headers["x-npu-proxy-route-reason"] == "preferred_device_absent"
+    assert int(response.headers["x-npu-proxy-token-count"]) == response.json()[
+        "prompt_eval_count"]
+
+
+def test_keep_alive_zero_unloads(real_server: LiveServer) -> None:
+    client = ollama.Client(host=real_server.url)
+    client.generate(model=LLM, prompt="Hi", options={"num_predict": 2}, keep_alive=-1)
+    assert LLM in [m.model for m in client.ps().models]
+    client.generate(model=LLM, prompt="", keep_alive=0)
+    assert LLM not in [m.model for m in client.ps().models]
