@@ -37,7 +37,7 @@ def test_health_reports_devices_and_models(tmp_path: Path) -> None:
         assert body["status"] == "ok"
         assert body["devices"]["NPU"] == {
             "present": False, "state": "absent", "error": "NPU not found (simulated)",
-            "queue_depth": 0, "in_flight": 0, "max_parallel": 1,
+            "queue_depth": 0, "in_flight": 0, "max_parallel": 1, "last_failure": None,
         }
         assert body["devices"]["CPU"]["present"] is True
         devices = httpx.get(server.url + "/health/devices").json()["devices"]

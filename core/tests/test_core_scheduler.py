@@ -160,6 +160,8 @@ async def test_inference_timeout_stops_a_wedged_generation(
     with pytest.raises(InferenceTimeoutError):
         await run(ctx, request_for(max_tokens=50))
     assert npu.counters.cancelled == 1
+    _, message = ctx.engine.last_failure["NPU"]
+    assert "longer than 0.12 s" in message
     assert ctx.engine.queues["NPU"].in_flight == 0
 
 

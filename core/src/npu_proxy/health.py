@@ -34,6 +34,7 @@ def health_report(ctx: ServerContext) -> dict[str, Any]:
     devices = {}
     for device, queue in engine.queues.items():
         info = engine.devices.get(device)
+        failure = engine.last_failure.get(device)
         devices[device] = {
             "present": bool(info and info.present),
             "state": "probing" if info is None else ("available" if info.present else "absent"),
@@ -41,6 +42,9 @@ def health_report(ctx: ServerContext) -> dict[str, Any]:
             "queue_depth": queue.waiting,
             "in_flight": queue.in_flight,
             "max_parallel": queue.slots,
+            "last_failure": (
+                {"at": failure[0].isoformat(), "error": failure[1]} if failure else None
+            ),
         }
     if engine.probing:
         status = "starting"

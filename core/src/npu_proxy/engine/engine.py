@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from types import TracebackType
 
 from ..settings import Settings
@@ -163,9 +164,11 @@ class Generation:
                     raise BackendError("the generation ended without a result") from None
                 except TimeoutError:
                     engine.bus.emit(GenerationFailed(model, device, "timeout"))
-                    raise InferenceTimeoutError(
+                    message = (
                         f"generation took longer than {engine.settings.inference_timeout:g} s"
-                    ) from None
+                    )
+                    engine.record_failure(device, f"{model}: {message}")
+                    raise InferenceTimeoutError(message) from None
                 now = time.perf_counter()
                 if isinstance(event, TextDelta | ToolCallDelta):
                     if last is None:
@@ -187,6 +190,7 @@ class Generation:
         except Exception as exc:
             log.exception("generation of %s on %s failed", model, device)
             engine.bus.emit(GenerationFailed(model, device, "backend_error"))
+            engine.record_failure(device, f"{model}: the backend failed during generation")
             raise BackendError(f"the {device} backend failed during generation") from exc
         finally:
             with contextlib.suppress(Exception):
@@ -247,6 +251,8 @@ class Engine:
         self.lifecycle = ModelLifecycle(self.backends, self.bus, settings.keep_alive)
         self._probed = asyncio.Event()
         self._probe_task: asyncio.Task[None] | None = None
+        #: the last failure on each device (timeouts, backend errors), for /health
+        self.last_failure: dict[str, tuple[datetime, str]] = {}
 
     # --- startup and devices ----------------------------------------------------------
 
@@ -274,6 +280,10 @@ class Engine:
                 log.warning("device %s is not available: %s", info.device, info.error)
         self._probed.set()
         return self.devices
+
+    def record_failure(self, device: str, message: str) -> None:
+        """Remember a wedged or failed generation so /health can report it."""
+        self.last_failure[device] = (datetime.now(UTC), message)
 
     @property
     def probing(self) -> bool:

@@ -100,6 +100,8 @@ class ModelLifecycle:
             res.timer.cancel()
             res.timer = None
         res.last_used = time.monotonic()
+        if res.expires_at is None:  # in use: at least the default keep-alive from now
+            res.expires_at = datetime.now(UTC) + timedelta(seconds=max(0, self._default_keep_alive))
         return res.loaded
 
     async def _load(self, res: Residency) -> None:
