@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .app import StartupError, build_context, create_app
+from .doctor import doctor
 from .logs import log_config
 from .plugins import PluginError, PluginHost
 from .settings import Settings, SettingsError, load_settings
@@ -162,3 +163,6 @@ def devices(ctx: click.Context, as_json: bool) -> None:
         state = "present" if row["present"] else "absent"
         detail = row["full_name"] or row["error"] or ""
         click.echo(f"{row['device']:<6} {state:<8} {row['backend']:<14} {detail}")
+
+
+main.add_command(doctor)

@@ -214,7 +214,8 @@ class Settings(BaseSettings):
     @field_validator("plugins", mode="before")
     @classmethod
     def _plugins(cls, value: Any) -> Any:
-        return _device_list(value)
+        # An empty NPU_PROXY_PLUGINS means "not set" (load everything), not "load nothing".
+        return _device_list(value) or None
 
 
 def _default_clients() -> tuple[str, ...]:

@@ -97,13 +97,18 @@ class ModelStore:
 
     # --- disk (call through asyncio.to_thread, or use the async wrappers) ------------
 
-    def scan(self) -> None:
-        """Read every manifest under the root; remove staging leftovers of killed pulls."""
+    def scan(self, remove_leftovers: bool = True) -> None:
+        """Read every manifest under the root.
+
+        With ``remove_leftovers``, also delete staging folders of killed pulls (never
+        one that a running pull still holds the lock for).
+        """
         found: dict[str, ModelInfo] = {}
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 if entry.name.startswith(STAGING_PREFIX):
-                    self._remove_leftover(entry)
+                    if remove_leftovers:
+                        self._remove_leftover(entry)
                     continue
                 manifest = entry / MANIFEST
                 if not manifest.is_file():
