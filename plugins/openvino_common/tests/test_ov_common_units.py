@@ -17,6 +17,7 @@ from npu_proxy_openvino import plugin
 from npu_proxy_openvino.chat import ToolCallFilter, parse_tool_calls
 from npu_proxy_openvino.files import DigestCache
 from npu_proxy_openvino.options import apply_options, response_schema, validate_options
+from npu_proxy_openvino.stops import StopStringFilter
 
 KNOWN = {"get_weather"}
 
@@ -168,3 +169,23 @@ def test_device_plugins_register_their_backends(tmp_path: Path) -> None:
         ("openvino-gpu", "GPU", 1, None),
         ("openvino-npu", "NPU", 1, 1),
     ]
+
+
+def test_stop_filter_cuts_at_the_earliest_stop_across_pieces() -> None:
+    stops = StopStringFilter(("END", "\n\n"))
+    out = [stops.feed(piece) for piece in ("Hello wor", "ld E", "N", "Dx", "more")]
+    assert "".join(out) == "Hello world " and stops.hit == "END"
+    assert out[1] == "ld "  # "E" held back: it may begin "END"
+    assert stops.finish() == ""
+    tie = StopStringFilter(("ab", "abc"))
+    assert tie.feed("xabcd") == "x" and tie.hit == "abc"
+
+
+def test_stop_filter_releases_a_near_miss() -> None:
+    stops = StopStringFilter(("END",))
+    assert stops.feed("the EN") == "the "
+    assert stops.feed("D") == "" and stops.hit == "END"
+    miss = StopStringFilter(("END",))
+    assert miss.feed("the EN") == "the "
+    assert miss.feed("ding") == "ENding"
+    assert miss.feed(" E") == " " and miss.finish() == "E" and miss.hit is None

@@ -93,7 +93,29 @@ async def test_stop_string_stops(lm: OpenVINOLanguageModel) -> None:
     assert "5" not in stopped
     assert "4" in stopped
     assert done.finish_reason == FinishReason.STOP
+    assert done.stop_sequence == "5"
     assert free.startswith(stopped.rstrip())
+
+
+async def test_stop_sequence_spanning_tokens_is_reported(lm: OpenVINOLanguageModel) -> None:
+    prompt = "Count from 1 to 10 separated by commas."
+    free, free_done, _ = await run(lm, chat(prompt, temperature=0, max_tokens=40))
+    assert free_done.stop_sequence is None
+    # From the first "3" to the first "5": several tokens long, whatever the format.
+    stop = free[free.index("3") : free.index("5") + 1]
+    assert len(lm._tokenizer.encode(stop).input_ids.data[0]) > 2
+    stopped, done, _ = await run(
+        lm, chat(prompt, temperature=0, max_tokens=40, stop=("never here", stop))
+    )
+    assert stopped == free[: free.index(stop)]
+    assert done.stop_sequence == stop and done.finish_reason == FinishReason.STOP
+    assert done.usage.completion_tokens < free_done.usage.completion_tokens
+    # A stop string whose beginning appears is held back, then released whole.
+    near_miss = free[free.index("3") : free.index("4") + 1] + "#"
+    kept, kept_done, _ = await run(lm, chat(prompt, temperature=0, max_tokens=40,
+                                            stop=(near_miss,)))
+    assert kept == free and kept_done.stop_sequence is None
+    assert kept_done.finish_reason == free_done.finish_reason
 
 
 async def test_max_tokens_gives_length(lm: OpenVINOLanguageModel) -> None:

@@ -26,11 +26,24 @@ from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
 from .files import cache_root
 from .language import Limits, OpenVINOLanguageModel
-from .models import EXTRA_MAX_LENGTH, EXTRA_NORMALIZE, ModelPreparer, pooling_of
+from .models import (
+    EXTRA_MAX_LENGTH,
+    EXTRA_NORMALIZE,
+    ModelPreparer,
+    pooling_of,
+    prepare_pulled,
+)
 from .runner import LLMPipelineGenerator
 from .tokens import TokenizerCache
 
 log = logging.getLogger(__name__)
+
+#: ``general.architecture`` values OpenVINO GenAI's own GGUF reader turns into a model.
+#: Source: openvino.genai ``src/cpp/src/gguf_utils/gguf_modeling.cpp``,
+#: ``create_from_gguf`` (branches releases/2026/2, releases/2026/3 and master of
+#: 2026-08 accept exactly these and throw "Unsupported model architecture" otherwise;
+#: the installed 2026.4.1 library carries no other, e.g. no qwen35).
+GGUF_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3"})
 
 #: ``(model folder, device, properties) -> LLMPipeline``-like object.
 PipelineFactory = Callable[[str, str, dict[str, Any]], Any]
@@ -70,6 +83,7 @@ class OpenVINOBackend(Backend):
 
     #: Whether this device runs embedding models (the NPU's static shapes do not suit them).
     embeddings: bool = True
+    gguf_architectures = GGUF_ARCHITECTURES
 
     def __init__(
         self,
@@ -180,6 +194,15 @@ class OpenVINOBackend(Backend):
             model, self.device, LLMPipelineGenerator(pipeline), tokenizer, limits,
             max_parallel=self.max_parallel,
         )
+
+    async def prepare_model(self, folder: Path, model: ModelInfo) -> ModelInfo | None:
+        """Convert a pulled ONNX embedding export to IR in place (in a worker thread).
+
+        Returns the ModelInfo with format ``ir`` (pooling and normalisation kept in
+        ``extra``), or None for IR folders and GGUF files, which load as they are.
+        A failed conversion raises; the puller then installs nothing.
+        """
+        return await asyncio.to_thread(prepare_pulled, folder, model)
 
     async def _load_embedding(self, model: ModelInfo, folder: Path, tokenizer: Any) -> LoadedModel:
         max_length = int(model.extra.get(EXTRA_MAX_LENGTH) or model.context_length)

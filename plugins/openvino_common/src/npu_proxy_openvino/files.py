@@ -1,4 +1,4 @@
-"""Model files on disk: packaged locations, GGUF metadata and cached sha256 digests.
+"""Model files on disk: packaged locations, GGUF facts and cached sha256 digests.
 
 Nothing here touches a device or imports OpenVINO, so it is cheap to call at startup.
 """
@@ -10,11 +10,12 @@ import importlib.util
 import json
 import os
 import re
-import struct
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from npu_proxy.engine.gguf import FILE_TYPES, GGUFHeader, parameter_size
 
 #: Where derived artefacts (IR conversions, the digest cache) live inside the model
 #: store. A dot-folder, so the store's scan of pulled models never mistakes it for one.
@@ -106,81 +107,28 @@ def _sha256(path: Path) -> str:
 
 # --- GGUF metadata --------------------------------------------------------------------
 
-# GGUF value types (see the GGUF specification in ggml's docs).
-_SCALARS: dict[int, str] = {
-    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-    10: "<Q", 11: "<q", 12: "<d",
-}
-_STRING, _ARRAY = 8, 9
 
-#: ``general.file_type`` values to the quantisation names Ollama shows.
-GGUF_FILE_TYPES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
-    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
-}
+def gguf_summary(header: GGUFHeader) -> dict[str, Any]:
+    """The facts ``ModelInfo`` needs, from a GGUF header (absent ones are omitted).
 
-
-class GGUFError(ValueError):
-    """The file is not a GGUF file this reader understands."""
-
-
-def read_gguf_metadata(path: Path) -> dict[str, Any]:
-    """The key/value metadata of a GGUF file (arrays longer than 64 items are skipped).
-
-    Reads only the header, so it costs milliseconds even for multi-GB files.
+    The header comes from the core's reader (:func:`npu_proxy.engine.gguf.read_header`),
+    the same one ``create`` and ``pull`` use, so every path reports a file alike.
     """
-    with path.open("rb") as handle:
-        if handle.read(4) != b"GGUF":
-            raise GGUFError("not a GGUF file")
-        (version,) = struct.unpack("<I", handle.read(4))
-        if version < 2:
-            raise GGUFError(f"GGUF version {version} is not supported")
-        _tensors, count = struct.unpack("<QQ", handle.read(16))
-        metadata: dict[str, Any] = {}
-        for _ in range(count):
-            key = _read_string(handle)
-            (kind,) = struct.unpack("<I", handle.read(4))
-            metadata[key] = _read_value(handle, kind)
-    return metadata
-
-
-def _read_string(handle: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", handle.read(8))
-    return handle.read(length).decode("utf-8", errors="replace")
-
-
-def _read_value(handle: BinaryIO, kind: int) -> Any:
-    if kind in _SCALARS:
-        fmt = _SCALARS[kind]
-        return struct.unpack(fmt, handle.read(struct.calcsize(fmt)))[0]
-    if kind == _STRING:
-        return _read_string(handle)
-    if kind == _ARRAY:
-        item_kind, length = struct.unpack("<IQ", handle.read(12))
-        if item_kind in _SCALARS and length > 64:
-            # Skip big numeric arrays (token scores, types) without decoding them.
-            handle.seek(length * struct.calcsize(_SCALARS[item_kind]), os.SEEK_CUR)
-            return None
-        items = [_read_value(handle, item_kind) for _ in range(length)]
-        return items if length <= 64 else None
-    raise GGUFError(f"unknown GGUF value type {kind}")
-
-
-def gguf_summary(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The facts ``ModelInfo`` needs, from GGUF metadata (absent ones are omitted)."""
+    metadata = header.metadata
     arch = str(metadata.get("general.architecture", ""))
     summary: dict[str, Any] = {"architecture": arch}
-    for field, key in (
+    for name, key in (
         ("context_length", f"{arch}.context_length"),
         ("embedding_length", f"{arch}.embedding_length"),
         ("template", "tokenizer.chat_template"),
         ("parameter_size", "general.size_label"),
         ("name", "general.name"),
     ):
-        if key in metadata and metadata[key] is not None:
-            summary[field] = metadata[key]
+        if metadata.get(key) is not None:
+            summary[name] = metadata[key]
+    if "parameter_size" not in summary and header.parameter_count:
+        summary["parameter_size"] = parameter_size(header.parameter_count)
     file_type = metadata.get("general.file_type")
-    if isinstance(file_type, int) and file_type in GGUF_FILE_TYPES:
-        summary["quantization_level"] = GGUF_FILE_TYPES[file_type]
+    if isinstance(file_type, int) and file_type in FILE_TYPES:
+        summary["quantization_level"] = FILE_TYPES[file_type]
     return summary

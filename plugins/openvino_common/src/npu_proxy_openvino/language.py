@@ -27,6 +27,7 @@ from . import tokens
 from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
 from .options import apply_options, response_schema, validate_options
 from .runner import Outcome, TextGenerator
+from .stops import StopStringFilter
 from .streaming import Finished, stream_in_thread
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ class OpenVINOLanguageModel(LoadedModel):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream text (and tool calls), then one :class:`Done` with measured usage.
 
+        Text ends before the first of the caller's stop strings, and ``Done.stop_sequence``
+        names that string (None when the answer ended another way or became tool calls).
+
         See :meth:`LoadedModel.generate` for the contract. ``PromptTooLongError`` is
         raised before the device is touched; the device is free when ``aclose()``
         returns; ``FinishReason.TOOL_CALLS`` when the answer was parsed as tool calls.
@@ -138,6 +142,7 @@ class OpenVINOLanguageModel(LoadedModel):
             finished.append(result)  # also seen when the consumer left early
             return result
 
+        stops = StopStringFilter(request.options.stop) if request.options.stop else None
         async with self._slots:
             stream = stream_in_thread(run)
             try:
@@ -145,9 +150,15 @@ class OpenVINOLanguageModel(LoadedModel):
                     if isinstance(item, Finished):
                         outcome = item.result
                         break
-                    text = tool_filter.feed(item) if tool_filter else item
+                    text = stops.feed(item) if stops else item
+                    if tool_filter and text:
+                        text = tool_filter.feed(text)
                     if text:
                         yield TextDelta(text)
+                    if stops and stops.hit is not None:
+                        # The answer is over; closing the stream stops the device at the
+                        # next token even if GenAI's own stop check did not fire.
+                        break
             except (PromptTooLongError, asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception as exc:
@@ -156,9 +167,19 @@ class OpenVINOLanguageModel(LoadedModel):
                 await stream.aclose()
                 if finished:
                     self.last_usage = _usage(finished[0], prepared.prompt_tokens, start)
+        outcome = outcome or (finished[0] if finished else None)
         assert outcome is not None and self.last_usage is not None
         usage = self.last_usage
-        finish = FinishReason.LENGTH if outcome.finish == "length" else FinishReason.STOP
+        stop_sequence = stops.hit if stops else None
+        if stop_sequence is not None:
+            finish = FinishReason.STOP
+        else:
+            finish = FinishReason.LENGTH if outcome.finish == "length" else FinishReason.STOP
+        held = stops.finish() if stops else ""
+        if tool_filter and held:
+            held = tool_filter.feed(held)
+        if held:
+            yield TextDelta(held)
         if tool_filter is not None:
             text, calls = tool_filter.finish()
             if text:
@@ -167,7 +188,8 @@ class OpenVINOLanguageModel(LoadedModel):
                 yield ToolCallDelta(call)
             if calls:
                 finish = FinishReason.TOOL_CALLS
-        yield Done(finish_reason=finish, usage=usage)
+                stop_sequence = None
+        yield Done(finish_reason=finish, usage=usage, stop_sequence=stop_sequence)
 
     async def warm_up(self) -> Usage:
         """Generate :data:`WARMUP_TOKENS` greedy tokens so the first user request is fast.

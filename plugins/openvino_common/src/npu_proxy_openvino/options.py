@@ -89,7 +89,9 @@ def apply_options(
         config.frequency_penalty = options.frequency_penalty
     if options.stop:
         config.stop_strings = set(options.stop)
-        config.include_stop_str_in_output = False
+        # Kept in the output so the caller can be told which string hit; the model
+        # wrapper cuts it off (see stops.py).
+        config.include_stop_str_in_output = True
     if structured_schema is not None:
         config.structured_output_config = openvino_genai.StructuredOutputConfig(
             json_schema=json.dumps(structured_schema)
