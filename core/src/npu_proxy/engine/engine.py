@@ -193,8 +193,15 @@ class Generation:
             engine.record_failure(device, f"{model}: the backend failed during generation")
             raise BackendError(f"the {device} backend failed during generation") from exc
         finally:
-            with contextlib.suppress(Exception):
+            # A second cancellation (Starlette re-delivers a disconnect) may interrupt
+            # the close; the slot is freed and the outcome reported all the same.
+            interrupted = False
+            try:
                 await source.aclose()  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                interrupted = True
+            except Exception:
+                log.debug("closing the %s stream failed", device, exc_info=True)
             self._finish()
             if self.done is None:
                 engine.bus.emit(GenerationFailed(model, device, "cancelled"))
@@ -215,6 +222,8 @@ class Generation:
                         inter_token_latencies=tuple(gaps),
                     )
                 )
+            if interrupted:
+                raise asyncio.CancelledError
 
     def _complete(self, done: Done) -> Done:
         # The engine measured the load and the wall-clock total; the backend measured

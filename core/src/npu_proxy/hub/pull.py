@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -66,6 +67,28 @@ class PullError(EngineError):
 
     status = 500
     code = "pull_failed"
+
+
+class HubUnreachableError(PullError):
+    """The hub could not be reached or answered with a server error."""
+
+    status = 502
+    code = "hub_unreachable"
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of httpx and of the HTTP client huggingface-hub brings (httpx2)."""
+    errors: list[type[BaseException]] = [httpx.HTTPError, ConnectionError, HfHubHTTPError]
+    try:
+        import httpx2
+
+        errors.append(httpx2.HTTPError)
+    except ImportError:  # older huggingface-hub releases use httpx itself
+        pass
+    return tuple(errors)
+
+
+NETWORK_ERRORS = _network_errors()
 
 
 class PullNotFoundError(PullError):
@@ -132,7 +155,10 @@ class Puller:
     ) -> None:
         self.store = store
         self.backends = list(backends or [])
-        self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+        # HF_ENDPOINT is read now, not when huggingface-hub was imported.
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip(
+            "/"
+        )
         self._token = token
         self._local_locks: dict[str, asyncio.Lock] = {}
         self._file_locks: dict[str, FileLock] = {}
@@ -273,9 +299,11 @@ class Puller:
             return PullNotFoundError("pull model manifest: file does not exist")
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             return PullError("no space left on device in the model store")
-        if isinstance(exc, httpx.HTTPError | HfHubHTTPError | ConnectionError):
+        if isinstance(exc, NETWORK_ERRORS):
             log.warning("pull failed: %s", type(exc).__name__)
-            return PullError(f"could not download from {self.endpoint}: {type(exc).__name__}")
+            return HubUnreachableError(
+                f"could not download from {self.endpoint}: {type(exc).__name__}"
+            )
         log.error("pull failed", exc_info=exc)
         return PullError("pull failed")
 
