@@ -169,6 +169,8 @@ def test_device_plugins_register_their_backends(tmp_path: Path) -> None:
         ("openvino-gpu", "GPU", 1, None),
         ("openvino-npu", "NPU", 1, 1),
     ]
+    # What GenAI's GGUF reader builds (gguf_modeling.cpp); the puller refuses the rest.
+    assert {b.gguf_architectures for b in found} == {frozenset({"llama", "qwen2", "qwen3"})}
 
 
 def test_stop_filter_cuts_at_the_earliest_stop_across_pieces() -> None:
