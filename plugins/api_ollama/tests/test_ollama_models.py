@@ -104,11 +104,12 @@ def test_pull_progress_of_a_stored_model(server: LiveServer) -> None:
     assert client.pull("mock:latest").status == "success"
 
 
-def test_pull_of_an_unknown_model_is_ollamas_error(server: LiveServer) -> None:
+def test_pull_of_an_unknown_name_is_404_naming_the_aliases(server: LiveServer) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         ollama.Client(host=server.url).pull("not-in-store", stream=False)
     assert caught.value.status_code == 404
-    assert caught.value.error == "pull model manifest: file does not exist"
+    assert "unknown model 'not-in-store'" in caught.value.error
+    assert "tinyllama" in caught.value.error
 
 
 def test_push_and_blobs_are_501(server: LiveServer) -> None:

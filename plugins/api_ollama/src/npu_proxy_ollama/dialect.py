@@ -11,6 +11,7 @@ from .create import create_routes
 from .embeddings import embedding_routes
 from .inference import inference_routes
 from .management import management_routes
+from .pull import pull_routes
 from .wire import error_json
 
 
@@ -31,6 +32,7 @@ class OllamaApi(ApiDialect):
             embedding_routes(ctx),
             management_routes(ctx),
             create_routes(ctx),
+            pull_routes(ctx),
         ):
             router.include_router(part)
         return router

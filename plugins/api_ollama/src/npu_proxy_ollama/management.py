@@ -1,4 +1,4 @@
-"""Model management: tags, show, ps, copy, delete, pull, version, push/blobs, and ``/``.
+"""Model management: tags, show, ps, copy, delete, version, push/blobs, and ``/``.
 
 All metadata comes from the model store (:class:`ModelInfo`) and the engine's
 residency table; nothing is invented. A model without a recorded modification time
@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
-from npu_proxy.engine.errors import ModelNotFoundError
 from npu_proxy.engine.lifecycle import Residency
 from npu_proxy.engine.types import Capability, ModelInfo
 from npu_proxy.web import read_json, validate
@@ -24,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .options import model_field
 from .schemas import StrictBody
-from .wire import NDJSONResponse, details, digest_hex, error_json, line, rfc3339
+from .wire import details, digest_hex, error_json, rfc3339
 
 #: The Ollama version this server claims. Clients parse it as a number and gate
 #: features on it (VS Code Copilot wants at least 0.6.4); every endpoint and field that
@@ -161,6 +159,9 @@ def management_routes(ctx: ServerContext) -> APIRouter:
             "expires_at": rfc3339(expires),
             "size_vram": size if res.device in _ACCELERATORS else 0,
             "context_length": res.info.context_length,
+            # Not in Ollama's API (clients ignore it): the device, which `npu-proxy ps`
+            # shows as PROCESSOR since size_vram cannot tell an NPU from a GPU.
+            "device": res.device,
         }
 
     @router.get("/api/ps")
@@ -184,20 +185,6 @@ def management_routes(ctx: ServerContext) -> APIRouter:
         await ctx.store.adelete(name)
         return Response(status_code=200)
 
-    @router.post("/api/pull")
-    async def pull(request: Request) -> Response:
-        data = await read_json(request)
-        body = validate(StreamBody, data)
-        name = model_field(data)
-        try:
-            info = ctx.store.resolve(name)
-        except ModelNotFoundError:
-            # The downloader is not part of this server yet: only stored models "pull".
-            return error_json(404, "pull model manifest: file does not exist")
-        if body.stream is False:
-            return JSONResponse({"status": "success"})
-        return NDJSONResponse(_pull_progress(info))
-
     @router.post("/api/push")
     async def push() -> Response:
         return error_json(501, "push is not supported: npu-proxy serves local models only")
@@ -210,20 +197,3 @@ def management_routes(ctx: ServerContext) -> APIRouter:
 
     return router
 
-
-async def _pull_progress(info: ModelInfo) -> AsyncIterator[bytes]:
-    """Ollama's pull messages for a model that is already complete in the store."""
-    digest = "sha256:" + digest_hex(info) if info.digest else ""
-    yield line({"status": "pulling manifest"})
-    if digest:
-        yield line(
-            {
-                "status": f"pulling {digest_hex(info)[:12]}",
-                "digest": digest,
-                "total": info.size,
-                "completed": info.size,
-            }
-        )
-    yield line({"status": "verifying sha256 digest"})
-    yield line({"status": "writing manifest"})
-    yield line({"status": "success"})
