@@ -71,11 +71,11 @@ def _select_policy(settings: Settings, found: list[tuple[str, RoutingPolicy]]) -
 def build_context(settings: Settings, host: PluginHost) -> ServerContext:
     """Collect every registered object and assemble the engine. Raises StartupError."""
     try:
-        dialects = [d for _, d in host.collect("npu_proxy_register_api", ApiDialect, settings)]
-        backends = host.collect("npu_proxy_register_backends", Backend, settings)
+        dialects = [d for _, d in host.collect("npu_proxy_register_api", ApiDialect, settings)]  # type: ignore[type-abstract]
+        backends = host.collect("npu_proxy_register_backends", Backend, settings)  # type: ignore[type-abstract]
         models = host.collect("npu_proxy_register_models", ModelInfo, settings)
-        policies = host.collect("npu_proxy_register_routing_policies", RoutingPolicy, settings)
-        sinks = host.collect("npu_proxy_register_metrics_sinks", MetricsSink, settings)
+        policies = host.collect("npu_proxy_register_routing_policies", RoutingPolicy, settings)  # type: ignore[type-abstract]
+        sinks = host.collect("npu_proxy_register_metrics_sinks", MetricsSink, settings)  # type: ignore[type-abstract]
     except PluginError as exc:
         raise StartupError(str(exc)) from None
     store = ModelStore(settings.model_path)

@@ -65,7 +65,7 @@ def main(ctx: click.Context, plugins: str | None) -> None:
               help="Load the default model at startup [NPU_PROXY_WARMUP].")
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR [NPU_PROXY_LOG_LEVEL].")
 @click.pass_context
-def serve(ctx: click.Context, **flags: Any) -> None:
+def serve(ctx: click.Context, /, **flags: Any) -> None:
     """Start the server."""
     import uvicorn
 

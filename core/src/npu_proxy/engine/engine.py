@@ -259,7 +259,7 @@ class Engine:
         }
         self.lifecycle = ModelLifecycle(self.backends, self.bus, settings.keep_alive)
         self._probed = asyncio.Event()
-        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[dict[str, DeviceInfo]] | None = None
         #: the last failure on each device (timeouts, backend errors), for /health
         self.last_failure: dict[str, tuple[datetime, str]] = {}
 

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .backend import Backend, LoadedModel
 from .errors import EngineError, ModelLoadError
@@ -196,8 +198,8 @@ class ModelLifecycle:
                 seconds, lambda: self._spawn(self._unload(res, "keep_alive"))
             )
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

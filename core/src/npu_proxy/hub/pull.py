@@ -21,7 +21,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import build_hf_headers
+from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
 from .. import __version__
 from ..engine.backend import Backend
@@ -165,7 +165,7 @@ class Puller:
 
     # --- the public, async side -------------------------------------------------------
 
-    async def pull(self, name: str) -> AsyncIterator[PullProgress]:
+    async def pull(self, name: str) -> AsyncGenerator[PullProgress, None]:
         """Pull ``name``, yielding progress; the model is listed once ``success`` is yielded.
 
         Raises InvalidRequestError (bad name), PullNotFoundError (no such repository or

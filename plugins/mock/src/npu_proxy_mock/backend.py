@@ -192,7 +192,7 @@ class MockLoadedModel(LoadedModel):
             if hits:
                 at, stop = hits[0]
                 tail = candidate[len(text) : at]
-                pieces = [TextDelta(w) for w in [*words[:i], tail] if w]
+                pieces: list[GenerationEvent] = [TextDelta(w) for w in [*words[:i], tail] if w]
                 return pieces, FinishReason.STOP, stop
             text = candidate
         return [TextDelta(w) for w in words], reason, None
