@@ -77,3 +77,18 @@ def _mock_models() -> object:
             register(model)  # type: ignore[operator]
 
     return inline_plugin(npu_proxy_register_models=register)
+
+
+def test_warm_up_loads_the_default_model_and_generates(tmp_path: Path) -> None:
+    cpu = MockBackend("CPU", token_delay=0.001)
+    settings = test_settings(tmp_path, warmup=True, default_model="mock", device="CPU")
+    app = make_app(settings, [], {"cpu": backend_plugin(cpu), "models": _mock_models()})
+    with LiveServer(app) as server:
+        deadline = time.monotonic() + 10
+        while cpu.counters.finished == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cpu.counters.finished == 1 and cpu.counters.tokens_emitted <= 16
+        models = httpx.get(server.url + "/health").json()["models"]
+        assert [(m["name"], m["device"], m["state"]) for m in models] == [
+            ("mock:latest", "CPU", "loaded")
+        ]
