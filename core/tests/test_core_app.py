@@ -60,6 +60,8 @@ def test_health_answers_while_a_model_loads(tmp_path: Path) -> None:
             body = httpx.get(server.url + "/health").json()
             latencies.append(time.perf_counter() - started)
             states.append(body["status"])
+            if body["models"] and body["models"][0]["state"] == "loading":
+                assert body["models"][0]["loading_seconds"] >= 0
             time.sleep(0.02)
         loader.join()
         assert "loading" in states

@@ -28,6 +28,11 @@ def health_report(ctx: ServerContext) -> dict[str, Any]:
             "state": r.state,
             "error": r.error or None,
             "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+            "loading_seconds": (
+                round(time.monotonic() - r.loading_since, 1)
+                if r.state == "loading" and r.loading_since is not None
+                else None
+            ),
         }
         for r in engine.lifecycle.residents()
     ]

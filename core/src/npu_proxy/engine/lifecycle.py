@@ -43,6 +43,7 @@ class Residency:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
     unload_pending: bool = False  # unload as soon as the last user is done
+    loading_since: float | None = None  # monotonic time the current load began
 
     @property
     def size(self) -> int:
@@ -110,6 +111,9 @@ class ModelLifecycle:
         backend = self._backends[res.device]
         try:
             await self._make_room(backend, res)
+            log.info("loading %s on %s (a first load compiles and may take minutes; "
+                     "/health shows its progress)", res.info.name, res.device)
+            res.loading_since = time.monotonic()
             started = time.perf_counter_ns()
             res.loaded = await backend.load(res.info)
             res.load_duration = time.perf_counter_ns() - started
