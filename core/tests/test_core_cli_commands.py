@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -14,7 +15,6 @@ import pytest
 from click.testing import CliRunner, Result
 from npu_proxy import client_cli
 from npu_proxy.client_cli import COMMANDS, server_url
-from npu_proxy.hub import pull as hub_pull
 from npu_proxy.hub.pull import Puller
 from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
 from npu_proxy.testing_hub import FakeHub, HubFile
@@ -43,16 +43,23 @@ def header_only_gguf(arch: str = "llama") -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, 0, len(keys)) + b"".join(keys)
 
 
+@dataclass
+class ServedHub(FakeHub):
+    """A fake hub and the URL it is served at."""
+
+    url: str = ""
+
+
 @pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    fake = FakeHub(repos={"org/tiny-ov": dict(IR_REPO)})
+def hub() -> Iterator[ServedHub]:
+    fake = ServedHub(repos={"org/tiny-ov": dict(IR_REPO)})
     with fake.serve() as served:
-        fake.url = served.url  # type: ignore[attr-defined]
+        fake.url = served.url
         yield fake
 
 
 @pytest.fixture
-def server(tmp_path: Path, hub: FakeHub) -> Iterator[LiveServer]:
+def server(tmp_path: Path, hub: ServedHub) -> Iterator[LiveServer]:
     """Mock mode, the Ollama dialect, pulls from ``hub``."""
     with LiveServer(make_app(test_settings(tmp_path), ["mock", "ollama"])) as live:
         ctx = live.ctx
@@ -211,18 +218,15 @@ def test_errors_are_one_line_and_exit_1(cli: Any, args: tuple[str, ...], message
 
 
 def test_pull_reports_no_space_left(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        hub_pull.shutil,
-        "disk_usage",
-        lambda path: shutil._ntuple_diskusage(10, 10, 10),  # type: ignore[attr-defined]
-    )
+    full = SimpleNamespace(total=10, used=10, free=10)
+    monkeypatch.setattr("shutil.disk_usage", lambda path: full)
     result = cli("pull", "org/tiny-ov")
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: no space left on device")
     assert "org/tiny-ov" not in cli("list").output
 
 
-def test_a_failure_mid_pull_is_an_error_line(cli: Any, hub: FakeHub) -> None:
+def test_a_failure_mid_pull_is_an_error_line(cli: Any, hub: ServedHub) -> None:
     hub.corrupt.add("openvino_model.bin")
     result = cli("pull", "org/tiny-ov")
     assert result.exit_code == 1

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import ollama
 import pytest
-from npu_proxy.hub import pull as hub_pull
 from npu_proxy.hub.pull import Puller, PullProgress
 from npu_proxy.testing import LiveServer
 from npu_proxy.testing_hub import FakeHub, HubFile
@@ -29,20 +29,27 @@ IR_REPO = {
 }
 
 
+@dataclass
+class ServedHub(FakeHub):
+    """A fake hub and the URL it is served at."""
+
+    url: str = ""
+
+
 @pytest.fixture
-def hub() -> Iterator[FakeHub]:
-    fake = FakeHub(repos={"org/tiny-ov": dict(IR_REPO)})
+def hub() -> Iterator[ServedHub]:
+    fake = ServedHub(repos={"org/tiny-ov": dict(IR_REPO)})
     with fake.serve() as served:
-        fake.url = served.url  # type: ignore[attr-defined]
+        fake.url = served.url
         yield fake
 
 
 @pytest.fixture
-def hub_server(start: Callable[..., LiveServer], hub: FakeHub) -> LiveServer:
+def hub_server(start: Callable[..., LiveServer], hub: ServedHub) -> LiveServer:
     """A server whose puller downloads from ``hub``."""
     server = start()
     ctx = server.ctx
-    ctx.puller = Puller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)  # type: ignore[attr-defined]
+    ctx.puller = Puller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)
     return server
 
 
@@ -83,7 +90,7 @@ def test_pull_without_streaming_is_one_success(hub_server: LiveServer) -> None:
 
 
 def test_a_second_pull_is_quick_and_wire_lines_are_ndjson(
-    hub_server: LiveServer, hub: FakeHub
+    hub_server: LiveServer, hub: ServedHub
 ) -> None:
     url = hub_server.url + "/api/pull"
     first = httpx.post(url, json={"model": "org/tiny-ov"})
@@ -106,7 +113,7 @@ def test_a_missing_repository_is_404_before_streaming(hub_server: LiveServer) ->
 
 
 @pytest.mark.parametrize("name", ["../../etc", "org/../x", "C:\\models", "hf.co/a/b/c/d"])
-def test_bad_names_are_400(hub_server: LiveServer, hub: FakeHub, name: str) -> None:
+def test_bad_names_are_400(hub_server: LiveServer, hub: ServedHub, name: str) -> None:
     response = httpx.post(hub_server.url + "/api/pull", json={"model": name})
     assert response.status_code == 400
     assert set(response.json()) == {"error"}
@@ -114,7 +121,7 @@ def test_bad_names_are_400(hub_server: LiveServer, hub: FakeHub, name: str) -> N
 
 
 def test_a_corrupt_file_ends_the_stream_with_an_error_and_installs_nothing(
-    hub_server: LiveServer, hub: FakeHub
+    hub_server: LiveServer, hub: ServedHub
 ) -> None:
     hub.corrupt.add("openvino_model.bin")
     response = httpx.post(hub_server.url + "/api/pull", json={"model": "org/tiny-ov"})
@@ -129,7 +136,9 @@ def test_a_corrupt_file_ends_the_stream_with_an_error_and_installs_nothing(
     assert "org/tiny-ov:latest" not in names
 
 
-def test_a_failure_without_streaming_keeps_its_status(hub_server: LiveServer, hub: FakeHub) -> None:
+def test_a_failure_without_streaming_keeps_its_status(
+    hub_server: LiveServer, hub: ServedHub
+) -> None:
     hub.drop_after["openvino_model.bin"] = 1000
     with pytest.raises(ollama.ResponseError) as caught:
         ollama.Client(host=hub_server.url).pull("org/tiny-ov", stream=False)
@@ -140,13 +149,10 @@ def test_a_failure_without_streaming_keeps_its_status(hub_server: LiveServer, hu
 
 
 def test_no_space_left_is_an_error_before_any_download(
-    hub_server: LiveServer, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+    hub_server: LiveServer, hub: ServedHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        hub_pull.shutil,
-        "disk_usage",
-        lambda path: shutil._ntuple_diskusage(10, 10, 10),  # type: ignore[attr-defined]
-    )
+    full = SimpleNamespace(total=10, used=10, free=10)
+    monkeypatch.setattr("shutil.disk_usage", lambda path: full)
     with pytest.raises(ollama.ResponseError) as caught:
         list(ollama.Client(host=hub_server.url).pull("org/tiny-ov", stream=True))
     assert "no space left on device" in caught.value.error
@@ -160,19 +166,19 @@ class WatchedPuller(Puller):
         super().__init__(*args, **kwargs)
         self.closing = threading.Event()
 
-    async def pull(self, name: str) -> AsyncIterator[PullProgress]:
+    async def pull(self, name: str) -> AsyncGenerator[PullProgress, None]:
         inner = super().pull(name)
         try:
             async for event in inner:
                 yield event
         finally:
             self.closing.set()
-            await inner.aclose()  # type: ignore[attr-defined]
+            await inner.aclose()
 
 
 def test_a_client_that_leaves_cancels_the_download(
     hub_server: LiveServer,
-    hub: FakeHub,
+    hub: ServedHub,
     tmp_path: Path,
     wait_for: Callable[[Callable[[], bool], str], None],
 ) -> None:
@@ -182,7 +188,11 @@ def test_a_client_that_leaves_cancels_the_download(
     release = threading.Event()
     # The hub holds the first file until the server has seen the client go, so the
     # pull cannot finish first.
-    hub.on_file = lambda path: release.wait(15) and None
+
+    def hold(path: str) -> None:
+        release.wait(15)
+
+    hub.on_file = hold
     with (
         httpx.Client() as client,
         client.stream("POST", hub_server.url + "/api/pull", json={"model": "org/tiny-ov"}) as r,
