@@ -160,13 +160,14 @@ def test_device_plugins_register_their_backends(tmp_path: Path) -> None:
     from npu_proxy_openvino_gpu import plugin as gpu
     from npu_proxy_openvino_npu import plugin as npu
 
-    settings = Settings(model_path=tmp_path)
+    settings = Settings(model_path=tmp_path, max_parallel=6)
     found = []
     for module in (cpu, gpu, npu):
         module.npu_proxy_register_backends(found.append, settings)
+    # CPU and GPU batch NPU_PROXY_MAX_PARALLEL streams; the NPU serves one.
     assert [(b.name, b.device, b.max_parallel, b.max_loaded_models) for b in found] == [
-        ("openvino-cpu", "CPU", 1, None),
-        ("openvino-gpu", "GPU", 1, None),
+        ("openvino-cpu", "CPU", 6, None),
+        ("openvino-gpu", "GPU", 6, None),
         ("openvino-npu", "NPU", 1, 1),
     ]
     # What GenAI's GGUF reader builds (gguf_modeling.cpp); the puller refuses the rest.

@@ -10,7 +10,9 @@ from npu_proxy.engine.errors import ModelLoadError
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.settings import Settings
 from npu_proxy.testing import BackendContract
-from npu_proxy_openvino.testing import DeviceImitation, FakeCore
+from npu_proxy_openvino import ContinuousBatchingGenerator, OpenVINOLanguageModel, OpenVINOSettings
+from npu_proxy_openvino.runner import LLMPipelineGenerator
+from npu_proxy_openvino.testing import BatchingImitation, DeviceImitation, FakeCore
 from npu_proxy_openvino_gpu import GpuBackend
 
 
@@ -20,8 +22,14 @@ def imitation(cpu_llm_pipeline: Any) -> DeviceImitation:
 
 
 @pytest.fixture
-def backend(ov_settings: Settings, imitation: DeviceImitation) -> GpuBackend:
-    return GpuBackend(ov_settings, pipeline_factory=imitation,
+def batching(cpu_batching_pipeline: Any) -> BatchingImitation:
+    return BatchingImitation(cpu_batching_pipeline)
+
+
+@pytest.fixture
+def backend(ov_settings: Settings, imitation: DeviceImitation,
+            batching: BatchingImitation) -> GpuBackend:
+    return GpuBackend(ov_settings, pipeline_factory=imitation, batching_factory=batching,
                       core_factory=lambda: FakeCore(["CPU", "GPU.0"]))
 
 
@@ -34,16 +42,61 @@ class TestGpuBackendContract(BackendContract):
     """The core's backend contract against the GPU imitation."""
 
 
-async def test_compiles_with_a_cache_dir(
-    backend: GpuBackend, model: ModelInfo, imitation: DeviceImitation, ov_settings: Settings
+async def test_compiles_a_batching_pipeline_with_a_cache_dir(
+    backend: GpuBackend, model: ModelInfo, imitation: DeviceImitation,
+    batching: BatchingImitation, ov_settings: Settings,
 ) -> None:
-    await backend.load(model)
-    [(_path, device, properties)] = imitation.calls
+    loaded = await backend.load(model)
+    [(_path, device, scheduler, properties)] = batching.calls
+    assert imitation.calls == []  # no single-stream LLMPipeline besides it
     assert device == "GPU"
     assert Path(properties["CACHE_DIR"]).is_relative_to(ov_settings.model_path)
     assert "MAX_PROMPT_LEN" not in properties  # dynamic shapes: no compiled prompt limit
+    assert backend.max_parallel == ov_settings.max_parallel
+    assert scheduler.max_num_seqs == ov_settings.max_parallel
+    assert scheduler.cache_size == OpenVINOSettings().kv_cache_gb
+    assert scheduler.dynamic_split_fuse
+    assert isinstance(loaded, OpenVINOLanguageModel)
+    assert isinstance(loaded._generator, ContinuousBatchingGenerator)
     assert backend.prompt_limit(model) is None
     assert backend.context_limit(model) == model.context_length
+    await loaded.unload()
+
+
+async def test_kv_cache_budget_reaches_the_scheduler(
+    ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
+    model: ModelInfo,
+) -> None:
+    backend = GpuBackend(ov_settings, ov_settings=OpenVINOSettings(kv_cache_gb=6),
+                         pipeline_factory=imitation, batching_factory=batching,
+                         core_factory=lambda: FakeCore(["GPU"]))
+    await (await backend.load(model)).unload()
+    assert batching.calls[0][2].cache_size == 6
+
+
+async def test_a_model_that_cannot_batch_falls_back_to_one_stream(
+    backend: GpuBackend, model: ModelInfo, imitation: DeviceImitation,
+    batching: BatchingImitation,
+) -> None:
+    batching.fail = True
+    loaded = await backend.load(model)
+    assert len(batching.calls) == 1 and len(imitation.calls) == 1
+    assert isinstance(loaded, OpenVINOLanguageModel)
+    assert isinstance(loaded._generator, LLMPipelineGenerator)
+    assert loaded._slots._value == 1  # the LLMPipeline serves one stream at a time
+    await loaded.unload()
+
+
+async def test_batching_switched_off_serves_one_stream(
+    ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
+    model: ModelInfo,
+) -> None:
+    backend = GpuBackend(ov_settings, ov_settings=OpenVINOSettings(continuous_batching=False),
+                         pipeline_factory=imitation, batching_factory=batching,
+                         core_factory=lambda: FakeCore(["GPU"]))
+    assert backend.max_parallel == 1
+    await (await backend.load(model)).unload()
+    assert batching.calls == [] and len(imitation.calls) == 1
 
 
 async def test_numbered_gpu_counts_as_present(backend: GpuBackend) -> None:
@@ -56,7 +109,8 @@ async def test_numbered_gpu_counts_as_present(backend: GpuBackend) -> None:
 async def test_absent_gpu_is_reported_and_load_fails_cleanly(
     ov_settings: Settings, imitation: DeviceImitation, model: ModelInfo
 ) -> None:
-    backend = GpuBackend(ov_settings, pipeline_factory=imitation)  # the real openvino.Core
+    backend = GpuBackend(ov_settings, pipeline_factory=imitation,  # the real openvino.Core
+                         batching_factory=BatchingImitation(None))
     info = await backend.probe()
     assert not info.present
     assert info.error == "GPU not found; OpenVINO sees: CPU"

@@ -21,6 +21,7 @@ from npu_proxy.engine.types import Capability, DeviceInfo, GenerationRequest, Mo
 from npu_proxy.settings import Settings
 
 from . import tokens
+from .batching import ContinuousBatchingGenerator, scheduler_config
 from .chat import render_prompt
 from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
@@ -33,7 +34,8 @@ from .models import (
     pooling_of,
     prepare_pulled,
 )
-from .runner import LLMPipelineGenerator
+from .runner import LLMPipelineGenerator, TextGenerator
+from .settings import OpenVINOSettings
 from .tokens import TokenizerCache
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ GGUF_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3"})
 
 #: ``(model folder, device, properties) -> LLMPipeline``-like object.
 PipelineFactory = Callable[[str, str, dict[str, Any]], Any]
+#: ``(model folder, device, SchedulerConfig, properties) -> ContinuousBatchingPipeline``-like.
+BatchingPipelineFactory = Callable[[str, str, Any, dict[str, Any]], Any]
 #: ``(model folder, device, TextEmbeddingPipeline.Config, properties) -> pipeline``.
 EmbeddingPipelineFactory = Callable[[str, str, Any, dict[str, Any]], Any]
 
@@ -56,6 +60,15 @@ def openvino_llm_pipeline(path: str, device: str, properties: dict[str, Any]) ->
     import openvino_genai
 
     return openvino_genai.LLMPipeline(path, device, **properties)
+
+
+def openvino_batching_pipeline(
+    path: str, device: str, scheduler: Any, properties: dict[str, Any]
+) -> Any:
+    """The real factory: ``openvino_genai.ContinuousBatchingPipeline``."""
+    import openvino_genai
+
+    return openvino_genai.ContinuousBatchingPipeline(path, scheduler, device, properties)
 
 
 def openvino_embedding_pipeline(
@@ -79,6 +92,11 @@ class OpenVINOBackend(Backend):
 
     Constructing it is cheap and touches no device (the hook's contract); the
     ``openvino.Core`` is created on the first probe, in a worker thread.
+
+    With ``batching`` (CPU, GPU) and ``NPU_PROXY_CONTINUOUS_BATCHING`` on, a language
+    model runs on a ``ContinuousBatchingPipeline`` that serves ``max_parallel`` streams
+    at once; if that pipeline cannot be built for a model, the model falls back to an
+    ``LLMPipeline`` serving one stream at a time. Otherwise ``max_parallel`` is 1.
     """
 
     #: Whether this device runs embedding models (the NPU's static shapes do not suit them).
@@ -93,16 +111,22 @@ class OpenVINOBackend(Backend):
         device: str,
         max_parallel: int = 1,
         max_loaded_models: int | None = None,
+        batching: bool = False,
+        ov_settings: OpenVINOSettings | None = None,
         pipeline_factory: PipelineFactory | None = None,
+        batching_factory: BatchingPipelineFactory | None = None,
         embedding_factory: EmbeddingPipelineFactory | None = None,
         core_factory: Callable[[], Any] | None = None,
     ) -> None:
+        self.ov_settings = ov_settings or OpenVINOSettings()
+        self.batching = batching and self.ov_settings.continuous_batching
         self.name = name
         self.device = device
-        self.max_parallel = max_parallel
+        self.max_parallel = max_parallel if self.batching else 1
         self.max_loaded_models = max_loaded_models
         self.settings = settings
         self._pipeline_factory = pipeline_factory or openvino_llm_pipeline
+        self._batching_factory = batching_factory or openvino_batching_pipeline
         self._embedding_factory = embedding_factory or openvino_embedding_pipeline
         self._core_factory = core_factory or openvino_core
         self._core: Any = None
@@ -181,7 +205,29 @@ class OpenVINOBackend(Backend):
         tokenizer = await self._tokenizer(model)
         if model.can(Capability.EMBEDDING):
             return await self._load_embedding(model, folder, tokenizer)
+        generator, parallel = await self._language_generator(model, folder)
+        limits = Limits(prompt=self.prompt_limit(model), context=self.context_limit(model))
+        return OpenVINOLanguageModel(
+            model, self.device, generator, tokenizer, limits, max_parallel=parallel,
+        )
+
+    async def _language_generator(
+        self, model: ModelInfo, folder: Path
+    ) -> tuple[TextGenerator, int]:
+        """The generator for a language model and how many streams it serves at once."""
         properties = self.pipeline_properties(model)
+        if self.batching and self.max_parallel > 1:
+            scheduler = scheduler_config(self.max_parallel, self.ov_settings.kv_cache_gb)
+            try:
+                batched = await asyncio.to_thread(
+                    self._batching_factory, str(folder), self.device, scheduler, properties
+                )
+            except Exception as exc:
+                log.warning("continuous batching of %s on %s failed (%s); serving one "
+                            "stream at a time", model.name, self.device, exc)
+            else:
+                name = f"npu-proxy-{self.device.lower()}-batching"
+                return ContinuousBatchingGenerator(batched, name=name), self.max_parallel
         try:
             pipeline = await asyncio.to_thread(
                 self._pipeline_factory, str(folder), self.device, properties
@@ -189,11 +235,7 @@ class OpenVINOBackend(Backend):
         except Exception as exc:
             log.error("loading %s on %s failed: %s", model.name, self.device, exc)
             raise ModelLoadError(f"{model.name} could not be loaded on {self.device}") from exc
-        limits = Limits(prompt=self.prompt_limit(model), context=self.context_limit(model))
-        return OpenVINOLanguageModel(
-            model, self.device, LLMPipelineGenerator(pipeline), tokenizer, limits,
-            max_parallel=self.max_parallel,
-        )
+        return LLMPipelineGenerator(pipeline), 1
 
     async def prepare_model(self, folder: Path, model: ModelInfo) -> ModelInfo | None:
         """Convert a pulled ONNX embedding export to IR in place (in a worker thread).
@@ -219,7 +261,7 @@ class OpenVINOBackend(Backend):
             raise ModelLoadError(f"{model.name} could not be loaded on {self.device}") from exc
         return OpenVINOEmbeddingModel(
             model, self.device, pipeline, tokenizer, self._embedding_cache, max_length,
-            max_parallel=self.max_parallel,
+            max_parallel=1,  # one embed call on a TextEmbeddingPipeline at a time
         )
 
     async def _prepared(self, model: ModelInfo) -> Path:

@@ -28,7 +28,7 @@ from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_promp
 from .options import apply_options, response_schema, validate_options
 from .runner import Outcome, TextGenerator
 from .stops import StopStringFilter
-from .streaming import Finished, stream_in_thread
+from .streaming import Finished
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class OpenVINOLanguageModel(LoadedModel):
 
     At most ``max_parallel`` generations touch the device at once (a semaphore, in
     addition to the engine's own guarantee, because a busy ``LLMPipeline`` fails a
-    second request instead of queueing it).
+    second request instead of queueing it): 1 over an ``LLMPipeline``, the batch size
+    over a ``ContinuousBatchingPipeline``.
     """
 
     def __init__(
@@ -135,16 +136,9 @@ class OpenVINOLanguageModel(LoadedModel):
         )
         tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
         outcome: Outcome | None = None
-        finished: list[Outcome] = []
-
-        def run(on_piece: Callable[[str], bool]) -> Outcome:
-            result = self._generator.run(prepared.prompt, prepared.config, on_piece)
-            finished.append(result)  # also seen when the consumer left early
-            return result
-
         stops = StopStringFilter(request.options.stop) if request.options.stop else None
         async with self._slots:
-            stream = stream_in_thread(run)
+            stream = self._generator.stream(prepared.prompt, prepared.config)
             try:
                 async for item in stream:
                     if isinstance(item, Finished):
@@ -165,9 +159,9 @@ class OpenVINOLanguageModel(LoadedModel):
                 raise _device_error(exc, self.device, prepared.prompt_tokens) from exc
             finally:
                 await stream.aclose()
-                if finished:
-                    self.last_usage = _usage(finished[0], prepared.prompt_tokens, start)
-        outcome = outcome or (finished[0] if finished else None)
+                if stream.outcome is not None:
+                    self.last_usage = _usage(stream.outcome, prepared.prompt_tokens, start)
+        outcome = outcome or stream.outcome
         assert outcome is not None and self.last_usage is not None
         usage = self.last_usage
         stop_sequence = stops.hit if stops else None

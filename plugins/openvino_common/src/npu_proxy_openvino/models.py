@@ -155,7 +155,7 @@ class ModelPreparer:
     """Turns a ModelInfo into a folder OpenVINO GenAI loads fast, converting once.
 
     - IR folder: used as is.
-    - GGUF file: linked into a private folder and loaded once with
+    - GGUF file: copied into a private folder and loaded once with
       ``enable_save_ov_model`` so GenAI writes the IR (model + tokenizer) next to it;
       later loads read the IR (about 2 s against 4 s) and the tokenizer alone loads in
       milliseconds instead of seconds.
@@ -227,8 +227,11 @@ def _gguf_to_ir(model: ModelInfo, folder: Path) -> None:
 
     assert model.path is not None
     gguf = folder / "model.gguf"
-    # A symlink costs nothing; GenAI writes the IR next to the path it is given.
-    gguf.symlink_to(model.path.resolve())
+    # A copy, not a symlink: GenAI opens the GGUF read-write (O_RDWR|O_APPEND), which
+    # fails on a read-only source such as a packaged file under a service user. It
+    # writes the IR next to the path it is given; the copy is removed afterwards.
+    shutil.copyfile(model.path, gguf)
+    gguf.chmod(0o644)
     pipe = openvino_genai.LLMPipeline(str(gguf), "CPU", enable_save_ov_model=True)
     del pipe
     gguf.unlink()

@@ -10,10 +10,11 @@ same protocol, since each call is independent and owns its own config and callba
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .streaming import PieceCallback
+from .streaming import Finished, PieceCallback, stream_in_thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +33,55 @@ class Outcome:
     generate_ns: int
 
 
+class GenerationStream(Protocol):
+    """One generation's text pieces, then exactly one ``Finished(outcome)``.
+
+    A device error is raised while iterating. ``aclose()`` stops the generation at the
+    next token and returns once the device no longer holds it; :attr:`outcome` is set
+    once the device is done, also when the consumer left early.
+    """
+
+    @property
+    def outcome(self) -> Outcome | None: ...
+
+    def __aiter__(self) -> AsyncIterator[str | Finished[Outcome]]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class TextGenerator(Protocol):
     """A model resident on a device that can generate text."""
 
     def new_config(self) -> Any:
         """A fresh ``GenerationConfig`` holding the model's own defaults."""
 
-    def run(self, prompt: str, config: Any, on_piece: PieceCallback) -> Outcome:
-        """Generate from the already rendered ``prompt``; blocking.
-
-        ``on_piece`` receives each decoded piece and returns ``False`` to stop at the
-        next token.
-        """
+    def stream(self, prompt: str, config: Any) -> GenerationStream:
+        """Start generating from the already rendered ``prompt`` (call on the loop)."""
 
     def close(self) -> None:
-        """Release the device memory. No call follows."""
+        """Release the device memory (blocking). No call follows."""
+
+
+class ThreadedStream:
+    """A :class:`GenerationStream` over a blocking ``run(on_piece)`` on its own thread."""
+
+    def __init__(self, run: Callable[[PieceCallback], Outcome]) -> None:
+        self.outcome: Outcome | None = None
+
+        def recorded(on_piece: PieceCallback) -> Outcome:
+            self.outcome = run(on_piece)  # also seen when the consumer left early
+            return self.outcome
+
+        self._inner = stream_in_thread(recorded)
+
+    def __aiter__(self) -> ThreadedStream:
+        return self
+
+    async def __anext__(self) -> str | Finished[Outcome]:
+        return await self._inner.__anext__()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class LLMPipelineGenerator:
@@ -68,7 +103,11 @@ class LLMPipelineGenerator:
     def new_config(self) -> Any:
         return self._pipe.get_generation_config()
 
+    def stream(self, prompt: str, config: Any) -> ThreadedStream:
+        return ThreadedStream(lambda on_piece: self.run(prompt, config, on_piece))
+
     def run(self, prompt: str, config: Any, on_piece: PieceCallback) -> Outcome:
+        """Generate from ``prompt``; blocking. ``on_piece`` returns False to stop."""
         first_piece = 0
         cancelled = False
 

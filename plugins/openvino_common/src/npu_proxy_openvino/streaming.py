@@ -87,10 +87,10 @@ async def stream_in_thread(
                 return
     finally:
         stop.set()
-        await _wait_uncancellable(done)
+        await wait_uncancellable(done)
 
 
-async def _wait_uncancellable(event: asyncio.Event) -> None:
+async def wait_uncancellable(event: asyncio.Event) -> None:
     """Wait for ``event`` even if this task is cancelled meanwhile; re-raise afterwards.
 
     Freeing the device takes at most one more token, so the wait is short, and

@@ -9,9 +9,13 @@ with imitations of OpenVINO that behave as OpenVINO does on those devices:
   ``LLMPipeline`` underneath but enforces what the device enforces: a prompt over
   ``MAX_PROMPT_LEN`` raises OpenVINO's own error, and a second ``generate`` while one
   is running fails as a busy ``LLMPipeline`` does (openvino.genai#2480).
+- :class:`BatchingImitation` is a ``ContinuousBatchingPipeline`` factory for such a
+  device: it records the scheduler config and properties and hands out a real CPU
+  continuous-batching pipeline.
 
 Fixtures (session-scoped so the real model is converted and compiled once per run):
-``ov_settings``, ``smollm2``, ``minilm`` and ``cpu_llm_pipeline``.
+``ov_settings``, ``smollm2``, ``minilm``, ``cpu_llm_pipeline`` and
+``cpu_batching_pipeline``.
 """
 
 from __future__ import annotations
@@ -107,6 +111,26 @@ class DeviceImitation:
         return pipeline
 
 
+@dataclass
+class BatchingImitation:
+    """A ``ContinuousBatchingPipeline`` factory for an absent device; records every compile.
+
+    ``calls`` holds ``(path, device, SchedulerConfig, properties)``. ``fail`` makes the
+    factory raise as GenAI does for a model it cannot batch (to test the fallback).
+    """
+
+    real: Any
+    calls: list[tuple[str, str, Any, dict[str, Any]]] = field(default_factory=list)
+    fail: bool = False
+
+    def __call__(self, path: str, device: str, scheduler: Any, properties: dict[str, Any]) -> Any:
+        self.calls.append((path, device, scheduler, dict(properties)))
+        if self.fail:
+            raise RuntimeError("Exception from src/cpp/src/continuous_batching/pipeline.cpp:"
+                               " unsupported model")
+        return self.real
+
+
 # --- fixtures ----------------------------------------------------------------------------
 
 
@@ -152,6 +176,38 @@ def cpu_llm_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[Any]
     pipeline = openvino_genai.LLMPipeline(str(folder), "CPU")
     yield pipeline
     del pipeline
+
+
+#: The batch size of the shared continuous-batching pipeline (``max_num_seqs``).
+SHARED_BATCH = 8
+
+
+@pytest.fixture(scope="session")
+def cpu_batching_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[Any]:
+    """One real ``ContinuousBatchingPipeline`` of SmolLM2 on CPU, compiled once for the run.
+
+    Up to :data:`SHARED_BATCH` sequences, KV cache grown on demand. Generators built on
+    it must not step it at the same time (tests run one after another).
+    """
+    import openvino_genai
+
+    from .batching import scheduler_config
+
+    folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
+    pipeline = openvino_genai.ContinuousBatchingPipeline(
+        str(folder), scheduler_config(SHARED_BATCH, 0), "CPU"
+    )
+    yield pipeline
+    del pipeline
+
+
+def shared_batching_factory(pipeline: Any) -> Any:
+    """A batching factory that hands out ``pipeline`` instead of compiling."""
+
+    def factory(path: str, device: str, scheduler: Any, properties: dict[str, Any]) -> Any:
+        return pipeline
+
+    return factory
 
 
 def shared_pipeline_factory(pipeline: Any) -> Any:

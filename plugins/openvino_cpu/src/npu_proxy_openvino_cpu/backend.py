@@ -6,15 +6,20 @@ from collections.abc import Callable
 from typing import Any
 
 from npu_proxy.settings import Settings
-from npu_proxy_openvino import EmbeddingPipelineFactory, OpenVINOBackend, PipelineFactory
+from npu_proxy_openvino import (
+    BatchingPipelineFactory,
+    EmbeddingPipelineFactory,
+    OpenVINOBackend,
+    OpenVINOSettings,
+    PipelineFactory,
+)
 
 
 class CpuBackend(OpenVINOBackend):
     """``openvino-cpu``: dynamic shapes, the model's whole context, no compile cache.
 
-    ``max_parallel`` is 1: one ``LLMPipeline`` serves one stream at a time. Several
-    streams need a ``ContinuousBatchingPipeline`` behind the same ``TextGenerator``
-    seam (``npu_proxy_openvino.runner``); until then the engine queues.
+    ``max_parallel`` is ``NPU_PROXY_MAX_PARALLEL``: a ``ContinuousBatchingPipeline``
+    serves that many streams at once (1 with ``NPU_PROXY_CONTINUOUS_BATCHING=0``).
     ``CACHE_DIR`` is not set: measured here, it gave no gain on CPU.
     """
 
@@ -22,7 +27,9 @@ class CpuBackend(OpenVINOBackend):
         self,
         settings: Settings,
         *,
+        ov_settings: OpenVINOSettings | None = None,
         pipeline_factory: PipelineFactory | None = None,
+        batching_factory: BatchingPipelineFactory | None = None,
         embedding_factory: EmbeddingPipelineFactory | None = None,
         core_factory: Callable[[], Any] | None = None,
     ) -> None:
@@ -30,8 +37,11 @@ class CpuBackend(OpenVINOBackend):
             settings,
             name="openvino-cpu",
             device="CPU",
-            max_parallel=1,
+            max_parallel=settings.max_parallel,
+            batching=True,
+            ov_settings=ov_settings,
             pipeline_factory=pipeline_factory,
+            batching_factory=batching_factory,
             embedding_factory=embedding_factory,
             core_factory=core_factory,
         )

@@ -7,21 +7,30 @@ from typing import Any
 
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.settings import Settings
-from npu_proxy_openvino import EmbeddingPipelineFactory, OpenVINOBackend, PipelineFactory
+from npu_proxy_openvino import (
+    BatchingPipelineFactory,
+    EmbeddingPipelineFactory,
+    OpenVINOBackend,
+    OpenVINOSettings,
+    PipelineFactory,
+)
 
 
 class GpuBackend(OpenVINOBackend):
     """``openvino-gpu``: compiles with ``CACHE_DIR`` under the model path.
 
     The first compile of a model takes 20-30 s; with the cache the next start loads the
-    compiled blob. One stream at a time for now (see ``CpuBackend`` on batching).
+    compiled blob. ``NPU_PROXY_MAX_PARALLEL`` streams at once through continuous
+    batching, as on the CPU.
     """
 
     def __init__(
         self,
         settings: Settings,
         *,
+        ov_settings: OpenVINOSettings | None = None,
         pipeline_factory: PipelineFactory | None = None,
+        batching_factory: BatchingPipelineFactory | None = None,
         embedding_factory: EmbeddingPipelineFactory | None = None,
         core_factory: Callable[[], Any] | None = None,
     ) -> None:
@@ -29,8 +38,11 @@ class GpuBackend(OpenVINOBackend):
             settings,
             name="openvino-gpu",
             device="GPU",
-            max_parallel=1,
+            max_parallel=settings.max_parallel,
+            batching=True,
+            ov_settings=ov_settings,
             pipeline_factory=pipeline_factory,
+            batching_factory=batching_factory,
             embedding_factory=embedding_factory,
             core_factory=core_factory,
         )

@@ -1,0 +1,27 @@
+"""Options of the OpenVINO backends (``NPU_PROXY_*``, read next to the core's settings)."""
+
+from __future__ import annotations
+
+from npu_proxy.settings import ENV_PREFIX
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OpenVINOSettings(BaseSettings):
+    """How the CPU and GPU backends run language models.
+
+    The number of concurrent streams per device is the core's ``NPU_PROXY_MAX_PARALLEL``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    continuous_batching: bool = Field(
+        True,
+        description="CPU/GPU serve up to NPU_PROXY_MAX_PARALLEL streams at once through "
+        "ContinuousBatchingPipeline; 0: one LLMPipeline stream at a time.",
+    )
+    kv_cache_gb: int = Field(
+        2, ge=0,
+        description="KV cache each batched model allocates on CPU/GPU, in GB; 0 grows it "
+        "on demand.",
+    )
