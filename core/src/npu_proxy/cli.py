@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .app import StartupError, build_context, create_app
+from .client_cli import COMMANDS
 from .doctor import doctor
 from .logs import log_config
 from .plugins import PluginError, PluginHost
@@ -166,3 +167,5 @@ def devices(ctx: click.Context, as_json: bool) -> None:
 
 
 main.add_command(doctor)
+for command in COMMANDS:
+    main.add_command(command)

@@ -205,11 +205,19 @@ class Puller:
                 yield PullProgress("success")
             finally:
                 cancelled.set()
-                if not worker.done():
-                    await asyncio.wait([worker])
-                if staging is not None:
-                    await asyncio.to_thread(shutil.rmtree, staging, True)
-                await asyncio.to_thread(self._unlock, spec)
+                # Shielded: a caller cancelled again and again (a streaming response
+                # whose client left) must not cut the clean-up short and keep the lock.
+                await asyncio.shield(self._clean_up(worker, staging, spec))
+
+    async def _clean_up(
+        self, worker: asyncio.Future[Any], staging: Path | None, spec: PullSpec
+    ) -> None:
+        """Wait for the download thread, remove an uninstalled staging folder, unlock."""
+        if not worker.done():
+            await asyncio.wait([worker])
+        if staging is not None:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        await asyncio.to_thread(self._unlock, spec)
 
     async def _prepare(self, staging: Path, info: ModelInfo) -> ModelInfo:
         """Let a backend turn downloaded files into a loadable model (e.g. ONNX to IR)."""
