@@ -162,6 +162,7 @@ class Puller:
         self._token = token
         self._local_locks: dict[str, asyncio.Lock] = {}
         self._file_locks: dict[str, FileLock] = {}
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     # --- the public, async side -------------------------------------------------------
 
@@ -205,9 +206,14 @@ class Puller:
                 yield PullProgress("success")
             finally:
                 cancelled.set()
-                # Shielded: a caller cancelled again and again (a streaming response
-                # whose client left) must not cut the clean-up short and keep the lock.
-                await asyncio.shield(self._clean_up(worker, staging, spec))
+                # The clean-up runs as its own task: a caller cancelled again and again
+                # (a streaming response whose client left) cannot cut it short, and a
+                # consumer that left does not wait for a download thread stuck in a read.
+                cleanup = asyncio.ensure_future(self._clean_up(worker, staging, spec))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
+                if worker.done():
+                    await asyncio.shield(cleanup)
 
     async def _clean_up(
         self, worker: asyncio.Future[Any], staging: Path | None, spec: PullSpec

@@ -126,8 +126,18 @@ _ENGINE = {
 }
 
 
+#: What Ollama samples with when neither the request nor the model says otherwise
+#: (its api.DefaultOptions). Without them a small model decoded greedily tends to loop.
+OLLAMA_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "repeat_penalty": 1.1,
+}
+
+
 def parse_options(raw: Any, defaults: Mapping[str, Any] | None = None) -> SamplingOptions:
-    """``options`` (plus a model's stored ``defaults``, overridden key by key) as SamplingOptions.
+    """``options`` over a model's stored ``defaults`` over Ollama's own, as SamplingOptions.
 
     ``num_predict`` -1 (until a stop or the context end), -2 (fill the context) and 0
     (Ollama's "no limit") all become ``max_tokens=None``: the engine bounds a generation
@@ -137,7 +147,7 @@ def parse_options(raw: Any, defaults: Mapping[str, Any] | None = None) -> Sampli
         raw = {}
     if not isinstance(raw, dict):
         raise InvalidRequestError("options must be a JSON object", param="options")
-    merged = {**(defaults or {}), **raw}
+    merged = {**OLLAMA_DEFAULTS, **(defaults or {}), **raw}
     fields: dict[str, Any] = {}
     for key, value in merged.items():
         check = _CHECKS.get(key)
