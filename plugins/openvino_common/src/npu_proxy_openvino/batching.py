@@ -33,6 +33,12 @@ from .streaming import Finished, wait_uncancellable
 
 log = logging.getLogger(__name__)
 
+#: Compile property that keeps a batched request's greedy output what it is alone. With
+#: the CPU's default u8 KV cache, 11 of 26 greedy answers here changed with the batch
+#: they ran in; with f16 none did, and 4 streams ran faster (70 against 63 tokens/s).
+EXACT_KV_CACHE: dict[str, str] = {"KV_CACHE_PRECISION": "f16"}
+
+
 def scheduler_config(max_parallel: int, kv_cache_gb: int) -> Any:
     """A ``SchedulerConfig`` for ``max_parallel`` sequences and a KV budget in GB.
 
@@ -277,6 +283,7 @@ class ContinuousBatchingGenerator:
 
     def _collect(self) -> None:
         still: list[_Request] = []
+        ended: list[_Request] = []
         for request in self._active:
             handle = request.handle
             if not request.cancelled:
@@ -290,22 +297,27 @@ class ContinuousBatchingGenerator:
                     if not request.first_ns:
                         request.first_ns = time.perf_counter_ns()
                     self._emit(request, request.detokenizer.feed(ids))
-            status = handle.get_status()
-            if status == self._running:
+            if handle.get_status() == self._running:
                 still.append(request)
-                continue
-            # FINISHED, IGNORED, or CANCEL: GenAI freed the sequence at the end of step().
-            if status == self._ignored and not request.cancelled:
-                request.deliver(RuntimeError("the KV cache is too small for this request"))
             else:
-                if not request.cancelled:
-                    self._emit(request, request.detokenizer.finish())
-                request.outcome = _outcome(request, handle)
-                if not request.cancelled:
-                    request.deliver(Finished(request.outcome))
-            request.handle = None
-            request.settle()
+                ended.append(request)
         self._active = still
+        for request in ended:
+            self._end(request)
+
+    def _end(self, request: _Request) -> None:
+        """Report a request GenAI has freed (FINISHED, IGNORED or CANCEL after a step)."""
+        handle = request.handle
+        if handle.get_status() == self._ignored and not request.cancelled:
+            request.deliver(RuntimeError("the KV cache is too small for this request"))
+        else:
+            if not request.cancelled:
+                self._emit(request, request.detokenizer.finish())
+            request.outcome = _outcome(request, handle)
+            if not request.cancelled:
+                request.deliver(Finished(request.outcome))
+        request.handle = None
+        request.settle()
 
     @staticmethod
     def _emit(request: _Request, text: str) -> None:
@@ -315,13 +327,13 @@ class ContinuousBatchingGenerator:
 
     def _fail_all(self, exc: Exception) -> None:
         log.error("continuous batching step failed: %s", exc)
-        for request in self._active:
+        failed, self._active = self._active, []
+        for request in failed:
             if not request.cancelled:
                 request.handle.cancel()
                 request.deliver(exc)
             request.outcome = _outcome(request, None)
             request.settle()
-        self._active = []
 
 
 def _outcome(request: _Request, handle: Any) -> Outcome:

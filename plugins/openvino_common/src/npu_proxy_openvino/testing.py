@@ -30,6 +30,7 @@ import pytest
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.settings import Settings
 
+from .batching import EXACT_KV_CACHE, scheduler_config
 from .models import EMBEDDING_NAME, LLM_NAME, ModelPreparer, embedded_models
 
 
@@ -169,11 +170,12 @@ def minilm(ov_embedded: dict[str, ModelInfo]) -> ModelInfo:
 
 @pytest.fixture(scope="session")
 def cpu_llm_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[Any]:
-    """One real ``LLMPipeline`` of SmolLM2 on CPU, compiled once for the run."""
+    """One real ``LLMPipeline`` of SmolLM2 on CPU, compiled once for the run (as the CPU
+    backend compiles it: f16 KV cache)."""
     import openvino_genai
 
     folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
-    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU")
+    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", **EXACT_KV_CACHE)
     yield pipeline
     del pipeline
 
@@ -191,11 +193,9 @@ def cpu_batching_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator
     """
     import openvino_genai
 
-    from .batching import scheduler_config
-
     folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
     pipeline = openvino_genai.ContinuousBatchingPipeline(
-        str(folder), scheduler_config(SHARED_BATCH, 0), "CPU"
+        str(folder), scheduler_config(SHARED_BATCH, 0), "CPU", EXACT_KV_CACHE
     )
     yield pipeline
     del pipeline

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from npu_proxy.engine.types import ModelInfo
 from npu_proxy.settings import Settings
 from npu_proxy_openvino import (
     BatchingPipelineFactory,
@@ -13,6 +14,7 @@ from npu_proxy_openvino import (
     OpenVINOSettings,
     PipelineFactory,
 )
+from npu_proxy_openvino.batching import EXACT_KV_CACHE
 
 
 class CpuBackend(OpenVINOBackend):
@@ -22,6 +24,10 @@ class CpuBackend(OpenVINOBackend):
     serves that many streams at once (1 with ``NPU_PROXY_CONTINUOUS_BATCHING=0``).
     ``CACHE_DIR`` is not set: measured here, it gave no gain on CPU.
     """
+
+    def pipeline_properties(self, model: ModelInfo) -> dict[str, Any]:
+        """An f16 KV cache, so a batched greedy answer is the one it would be alone."""
+        return dict(EXACT_KV_CACHE)
 
     def __init__(
         self,
