@@ -196,3 +196,15 @@ async def test_device_queue_hands_slots_on_in_order() -> None:
     await asyncio.gather(*tasks)
     assert order == ["second", "third"]
     assert queue.in_flight == 0 and queue.waiting == 0
+
+
+async def test_an_unbounded_request_is_bounded_by_max_tokens(
+    make_engine: Any, request_for: Any
+) -> None:
+    npu = MockBackend("NPU", token_delay=0)
+    ctx = await make_engine(npu, max_tokens=5)
+    events = await run(ctx, request_for("ramble on"))
+    done = events[-1]
+    assert done.finish_reason == FinishReason.LENGTH and done.usage.completion_tokens == 5
+    unbounded = await make_engine(MockBackend("CPU", token_delay=0), device="CPU", max_tokens=0)
+    assert (await run(unbounded, request_for("ramble on")))[-1].finish_reason == "stop"

@@ -17,7 +17,8 @@ from npu_proxy.testing import LiveServer
 
 LLM = "smollm2:135m"
 EMBED = "all-minilm"
-GREEDY = {"temperature": 0, "num_predict": 24}
+# Ollama adds repeat_penalty 1.1 when a request sets none; OpenAI clients do not.
+GREEDY = {"temperature": 0, "num_predict": 24, "repeat_penalty": 1.0}
 
 
 def reply_tokens(server: LiveServer, text: str) -> int:

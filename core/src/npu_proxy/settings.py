@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     plugins: Annotated[list[str] | None, NoDecode] = Field(
         None, description="Comma-separated plugin names to load; unset loads all installed."
     )
+    max_tokens: int = Field(
+        2048, ge=0, description="Most tokens a generation produces when the request sets no "
+        "limit (finish reason 'length'); 0: up to the end of the context."
+    )
     max_parallel: int = Field(
         4, ge=1, description="Concurrent generations per CPU/GPU device (NPU: always 1)."
     )

@@ -441,6 +441,11 @@ class Engine:
         options = request.options
         if options.max_tokens is not None and options.max_tokens < 0:
             raise InvalidRequestError("max_tokens must not be negative", param="max_tokens")
+        if options.max_tokens is None and self.settings.max_tokens > 0:
+            # No limit asked for: a small model can ramble until the context is full
+            # (minutes); bound it, as Ollama's default context bounds it.
+            bounded = replace(options, max_tokens=self.settings.max_tokens)
+            request = replace(request, options=bounded)
         route, ticket, loaded, load_ns = await self._admit(model, tokens, self.settings.device)
         return Generation(self, request, model, route, ticket, loaded, load_ns, started)
 
