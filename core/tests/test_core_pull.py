@@ -157,3 +157,54 @@ def test_names_resolve() -> None:
     spec = resolve_pull_name("hf.co/Org/Repo-GGUF")
     assert (spec.repo, spec.kind, spec.quant) == ("Org/Repo-GGUF", "gguf", "Q4_K_M")
     assert resolve_pull_name("OpenVINO/phi-2-int4-ov:abc123").revision == "abc123"
+
+
+async def test_a_pull_killed_mid_download_leaves_nothing_listed_and_a_retry_succeeds(
+    tmp_path: Path, hub: Any
+) -> None:
+    import os
+    import signal
+    import sys
+    import threading
+
+    reached = threading.Event()
+    release = threading.Event()
+
+    def hold(path: str) -> None:
+        if path == "openvino_model.bin":
+            reached.set()
+            release.wait(30)
+
+    hub.on_file = hold
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from npu_proxy.engine.store import ModelStore\n"
+        "from npu_proxy.hub.pull import Puller\n"
+        "async def main():\n"
+        "    p = Puller(ModelStore(Path(sys.argv[1])), endpoint=sys.argv[2])\n"
+        "    async for _ in p.pull('org/tiny-ov'):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+    )
+    models = tmp_path / "models"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(models), hub.url
+    )
+    try:
+        assert await asyncio.to_thread(reached.wait, 60), "the child never started downloading"
+        assert any(p.name.startswith(".staging") for p in models.iterdir())
+        os.kill(child.pid, signal.SIGKILL)
+        await asyncio.wait_for(child.wait(), 30)
+    finally:
+        release.set()
+        if child.returncode is None:
+            child.kill()
+    hub.on_file = None
+    store = ModelStore(models)
+    store.scan()  # what a server does at startup: the half-download goes, nothing listed
+    assert store.models() == []
+    assert not any(p.name.startswith(".staging") for p in models.iterdir())
+    p = Puller(store, [MockBackend()], endpoint=hub.url)
+    assert (await collect(p, "org/tiny-ov"))[-1].status == "success"
+    assert store.resolve("org/tiny-ov").name == "org/tiny-ov:latest"
