@@ -94,3 +94,13 @@ def test_warm_up_loads_the_default_model_and_generates(tmp_path: Path) -> None:
         assert [(m["name"], m["device"], m["state"]) for m in models] == [
             ("mock:latest", "CPU", "loaded")
         ]
+
+
+def test_the_openapi_schema_builds_without_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    app = make_app(test_settings(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schema = app.openapi()
+    assert "/api/chat" in schema["paths"] and "/v1/messages" in schema["paths"]

@@ -105,11 +105,14 @@ def management_routes(ctx: ServerContext) -> APIRouter:
     async def root() -> Response:
         return PlainTextResponse("Ollama is running")
 
-    @router.api_route("/api/version", methods=["GET", "HEAD"])
+    # HEAD twins stay out of the schema: one route with two methods repeats its id.
+    @router.get("/api/version")
+    @router.head("/api/version", include_in_schema=False)
     async def version() -> Response:
         return JSONResponse({"version": OLLAMA_VERSION})
 
-    @router.api_route("/api/tags", methods=["GET", "HEAD"])
+    @router.get("/api/tags")
+    @router.head("/api/tags", include_in_schema=False)
     async def tags() -> Response:
         def listing() -> list[dict[str, Any]]:
             return [
@@ -189,7 +192,8 @@ def management_routes(ctx: ServerContext) -> APIRouter:
     async def push() -> Response:
         return error_json(501, "push is not supported: npu-proxy serves local models only")
 
-    @router.api_route("/api/blobs/{digest}", methods=["HEAD", "POST"])
+    @router.post("/api/blobs/{digest}")
+    @router.head("/api/blobs/{digest}", include_in_schema=False)
     async def blobs(digest: str) -> Response:
         return error_json(
             501, "blobs are not supported: create models from a local file with 'from'"
