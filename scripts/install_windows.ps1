@@ -190,9 +190,10 @@ $EnvSettings = @(
     @('WARMUP', '0', '1: load the default model at startup, so the first request is fast.'),
     @('KEEP_ALIVE', '5m', 'How long a model stays loaded after use (negative: forever).'),
     @('MAX_QUEUE', '512', 'Requests that may wait per device before 503.'),
+    @('MAX_TOKENS', '2048', 'Most tokens a generation produces when the request sets no limit (0: the context).'),
     @('MAX_PARALLEL', '4', 'Concurrent generations per CPU/GPU device (the NPU always runs one).'),
     @('ROUTING', 'token_threshold', 'Routing policy, by name.'),
-    @('PLUGINS', 'ollama,openai,anthropic,openvino,openvino-npu,openvino-gpu,openvino-cpu,prometheus', 'Plugins to load. Left unset (the default), every installed plugin loads; an empty value loads none.'),
+    @('PLUGINS', 'ollama,openai,anthropic,openvino,openvino-npu,openvino-gpu,openvino-cpu,prometheus', 'Plugins to load. Unset or empty (the default): every installed plugin loads.'),
     @('LOG_LEVEL', 'INFO', 'DEBUG, INFO, WARNING or ERROR.')
 )
 
