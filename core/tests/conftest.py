@@ -10,17 +10,12 @@ import pytest
 from npu_proxy.app import build_context
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.types import GenerationRequest, Message, SamplingOptions
-from npu_proxy.testing import backend_plugin, inline_plugin, make_host, test_settings
-from npu_proxy_mock.backend import MockBackend, mock_models
-
-
-def _register_models(register: Callable[..., None]) -> None:
-    for model in mock_models():
-        register(model)
-
+from npu_proxy.testing import backend_plugin, make_host, test_settings
+from npu_proxy_mock.backend import MockBackend
+from npu_proxy_mock.testing import models_plugin
 
 #: The simulated models, registered by an inline plugin (only the devices a test asks for).
-MODELS = inline_plugin(npu_proxy_register_models=_register_models)
+MODELS = models_plugin()
 
 EngineFactory = Callable[..., Any]
 

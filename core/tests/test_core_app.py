@@ -71,14 +71,9 @@ def test_health_answers_while_a_model_loads(tmp_path: Path) -> None:
 
 
 def _mock_models() -> object:
-    from npu_proxy.testing import inline_plugin
-    from npu_proxy_mock.backend import mock_models
+    from npu_proxy_mock.testing import models_plugin
 
-    def register(register: object) -> None:
-        for model in mock_models():
-            register(model)  # type: ignore[operator]
-
-    return inline_plugin(npu_proxy_register_models=register)
+    return models_plugin()
 
 
 def test_warm_up_loads_the_default_model_and_generates(tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import anthropic
 import pytest
-from npu_proxy.testing import LiveServer, backend_plugin, inline_plugin, make_app, test_settings
-from npu_proxy_mock.backend import MockBackend, MockCounters, mock_models
+from npu_proxy.testing import LiveServer, make_app, test_settings
+from npu_proxy_mock.backend import MockBackend, MockCounters
+from npu_proxy_mock.testing import single_device_app
 
 
 @pytest.fixture
@@ -44,18 +45,7 @@ def server_with(tmp_path: Path, anthropic_env: None) -> Callable[..., LiveServer
 
 
 def _server_with(tmp_path: Path, backend: MockBackend, **settings: Any) -> LiveServer:
-
-    def register_models(register: Callable[[Any], None]) -> None:
-        for model in mock_models():
-            register(model)
-
-    inline = {
-        "test-device": backend_plugin(backend),
-        "test-models": inline_plugin(npu_proxy_register_models=register_models),
-    }
-    settings.setdefault("device", backend.device)
-    app = make_app(test_settings(tmp_path, **settings), plugins=["anthropic"], inline=inline)
-    return LiveServer(app)
+    return LiveServer(single_device_app(tmp_path, backend, ["anthropic"], **settings))
 
 
 @pytest.fixture

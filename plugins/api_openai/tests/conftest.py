@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from npu_proxy.testing import LiveServer, backend_plugin, inline_plugin, make_app, test_settings
-from npu_proxy_mock.backend import MockBackend, MockCounters, mock_models
+from npu_proxy.testing import LiveServer, make_app, test_settings
+from npu_proxy_mock.backend import MockBackend, MockCounters
+from npu_proxy_mock.testing import single_device_app
 
 CHAT_MODEL = "mock"
 EMBED_MODEL = "mock-embed"
@@ -62,17 +63,7 @@ def server_with(tmp_path: Path, fast_mock: None) -> Callable[..., LiveServer]:
 
 
 def _server_with(tmp_path: Path, backend: MockBackend, **settings: Any) -> LiveServer:
-    def register_models(register: Callable[[Any], None]) -> None:
-        for model in mock_models():
-            register(model)
-
-    inline = {
-        "test-device": backend_plugin(backend),
-        "test-models": inline_plugin(npu_proxy_register_models=register_models),
-    }
-    settings.setdefault("device", backend.device)
-    app = make_app(test_settings(tmp_path, **settings), plugins=["openai"], inline=inline)
-    return LiveServer(app)
+    return LiveServer(single_device_app(tmp_path, backend, ["openai"], **settings))
 
 
 def wait_for(condition: Callable[[], bool], what: str, limit: float = 15.0) -> None:
