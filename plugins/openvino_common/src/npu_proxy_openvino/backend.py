@@ -22,6 +22,7 @@ from npu_proxy.settings import Settings
 
 from . import tokens
 from .batching import ContinuousBatchingGenerator, scheduler_config
+from .batching_process import ProcessBatchingGenerator, WorkerSpec
 from .chat import render_prompt
 from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
@@ -216,7 +217,19 @@ class OpenVINOBackend(Backend):
     ) -> tuple[TextGenerator, int]:
         """The generator for a language model and how many streams it serves at once."""
         properties = self.pipeline_properties(model)
-        if self.batching and self.max_parallel > 1:
+        name = f"npu-proxy-{self.device.lower()}-batching"
+        if self.batching and self.max_parallel > 1 and self._batching_in_process():
+            spec = WorkerSpec(str(folder), self.device, self.max_parallel,
+                              self.ov_settings.kv_cache_gb, properties)
+            try:
+                process = await asyncio.to_thread(ProcessBatchingGenerator.start, spec,
+                                                  name=name)
+            except Exception as exc:
+                log.warning("continuous batching of %s on %s failed (%s); serving one "
+                            "stream at a time", model.name, self.device, exc)
+            else:
+                return process, self.max_parallel
+        elif self.batching and self.max_parallel > 1:
             scheduler = scheduler_config(self.max_parallel, self.ov_settings.kv_cache_gb)
             try:
                 batched = await asyncio.to_thread(
@@ -226,7 +239,6 @@ class OpenVINOBackend(Backend):
                 log.warning("continuous batching of %s on %s failed (%s); serving one "
                             "stream at a time", model.name, self.device, exc)
             else:
-                name = f"npu-proxy-{self.device.lower()}-batching"
                 return ContinuousBatchingGenerator(batched, name=name), self.max_parallel
         try:
             pipeline = await asyncio.to_thread(
@@ -236,6 +248,15 @@ class OpenVINOBackend(Backend):
             log.error("loading %s on %s failed: %s", model.name, self.device, exc)
             raise ModelLoadError(f"{model.name} could not be loaded on {self.device}") from exc
         return LLMPipelineGenerator(pipeline), 1
+
+    def _batching_in_process(self) -> bool:
+        """Whether batched models run in a worker process.
+
+        Only the real factory can: an injected one (an imitation of a device that is not
+        here, a pipeline shared by tests) exists in this process only.
+        """
+        return (self.ov_settings.batching_process
+                and self._batching_factory is openvino_batching_pipeline)
 
     async def prepare_model(self, folder: Path, model: ModelInfo) -> ModelInfo | None:
         """Convert a pulled ONNX embedding export to IR in place (in a worker thread).

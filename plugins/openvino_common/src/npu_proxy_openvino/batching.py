@@ -13,8 +13,12 @@ only then does ``aclose()`` return, so the slot is free for the next admitted re
 while the other requests go on.
 
 Note: in openvino-genai 2026.4 the Python binding of ``step()`` holds the GIL for the
-whole step (``add_request`` and ``generate`` release it), so the event loop waits up to
-one step (tens of ms with a small model on CPU) while streams run.
+whole step (``add_request`` and ``generate`` release it), so with this class the event
+loop waits up to one step (tens of ms with a small model on CPU, hundreds for a long
+prompt) while streams run. The backends therefore run the real pipeline in a worker
+process (:mod:`~npu_proxy_openvino.batching_process`); this class serves injected
+pipelines and ``NPU_PROXY_BATCHING_PROCESS=0``. :class:`IncrementalDetokenizer`,
+:func:`scheduler_config` and the outcome figures are shared with the worker.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from .options import GenerationSpec, apply_options
 from .runner import Outcome
 from .streaming import Finished, wait_uncancellable
 
@@ -201,6 +206,11 @@ class ContinuousBatchingGenerator:
     def new_config(self) -> Any:
         return self._pipe.get_config()
 
+    def configure(self, spec: GenerationSpec) -> Any:
+        return apply_options(self.new_config(), spec.options,
+                             max_new_tokens=spec.max_new_tokens,
+                             structured_schema=spec.structured_schema)
+
     def stream(self, prompt: str, config: Any) -> BatchedStream:
         """Queue a generation of ``prompt``; its pieces arrive on the returned stream."""
         request = _Request(
@@ -336,7 +346,18 @@ class ContinuousBatchingGenerator:
             request.settle()
 
 
-def _outcome(request: _Request, handle: Any) -> Outcome:
+class Progress(Protocol):
+    """What :func:`_outcome` reads of a request (server-side or in the worker process)."""
+
+    text: list[str]
+    tokens: int
+    finish_reason: Any
+    start_ns: int
+    first_ns: int
+    cancelled: bool
+
+
+def _outcome(request: Progress, handle: Any) -> Outcome:
     """Measured figures: GenAI's per-request metrics when it has them, ours otherwise."""
     import openvino_genai
 

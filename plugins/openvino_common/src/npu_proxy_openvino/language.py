@@ -25,7 +25,7 @@ from npu_proxy.engine.types import (
 
 from . import tokens
 from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
-from .options import apply_options, response_schema, validate_options
+from .options import GenerationSpec, response_schema, validate_options
 from .runner import Outcome, TextGenerator
 from .stops import StopStringFilter
 from .streaming import Finished
@@ -58,7 +58,7 @@ def prepare_generation(
     request: GenerationRequest,
     tokenizer: Any,
     limits: Limits,
-    new_config: Callable[[], Any],
+    configure: Callable[[GenerationSpec], Any],
     where: str,
 ) -> PreparedGeneration:
     """Render, count and configure ``request``; blocking (tokenizer), no device work.
@@ -82,8 +82,7 @@ def prepare_generation(
     if tools and request.tool_choice != "auto":
         # "required" or a named tool: constrain the answer to a well-formed call.
         schema = forced_tool_schema(tools)
-    config = apply_options(new_config(), options, max_new_tokens=max_new,
-                           structured_schema=schema)
+    config = configure(GenerationSpec(options, max_new, schema))
     return PreparedGeneration(prompt, count, config, frozenset(t.name for t in tools))
 
 
@@ -132,7 +131,7 @@ class OpenVINOLanguageModel(LoadedModel):
         start = time.perf_counter_ns()
         prepared = await asyncio.to_thread(
             prepare_generation, request, self._tokenizer, self._limits,
-            self._generator.new_config, f"the {self.device}",
+            self._generator.configure, f"the {self.device}",
         )
         tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
         outcome: Outcome | None = None

@@ -10,10 +10,24 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import ResponseFormat, SamplingOptions
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSpec:
+    """Everything :func:`apply_options` needs, as plain (picklable) data.
+
+    A generator turns it into a ``GenerationConfig`` where its pipeline lives: in this
+    process, or in the worker process that owns a continuous-batching pipeline.
+    """
+
+    options: SamplingOptions
+    max_new_tokens: int
+    structured_schema: dict[str, Any] | None = None
 
 
 def validate_options(options: SamplingOptions) -> None:

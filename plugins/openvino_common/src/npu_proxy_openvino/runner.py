@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .options import GenerationSpec, apply_options
 from .streaming import Finished, PieceCallback, stream_in_thread
 
 
@@ -52,8 +53,12 @@ class GenerationStream(Protocol):
 class TextGenerator(Protocol):
     """A model resident on a device that can generate text."""
 
-    def new_config(self) -> Any:
-        """A fresh ``GenerationConfig`` holding the model's own defaults."""
+    def configure(self, spec: GenerationSpec) -> Any:
+        """The per-request config :meth:`stream` takes, built from ``spec`` (blocking).
+
+        Starts from the model's own ``GenerationConfig`` so its EOS and stop token ids
+        survive; a generator whose pipeline lives in another process may return ``spec``.
+        """
 
     def stream(self, prompt: str, config: Any) -> GenerationStream:
         """Start generating from the already rendered ``prompt`` (call on the loop)."""
@@ -102,6 +107,11 @@ class LLMPipelineGenerator:
 
     def new_config(self) -> Any:
         return self._pipe.get_generation_config()
+
+    def configure(self, spec: GenerationSpec) -> Any:
+        return apply_options(self.new_config(), spec.options,
+                             max_new_tokens=spec.max_new_tokens,
+                             structured_schema=spec.structured_schema)
 
     def stream(self, prompt: str, config: Any) -> ThreadedStream:
         return ThreadedStream(lambda on_piece: self.run(prompt, config, on_piece))

@@ -25,3 +25,9 @@ class OpenVINOSettings(BaseSettings):
         description="KV cache each batched model allocates on CPU/GPU, in GB; 0 grows it "
         "on demand.",
     )
+    batching_process: bool = Field(
+        True,
+        description="Run each continuous-batching pipeline in its own worker process, so "
+        "GenAI's step() (which holds the GIL) never stalls the server; 0: a stepping "
+        "thread in the server process.",
+    )
