@@ -8,7 +8,7 @@ from the first piece to the end, tokens as GenAI counted them. Greedy decoding m
 both sides generate identical tokens.
 
 Run: ``uv run python bench/backend_overhead.py [--rounds 5] [--tokens 128]``
-Targets: decode tokens/s ratio (backend / direct) >= 0.97; TTFT within 5 ms.
+Targets: decode tokens/s ratio (backend / direct) >= 0.97; first token at most 5 ms later.
 """
 
 from __future__ import annotations
@@ -135,8 +135,11 @@ async def main() -> None:
     ratio = b_rate / d_rate
     delta = (b_ttft - d_ttft) * 1e3
     print(f"decode ratio {ratio:.3f} (target >= 0.97): {'ok' if ratio >= 0.97 else 'MISSED'}")
-    print(f"TTFT difference {delta:+.2f} ms (target within 5 ms): "
-          f"{'ok' if abs(delta) <= 5 else 'MISSED'}")
+    # The target bounds the backend's overhead: at most 5 ms later than direct. It can
+    # be earlier, since its token-level streamer hands over the first token before
+    # GenAI's text streamer (used on the direct side) releases the first printable piece.
+    print(f"TTFT difference {delta:+.2f} ms (target: at most 5 ms later): "
+          f"{'ok' if delta <= 5 else 'MISSED'}")
     await loaded.unload()
 
 
