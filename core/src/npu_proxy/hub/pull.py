@@ -25,20 +25,12 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from filelock import FileLock, Timeout
-from huggingface_hub import HfApi, constants, hf_hub_url
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
+# huggingface-hub takes about half a second to import and only pulls need it, so it is
+# imported where it is used: a server starts (and answers /health) that much sooner.
 from .. import __version__
 from ..engine.backend import Backend
 from ..engine.errors import EngineError, InvalidRequestError
@@ -46,6 +38,9 @@ from ..engine.gguf import FILE_TYPES, GGUFError, parameter_size, read_header, re
 from ..engine.store import ModelStore
 from ..engine.types import Capability, ModelInfo
 from .spec import PullSpec, resolve_pull_name
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +71,14 @@ class HubUnreachableError(PullError):
     code = "hub_unreachable"
 
 
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Transport errors of httpx and of the HTTP client huggingface-hub brings (httpx2)."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
     errors: list[type[BaseException]] = [httpx.HTTPError, ConnectionError, HfHubHTTPError]
     try:
         import httpx2
@@ -87,8 +88,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         pass
     return tuple(errors)
 
-
-NETWORK_ERRORS = _network_errors()
 
 
 class PullNotFoundError(PullError):
@@ -156,9 +155,7 @@ class Puller:
         self.store = store
         self.backends = list(backends or [])
         # HF_ENDPOINT is read now, not when huggingface-hub was imported.
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip(
-            "/"
-        )
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         self._token = token
         self._local_locks: dict[str, asyncio.Lock] = {}
         self._file_locks: dict[str, FileLock] = {}
@@ -253,6 +250,9 @@ class Puller:
     def _download(
         self, spec: PullSpec, emit: Callable[[Any], None], cancelled: threading.Event
     ) -> tuple[Path, ModelInfo] | None:
+        import httpx
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
         staging: Path | None = None
         try:
             emit(PullProgress("pulling manifest"))
@@ -303,6 +303,13 @@ class Puller:
             lock.release()
 
     def _translate(self, exc: BaseException) -> BaseException:
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
         if isinstance(exc, EngineError):
             return exc
         if isinstance(exc, Cancelled):
@@ -313,7 +320,7 @@ class Puller:
             return PullNotFoundError("pull model manifest: file does not exist")
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             return PullError("no space left on device in the model store")
-        if isinstance(exc, NETWORK_ERRORS):
+        if isinstance(exc, _network_errors()):
             log.warning("pull failed: %s", type(exc).__name__)
             return HubUnreachableError(
                 f"could not download from {self.endpoint}: {type(exc).__name__}"
@@ -322,6 +329,8 @@ class Puller:
         return PullError("pull failed")
 
     def _list(self, spec: PullSpec) -> tuple[str, list[RemoteFile]]:
+        from huggingface_hub import HfApi
+
         api = HfApi(endpoint=self.endpoint, token=self._token_value(), library_name="npu-proxy")
         info = api.model_info(spec.repo, revision=spec.revision, files_metadata=True)
         files = []
@@ -376,6 +385,10 @@ class Puller:
             supported |= set(backend.gguf_architectures)
         if not supported:
             return
+        import httpx
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
         url = hf_hub_url(spec.repo, remote.path, revision=spec.revision, endpoint=self.endpoint)
         headers = build_hf_headers(token=self._token_value(), library_name="npu-proxy")
         headers["Range"] = f"bytes=0-{GGUF_PROBE_BYTES - 1}"
@@ -424,6 +437,8 @@ class Puller:
         status = f"pulling {remote.digest.split(':', 1)[1][:12]}"
         target = staging / remote.path
         target.parent.mkdir(parents=True, exist_ok=True)
+        from huggingface_hub import hf_hub_url
+
         url = hf_hub_url(spec.repo, remote.path, revision=commit, endpoint=self.endpoint)
         digest = hashlib.sha256()
         done = 0
