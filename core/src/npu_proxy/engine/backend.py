@@ -14,6 +14,7 @@ import abc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from .errors import CapabilityError
 from .types import (
     DeviceInfo,
     EmbeddingRequest,
@@ -51,7 +52,7 @@ class LoadedModel(abc.ABC):
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed ``request.inputs`` in order. Only models with the embedding capability."""
-        raise NotImplementedError(f"{self.info.name} cannot embed")  # pragma: no cover
+        raise CapabilityError(f"\"{self.info.name}\" does not support generating embeddings")
 
     @abc.abstractmethod
     async def unload(self) -> None:
@@ -105,7 +106,7 @@ class Backend(abc.ABC):
 
     async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
         """Tokens of each plain text (no template), with the model's tokenizer."""
-        raise NotImplementedError(f"{self.name} cannot count raw text")  # pragma: no cover
+        raise CapabilityError(f"the {self.name} backend cannot count tokens of plain text")
 
     @abc.abstractmethod
     async def load(self, model: ModelInfo) -> LoadedModel:
