@@ -262,6 +262,7 @@ class Engine:
         self._probe_task: asyncio.Task[dict[str, DeviceInfo]] | None = None
         #: the last failure on each device (timeouts, backend errors), for /health
         self.last_failure: dict[str, tuple[datetime, str]] = {}
+        self._last_load_error: ModelLoadError | None = None
 
     # --- startup and devices ----------------------------------------------------------
 
@@ -397,7 +398,7 @@ class Engine:
             retry = max(1, min(60, max(q.waiting for q in self.queues.values()) // 4))
             return BusyError("server busy: every device queue is full", retry_after=retry)
         if RouteReason.LOAD_FAILED in ctx.excluded.values():
-            last = getattr(self, "_last_load_error", None)
+            last = self._last_load_error
             return ModelLoadError(last.message if last else f"could not load {ctx.model.name}")
         limits = [
             s.prompt_limit
