@@ -7,6 +7,7 @@ sent whole, in its own chunk, with its arguments as a JSON object.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from npu_proxy.engine.types import Done, GenerationEvent, TextDelta, ToolCall, ToolCallDelta
@@ -14,7 +15,7 @@ from npu_proxy.engine.types import Done, GenerationEvent, TextDelta, ToolCall, T
 from .wire import done_reason, now_rfc3339, statistics
 
 
-class Encoder:
+class Encoder(abc.ABC):
     """Shared by both endpoints; subclasses say where the text goes."""
 
     def __init__(self, model: str) -> None:
@@ -39,13 +40,13 @@ class Encoder:
             "function": {"index": index, "name": call.name, "arguments": call.arguments},
         }
 
+    @abc.abstractmethod
     def chunk(self, event: GenerationEvent) -> dict[str, Any] | None:
         """The streamed object for ``event`` (``None``: nothing to send)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def whole(self, text: str, calls: list[ToolCall], done: Done) -> dict[str, Any]:
         """The single object of a non-streamed response."""
-        raise NotImplementedError
 
 
 class GenerateEncoder(Encoder):
