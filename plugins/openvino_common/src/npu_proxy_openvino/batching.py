@@ -133,18 +133,25 @@ class _Request:
             self.loop.call_soon_threadsafe(self.done.set)
 
 
-class BatchedStream:
+class QueuedRequest(Protocol):
+    """What a request stream reads: its items, its end, and how it went."""
+
+    queue: asyncio.Queue[Any]
+    done: asyncio.Event
+    outcome: Outcome | None
+
+
+class RequestStream:
     """The pieces of one batched generation, then one :class:`Finished` (async iterator).
 
     Same contract as :func:`~npu_proxy_openvino.streaming.stream_in_thread`: an error of
     the device is raised here; ``aclose()`` (or leaving the iteration through an
-    exception or task cancellation) cancels the request and returns once GenAI has
+    exception or task cancellation) cancels the request and returns once the device has
     freed its sequence. :attr:`outcome` is set once the device is done with it,
-    cancelled generations included.
+    cancelled generations included. Subclasses say how a request starts and leaves.
     """
 
-    def __init__(self, owner: ContinuousBatchingGenerator, request: _Request) -> None:
-        self._owner = owner
+    def __init__(self, request: QueuedRequest) -> None:
         self._request = request
         self._closed = False
 
@@ -152,13 +159,21 @@ class BatchedStream:
     def outcome(self) -> Outcome | None:
         return self._request.outcome
 
-    def __aiter__(self) -> BatchedStream:
+    def __aiter__(self) -> RequestStream:
         return self
+
+    async def _begin(self) -> None:
+        """Called before each read; a stream whose request is sent lazily sends it here."""
+
+    async def _leave(self) -> None:
+        """Cancel an unfinished request; return once its sequence is freed."""
+        raise NotImplementedError
 
     async def __anext__(self) -> str | Finished[Outcome]:
         if self._closed:
             raise StopAsyncIteration
         try:
+            await self._begin()
             item = await self._request.queue.get()
         except BaseException:
             await self.aclose()
@@ -168,15 +183,26 @@ class BatchedStream:
             raise item
         if isinstance(item, Finished):
             self._closed = True
-        return item
+        return item  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         self._closed = True
-        request = self._request
-        if not request.done.is_set():
-            request.leaving.set()
-            self._owner.wake()
-            await wait_uncancellable(request.done)
+        if not self._request.done.is_set():
+            await self._leave()
+
+
+class BatchedStream(RequestStream):
+    """A request of the in-process :class:`ContinuousBatchingGenerator`."""
+
+    def __init__(self, owner: ContinuousBatchingGenerator, request: _Request) -> None:
+        super().__init__(request)
+        self._owner = owner
+        self._batched = request
+
+    async def _leave(self) -> None:
+        self._batched.leaving.set()
+        self._owner.wake()
+        await wait_uncancellable(self._batched.done)
 
 
 class ContinuousBatchingGenerator:

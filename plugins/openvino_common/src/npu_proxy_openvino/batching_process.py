@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from .batching import RequestStream
 from .batching_worker import serve
 from .options import GenerationSpec
 from .runner import Outcome
@@ -167,44 +168,20 @@ class _Worker:
         self.process.close()
 
 
-class ProcessStream:
-    """One request's pieces, then one :class:`Finished`; same contract as
-    :class:`~npu_proxy_openvino.batching.BatchedStream`."""
+class ProcessStream(RequestStream):
+    """A request of :class:`ProcessBatchingGenerator`, sent to the worker on first read."""
 
     def __init__(self, owner: ProcessBatchingGenerator, request: _Request) -> None:
+        super().__init__(request)
         self._owner = owner
-        self._request = request
-        self._closed = False
+        self._sent = request
 
-    @property
-    def outcome(self) -> Outcome | None:
-        return self._request.outcome
+    async def _begin(self) -> None:
+        if not self._sent.submitted:
+            await self._owner.submit(self._sent)
 
-    def __aiter__(self) -> ProcessStream:
-        return self
-
-    async def __anext__(self) -> str | Finished[Outcome]:
-        if self._closed:
-            raise StopAsyncIteration
-        try:
-            if not self._request.submitted:
-                await self._owner.submit(self._request)
-            item = await self._request.queue.get()
-        except BaseException:
-            await self.aclose()
-            raise
-        if isinstance(item, BaseException):
-            await self.aclose()
-            raise item
-        if isinstance(item, Finished):
-            self._closed = True
-        return item
-
-    async def aclose(self) -> None:
-        self._closed = True
-        request = self._request
-        if request.done.is_set():
-            return
+    async def _leave(self) -> None:
+        request = self._sent
         if not request.submitted:
             request.outcome = _left()
             request.done.set()
