@@ -33,7 +33,7 @@ from .engine.types import ModelInfo
 from .hub.pull import Puller
 from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
-from .security import DEFAULT_CLIENTS, HostPolicy, SecurityMiddleware, parse_networks
+from .security import SecurityMiddleware, policy_options
 from .settings import Settings
 from .web import ClientDisconnected
 
@@ -207,16 +207,11 @@ def create_app(
 def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
     """Security checks inside CORS (preflights answer first), both inside the request id."""
     settings = ctx.settings
-    clients = [] if settings.allowed_clients == ["*"] else parse_networks(
-        settings.allowed_clients)
     app.add_middleware(
         SecurityMiddleware,
         render=lambda path, status, message, code, headers: error_response(
             ctx, path, status, message, code, headers),
-        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-        clients=clients,
-        hosts=HostPolicy(settings.allowed_hosts, clients or parse_networks(DEFAULT_CLIENTS)),
-        max_body=settings.max_body,
+        **policy_options(settings),
     )
     app.add_middleware(
         CORSMiddleware,

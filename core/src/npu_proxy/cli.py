@@ -7,23 +7,29 @@ flags override ``NPU_PROXY_*`` variables. Errors are one clear line and a non-ze
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import logging.config
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from .app import StartupError, build_context, create_app
-from .logs import log_config
-from .plugins import PluginError, PluginHost
-from .settings import Settings, SettingsError, load_settings
+
+# The server's modules (settings, plugins, fastapi, the engine) are imported inside the
+# functions that use them: a batching worker process started with ``spawn`` re-imports
+# the ``npu-proxy`` script's module, and everything imported here delays its compile.
+if TYPE_CHECKING:
+    from .plugins import PluginHost
+    from .settings import Settings
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    from .settings import SettingsError, load_settings
+
     try:
         return load_settings(plugins=ctx.obj.get("plugins"), **overrides)
     except SettingsError as exc:
@@ -31,8 +37,19 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 
 
 def _host(settings: Settings) -> PluginHost:
+    from .plugins import PluginError, PluginHost
+
     try:
         return PluginHost.load(settings.plugins)
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _check_plugins(names: list[str]) -> None:
+    from .plugins import PluginError, check_installed
+
+    try:
+        check_installed(n.strip() for n in names if n.strip())
     except PluginError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -89,17 +106,31 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
     """Start the server."""
     import uvicorn
 
+    from .app import StartupError, create_app
+    from .boot import StagedApp
+    from .logs import log_config
+
     settings = _settings(ctx, **flags)
+    if settings.plugins is not None:
+        _check_plugins(settings.plugins)  # before binding: an unknown name is a typo
     config = log_config(settings.log_level)
     logging.config.dictConfig(config)
-    try:
-        app = create_app(settings, _host(settings))
-    except StartupError as exc:
-        raise click.ClickException(str(exc)) from None
     warning = exposure_warning(settings)
     if warning:
         logging.getLogger("npu_proxy").warning(warning)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=config)
+    # uvicorn binds and answers /health while the plugins are imported and the app is
+    # composed in a thread (see npu_proxy.boot); a configuration error stops it again.
+    app = StagedApp(lambda: create_app(settings, settings.plugins), settings,
+                    expected=(StartupError,))
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                           log_config=config))
+    app.on_failure = lambda: setattr(server, "should_exit", True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if app.error is not None:
+        raise click.ClickException(app.error)
+    if not server.started:
+        sys.exit(3)  # uvicorn could not bind; it has said why
 
 
 def exposure_warning(settings: Settings) -> str | None:
@@ -128,6 +159,8 @@ def is_loopback(host: str) -> bool:
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List plugins: name, kind, distribution, version, hooks, built-in, load errors."""
+    from .app import StartupError, build_context
+
     settings = _settings(ctx)
     host = _host(settings)
     try:
@@ -155,6 +188,8 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def devices(ctx: click.Context, as_json: bool) -> None:
     """Probe every backend's device and report what is present."""
+    from .app import StartupError, build_context
+
     settings = _settings(ctx)
     try:
         server = build_context(settings, _host(settings))

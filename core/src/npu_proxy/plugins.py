@@ -79,6 +79,19 @@ def installed_plugins() -> dict[str, str]:
     return found
 
 
+def check_installed(names: Iterable[str]) -> dict[str, str]:
+    """``installed_plugins()``, or :class:`PluginError` naming the ``names`` that are not
+    installed and listing those that are (nothing is imported)."""
+    installed = installed_plugins()
+    missing = [n for n in names if n not in installed]
+    if missing:
+        raise PluginError(
+            f"plugin(s) not installed: {', '.join(missing)}. "
+            f"Installed plugins: {', '.join(sorted(installed)) or 'none'}"
+        )
+    return installed
+
+
 def _entry_point_distribution(group: str, name: str) -> tuple[str, str]:
     """The distribution (name, version) that declares entry point ``name`` in ``group``."""
     for ep in metadata.entry_points(group=group, name=name):
@@ -149,13 +162,7 @@ class PluginHost:
 
     def _load_named(self, names: list[str]) -> None:
         self.requested = set(names)
-        installed = installed_plugins()
-        missing = [n for n in names if n not in installed]
-        if missing:
-            raise PluginError(
-                f"plugin(s) not installed: {', '.join(missing)}. "
-                f"Installed plugins: {', '.join(sorted(installed)) or 'none'}"
-            )
+        installed = check_installed(names)
         for kind, group in GROUPS.items():
             wanted = [n for n in names if installed[n] == kind]
             if not wanted:

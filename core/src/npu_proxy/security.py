@@ -15,14 +15,18 @@ import logging
 import socket
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-Render = Callable[[str, int, str, str, dict[str, str] | None], Response]
-"""(path, status, message, code, headers) -> a response in the owning dialect's shape."""
+Render = Callable[[str, int, str, str, dict[str, str] | None], ASGIApp]
+"""(path, status, message, code, headers) -> a response (an ASGI app) in the owning
+dialect's shape."""
 
 #: Loopback, private ranges (the WSL2 virtual network is one) and link-local.
 DEFAULT_CLIENTS = (
@@ -198,6 +202,18 @@ class SecurityMiddleware:
             "too_large", {"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+def policy_options(settings: Settings) -> dict[str, Any]:
+    """:class:`SecurityMiddleware`'s keyword arguments (all but ``render``) from settings."""
+    clients = [] if settings.allowed_clients == ["*"] else parse_networks(
+        settings.allowed_clients)
+    return {
+        "api_key": settings.api_key.get_secret_value() if settings.api_key else None,
+        "clients": clients,
+        "hosts": HostPolicy(settings.allowed_hosts, clients or parse_networks(DEFAULT_CLIENTS)),
+        "max_body": settings.max_body,
+    }
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
