@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,6 +70,13 @@ def free_port() -> int:
         return port
 
 
+def server_command() -> list[str]:
+    """How users start the server: the ``npu-proxy`` script next to this interpreter
+    (``python -m npu_proxy`` if there is none)."""
+    script = shutil.which("npu-proxy", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "npu_proxy"]
+
+
 class ServerProcess:
     """``python -m npu_proxy serve`` on a free loopback port, as a context manager.
 
@@ -92,7 +100,7 @@ class ServerProcess:
             "NPU_PROXY_LOG_LEVEL": "WARNING",
             **(env or {}),
         }
-        self.args = [sys.executable, "-m", "npu_proxy", "serve", "--host", "127.0.0.1",
+        self.args = [*server_command(), "serve", "--host", "127.0.0.1",
                      "--port", str(self.port), *args]
         handle, name = tempfile.mkstemp(prefix="npu-proxy-bench-", suffix=".log")
         os.close(handle)

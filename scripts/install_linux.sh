@@ -520,9 +520,11 @@ install_python() {
     "$UV" venv --quiet --allow-existing --python "$PYTHON" "$VENV_DIR"
     # sync makes the environment exactly the lock plus our wheels; the workspace
     # packages are reinstalled because a checkout changes without a version bump.
+    # Bytecode is compiled here: the service user cannot write __pycache__ in the venv,
+    # and without it every start compiles FastAPI and pydantic from source again.
     local reinstall=()
     for name in "${names[@]}"; do reinstall+=(--reinstall-package "$name"); done
-    "$UV" pip sync --quiet --python "$VENV_DIR/bin/python" "${reinstall[@]}" "$reqs"
+    "$UV" pip sync --quiet --compile-bytecode --python "$VENV_DIR/bin/python" "${reinstall[@]}" "$reqs"
     "$VENV_DIR/bin/npu-proxy" --version >/dev/null || die "the installed npu-proxy does not start"
     say "installed $("$VENV_DIR/bin/npu-proxy" --version) into $VENV_DIR"
     CHANGED=1

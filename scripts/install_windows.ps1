@@ -378,7 +378,7 @@ function Install-PythonEnvironment {
         }
         # sync: exactly the lock plus our wheels; our packages are reinstalled because a
         # checkout changes without a version bump.
-        $syncArgs = @('pip', 'sync', '--quiet', '--python', (Join-Path $VenvDir 'Scripts\python.exe'))
+        $syncArgs = @('pip', 'sync', '--quiet', '--compile-bytecode', '--python', (Join-Path $VenvDir 'Scripts\python.exe'))
         foreach ($name in $names) { $syncArgs += @('--reinstall-package', $name) }
         Invoke-Native $uv ($syncArgs + @($requirements))
         $version = & (Join-Path $VenvDir 'Scripts\npu-proxy.exe') --version
