@@ -13,8 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from npu_proxy.app import StartupError
-from npu_proxy.boot import StagedApp
+from npu_proxy.boot import StagedApp, StagedServer
 from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
 from starlette.types import Receive, Scope, Send
 
@@ -153,6 +154,28 @@ def test_the_composed_mock_server_serves_through_the_stage(tmp_path: Path) -> No
         assert any(m["name"] for m in tags.json()["models"])
         health = httpx.get(server.url + "/health", timeout=10).json()
         assert health["devices"]  # the composed report, not the early one
+
+
+def test_the_staged_server_composes_only_once_the_socket_is_bound(tmp_path: Path) -> None:
+    port = free_port()
+    seen: list[int] = []
+
+    def compose() -> RecordingApp:
+        # the listener must already answer: composition's imports never delay the bind
+        seen.append(httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code)
+        return RecordingApp()
+
+    staged = StagedApp(compose, test_settings(tmp_path), begin_on_startup=False)
+    server = StagedServer(uvicorn.Config(staged, host="127.0.0.1", port=port,
+                                         log_level="warning"), staged)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: staged.ready)
+        assert seen == [200]
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def serve(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:

@@ -1,11 +1,12 @@
 """Listen first, compose second: ``/health`` answers while the server is still starting.
 
 Composing the server (importing every plugin, FastAPI among them, and building the
-engine) is one to two seconds of imports. :class:`StagedApp` is the ASGI app uvicorn
-serves instead: its lifespan starts the composition in a thread and completes at once,
-so the socket is bound and ``/health`` answers as soon as uvicorn and the settings are
-imported. The composed app's own lifespan (device probe, warm-up) then runs as it
-would have, driven from here.
+engine) takes longer than binding a socket. :class:`StagedApp` is the ASGI app uvicorn
+serves instead: its lifespan completes at once, so the socket is bound and ``/health``
+answers as soon as uvicorn and the settings are imported; the composition then runs in
+a thread. :class:`StagedServer` starts it only once the socket is bound (its imports
+would otherwise hold the GIL while uvicorn binds). The composed app's own lifespan
+(device probe, warm-up) then runs as it would have, driven from here.
 
 Contract:
 
@@ -26,10 +27,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
@@ -65,9 +68,11 @@ class StagedApp:
 
     def __init__(self, compose: Callable[[], ASGIApp], settings: Settings, *,
                  expected: tuple[type[Exception], ...] = (),
-                 on_failure: Callable[[], None] | None = None) -> None:
+                 on_failure: Callable[[], None] | None = None,
+                 begin_on_startup: bool = True) -> None:
         """``expected``: exceptions of ``compose`` that are configuration errors, reported
-        by their message alone (anything else is logged with its traceback)."""
+        by their message alone (anything else is logged with its traceback).
+        ``begin_on_startup=False``: composition waits for :meth:`begin`."""
         self.error: str | None = None
         self._expected = (*expected, _LifespanFailed)
         self.on_failure = on_failure
@@ -78,6 +83,7 @@ class StagedApp:
         self._lifespan: _Lifespan | None = None
         self._settled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._begin_on_startup = begin_on_startup
         self._early_health = SecurityMiddleware(self._health, render=_plain,
                                                 **policy_options(settings))
 
@@ -119,12 +125,18 @@ class StagedApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._task = asyncio.get_running_loop().create_task(self._start())
+                if self._begin_on_startup:
+                    self.begin()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def begin(self) -> None:
+        """Start composing (once), on the running loop; requests wait for it."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
         try:
@@ -143,6 +155,8 @@ class StagedApp:
         self._lifespan = lifespan
         self._app = app
         self._settled.set()
+        log.info("ready: plugins composed and started %.2f s after listening",
+                 time.time() - self._started)
 
     async def _stop(self) -> None:
         if self._task is not None:
@@ -150,6 +164,20 @@ class StagedApp:
                 await self._task  # a composition in progress cannot be interrupted
         if self._lifespan is not None:
             await self._lifespan.shutdown()
+
+
+class StagedServer(uvicorn.Server):
+    """A uvicorn server that lets its :class:`StagedApp` begin composing once the
+    socket is bound."""
+
+    def __init__(self, config: uvicorn.Config, app: StagedApp) -> None:
+        super().__init__(config)
+        self._staged = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._staged.begin()
 
 
 class _LifespanFailed(Exception):

@@ -107,7 +107,7 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
     import uvicorn
 
     from .app import StartupError, create_app
-    from .boot import StagedApp
+    from .boot import StagedApp, StagedServer
     from .logs import log_config
 
     settings = _settings(ctx, **flags)
@@ -118,12 +118,12 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
     warning = exposure_warning(settings)
     if warning:
         logging.getLogger("npu_proxy").warning(warning)
-    # uvicorn binds and answers /health while the plugins are imported and the app is
+    # uvicorn binds and answers /health, then the plugins are imported and the app is
     # composed in a thread (see npu_proxy.boot); a configuration error stops it again.
     app = StagedApp(lambda: create_app(settings, settings.plugins), settings,
-                    expected=(StartupError,))
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                           log_config=config))
+                    expected=(StartupError,), begin_on_startup=False)
+    server = StagedServer(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                         log_config=config), app)
     app.on_failure = lambda: setattr(server, "should_exit", True)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
