@@ -78,7 +78,7 @@ def server_command() -> list[str]:
 
 
 class ServerProcess:
-    """``python -m npu_proxy serve`` on a free loopback port, as a context manager.
+    """``npu-proxy serve`` on a free loopback port, as a context manager.
 
     ``started`` is the ``time.perf_counter()`` just before the process was spawned, so
     callers can time start-up from it. The server's output goes to a log file

@@ -4,7 +4,7 @@ For each stream count N (distinct prompts, greedy, ``--tokens`` at most) three s
 serve the same N requests that all arrive at one instant, in one run, rotating which
 side goes first each time:
 
-- ``server``: the real server (``python -m npu_proxy serve`` in a subprocess, the
+- ``server``: the real server (``npu-proxy serve`` in a subprocess, the
   model store in ``--model-path``), N concurrent ``/api/chat`` streams over httpx;
 - ``direct CB``: ``openvino_genai.ContinuousBatchingPipeline`` (default
   ``SchedulerConfig``) on the IR folder the server itself loads, the N requests added

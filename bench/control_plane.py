@@ -1,6 +1,6 @@
 """Control-plane latency: ``/health`` and ``/api/tags`` while idle, under load, during a load.
 
-The real server (``python -m npu_proxy serve`` in a subprocess). One sampler sends
+The real server (``npu-proxy serve`` in a subprocess). One sampler sends
 ``/health`` and ``/api/tags`` alternately, one request at a time, and records each
 round trip, in three conditions that rotate within every round:
 

@@ -1,6 +1,6 @@
 """Embeddings through the server: one text per request against 32 per request; cache hits.
 
-The real server (``python -m npu_proxy serve`` in a subprocess) embeds with the bundled
+The real server (``npu-proxy serve`` in a subprocess) embeds with the bundled
 ``all-minilm:latest`` through Ollama's ``/api/embed``. Each round, in one run:
 
 - ``single``: ``--texts`` distinct texts, one ``/api/embed`` request each, one after

@@ -2,7 +2,7 @@
 
 Each round, three processes start from nothing, timed from the instant each is spawned:
 
-- ``cold``: ``python -m npu_proxy serve`` on a fresh, empty model store, so the first
+- ``cold``: ``npu-proxy serve`` on a fresh, empty model store, so the first
   request pays the one-time GGUF -> OpenVINO IR conversion and the load;
 - ``second``: the same command again on the store the cold start just filled (the IR
   is reused, as on every start after the first);
