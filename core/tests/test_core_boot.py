@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import uvicorn
 from npu_proxy.app import StartupError
 from npu_proxy.boot import StagedApp, StagedServer
 from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
+from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
 
@@ -132,6 +135,21 @@ def test_a_failing_app_startup_is_reported(tmp_path: Path) -> None:
         assert failed.wait(10)
     assert staged.error == "store is unreadable"
     assert not staged.ready
+
+
+def test_a_starlette_lifespan_that_raises_is_reported_by_its_last_line(
+        tmp_path: Path) -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        raise RuntimeError("the model store is unreadable")
+        yield
+
+    failed = threading.Event()
+    staged = StagedApp(lambda: Starlette(lifespan=lifespan), test_settings(tmp_path),
+                       on_failure=failed.set)
+    with LiveServer(staged):
+        assert failed.wait(10)
+    assert staged.error == "RuntimeError: the model store is unreadable"
 
 
 def test_shutdown_during_composition_waits_then_shuts_the_app_down(tmp_path: Path) -> None:

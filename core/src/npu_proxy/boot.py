@@ -206,6 +206,8 @@ class _Lifespan:
         if reply["type"] == "lifespan.startup.failed":
             message = str(reply.get("message") or "startup failed")
             log.error("the server's startup failed:\n%s", message)
+            with contextlib.suppress(Exception):
+                await self._task  # Starlette re-raises after reporting; collect it here
             raise _LifespanFailed(message)
 
     async def shutdown(self) -> None:
