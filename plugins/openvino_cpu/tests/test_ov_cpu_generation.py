@@ -293,3 +293,13 @@ async def test_images_and_suffix_are_refused(lm: OpenVINOLanguageModel) -> None:
 async def test_warm_up_generates_sixteen_tokens(lm: OpenVINOLanguageModel) -> None:
     usage = await lm.warm_up()
     assert usage.completion_tokens == 16
+
+
+def test_the_cpu_s_own_parallelism_overrides_the_global_one(
+    ov_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_CPU_MAX_PARALLEL", "2")
+    backend = CpuBackend(ov_settings.model_copy(update={"max_parallel": 6}))
+    assert backend.max_parallel == 2
+    monkeypatch.delenv("NPU_PROXY_CPU_MAX_PARALLEL")
+    assert CpuBackend(ov_settings.model_copy(update={"max_parallel": 6})).max_parallel == 6

@@ -119,3 +119,25 @@ async def test_absent_gpu_is_reported_and_load_fails_cleanly(
     assert "GPU not found" in caught.value.message
     assert str(ov_settings.model_path) not in caught.value.message
     assert imitation.calls == []
+
+
+async def test_the_gpu_s_own_parallelism_overrides_the_global_one(
+    ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
+    model: ModelInfo, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_GPU_MAX_PARALLEL", "8")
+    monkeypatch.setenv("NPU_PROXY_CPU_MAX_PARALLEL", "2")
+    backend = GpuBackend(ov_settings.model_copy(update={"max_parallel": 4}),
+                         pipeline_factory=imitation, batching_factory=batching,
+                         core_factory=lambda: FakeCore(["GPU"]))
+    assert backend.max_parallel == 8
+    await (await backend.load(model)).unload()
+    assert batching.calls[0][2].max_num_seqs == 8
+
+
+def test_a_bad_per_device_parallelism_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_GPU_MAX_PARALLEL", "0")
+    with pytest.raises(ValueError, match="gpu_max_parallel"):
+        OpenVINOSettings()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from npu_proxy.settings import ENV_PREFIX
+from npu_proxy.settings import ENV_PREFIX, Settings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -10,7 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class OpenVINOSettings(BaseSettings):
     """How the CPU and GPU backends run language models.
 
-    The number of concurrent streams per device is the core's ``NPU_PROXY_MAX_PARALLEL``.
+    The number of concurrent streams per device is the core's ``NPU_PROXY_MAX_PARALLEL``
+    unless the device's own variable (``NPU_PROXY_CPU_MAX_PARALLEL``,
+    ``NPU_PROXY_GPU_MAX_PARALLEL``) sets it.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
@@ -19,6 +21,14 @@ class OpenVINOSettings(BaseSettings):
         True,
         description="CPU/GPU serve up to NPU_PROXY_MAX_PARALLEL streams at once through "
         "ContinuousBatchingPipeline; 0: one LLMPipeline stream at a time.",
+    )
+    cpu_max_parallel: int | None = Field(
+        None, ge=1,
+        description="Concurrent generations on the CPU; unset: NPU_PROXY_MAX_PARALLEL.",
+    )
+    gpu_max_parallel: int | None = Field(
+        None, ge=1,
+        description="Concurrent generations on the GPU; unset: NPU_PROXY_MAX_PARALLEL.",
     )
     kv_cache_gb: int = Field(
         2, ge=0,
@@ -31,3 +41,9 @@ class OpenVINOSettings(BaseSettings):
         "GenAI's step() (which holds the GIL) never stalls the server; 0: a stepping "
         "thread in the server process.",
     )
+
+
+def device_parallel(settings: Settings, ov_settings: OpenVINOSettings, device: str) -> int:
+    """Concurrent generations for ``device``: its own variable, else the core's."""
+    own = {"CPU": ov_settings.cpu_max_parallel, "GPU": ov_settings.gpu_max_parallel}.get(device)
+    return own if own is not None else settings.max_parallel

@@ -15,6 +15,7 @@ from npu_proxy_openvino import (
     PipelineFactory,
 )
 from npu_proxy_openvino.batching import EXACT_KV_CACHE
+from npu_proxy_openvino.settings import device_parallel
 
 
 class CpuBackend(OpenVINOBackend):
@@ -39,11 +40,12 @@ class CpuBackend(OpenVINOBackend):
         embedding_factory: EmbeddingPipelineFactory | None = None,
         core_factory: Callable[[], Any] | None = None,
     ) -> None:
+        ov_settings = ov_settings or OpenVINOSettings()
         super().__init__(
             settings,
             name="openvino-cpu",
             device="CPU",
-            max_parallel=settings.max_parallel,
+            max_parallel=device_parallel(settings, ov_settings, "CPU"),
             batching=True,
             ov_settings=ov_settings,
             pipeline_factory=pipeline_factory,

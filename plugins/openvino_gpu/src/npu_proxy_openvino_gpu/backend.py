@@ -14,6 +14,7 @@ from npu_proxy_openvino import (
     OpenVINOSettings,
     PipelineFactory,
 )
+from npu_proxy_openvino.settings import device_parallel
 
 
 class GpuBackend(OpenVINOBackend):
@@ -34,11 +35,12 @@ class GpuBackend(OpenVINOBackend):
         embedding_factory: EmbeddingPipelineFactory | None = None,
         core_factory: Callable[[], Any] | None = None,
     ) -> None:
+        ov_settings = ov_settings or OpenVINOSettings()
         super().__init__(
             settings,
             name="openvino-gpu",
             device="GPU",
-            max_parallel=settings.max_parallel,
+            max_parallel=device_parallel(settings, ov_settings, "GPU"),
             batching=True,
             ov_settings=ov_settings,
             pipeline_factory=pipeline_factory,
