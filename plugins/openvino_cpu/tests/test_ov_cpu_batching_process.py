@@ -229,6 +229,24 @@ async def test_a_killed_worker_ends_the_stream_with_an_error_and_the_next_reques
     assert not alive(pid)  # the dead worker was reaped, not left a zombie
 
 
+async def test_the_worker_leaves_sigint_and_sigterm_to_the_server(
+    lm: OpenVINOLanguageModel,
+) -> None:
+    # A terminal's Ctrl-C and a service manager's stop signal every process of the
+    # group; the worker stays until the server shuts it down in order.
+    generator = lm._generator
+    assert isinstance(generator, ProcessBatchingGenerator)
+    pid = generator.worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert alive(pid) and generator.worker_pid == pid
+    text, done = await run(lm, chat("Say hi.", temperature=0, max_tokens=4))
+    assert text and 0 < done.usage.completion_tokens <= 4
+    assert generator.worker_pid == pid
+
+
 def test_a_worker_that_cannot_load_fails_the_start_and_leaves_nothing(
     tmp_path: Any,
 ) -> None:

@@ -17,6 +17,7 @@ ignored) and ``("error", id, message)`` for a request the device failed.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -47,6 +48,12 @@ def serve(conn: Connection, path: str, device: str, max_parallel: int, kv_cache_
           properties: dict[str, Any]) -> None:
     """Compile the pipeline, report ``ready`` (or ``failed``), then serve until shutdown
     or until the server's end of the pipe closes."""
+    # The server owns this process's life: it sends "shutdown" as it stops, and a server
+    # that is gone closes the pipe. A Ctrl-C in the terminal or a service manager's
+    # SIGTERM reaches the whole process group at once; obeying it here would end the
+    # streams before the server has stopped accepting and cancelled them in order.
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         import openvino_genai
 
