@@ -214,6 +214,7 @@ ENV_SETTINGS=(
     "REAL_INFERENCE|1|1: real inference with OpenVINO; 0: the deterministic mock backend."
     "MODEL_PATH|$MODELS_REAL|Model store. The unit sets this; the service can only write under $STATE_REAL and $CACHE_REAL."
     "INFERENCE_TIMEOUT|180|Seconds a generation may run before it is stopped."
+    "SHUTDOWN_GRACE|5|Seconds a stopping server lets streams in progress finish before it ends them."
     "MAX_PROMPT_LEN|4096|Prompt tokens the NPU is compiled for."
     "MIN_RESPONSE_LEN|128|Response tokens the NPU is compiled for."
     "TOKEN_LIMIT|1800|Prompts above this many tokens go to the fallback device."

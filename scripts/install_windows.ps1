@@ -180,6 +180,7 @@ $EnvSettings = @(
     @('FALLBACK_DEVICE', 'auto', 'Fallback device; auto tries NPU, GPU, CPU in order.'),
     @('REAL_INFERENCE', '1', '1: real inference with OpenVINO; 0: the deterministic mock backend.'),
     @('INFERENCE_TIMEOUT', '180', 'Seconds a generation may run before it is stopped.'),
+    @('SHUTDOWN_GRACE', '5', 'Seconds a stopping server lets streams in progress finish before it ends them.'),
     @('MAX_PROMPT_LEN', '4096', 'Prompt tokens the NPU is compiled for.'),
     @('MIN_RESPONSE_LEN', '128', 'Response tokens the NPU is compiled for.'),
     @('TOKEN_LIMIT', '1800', 'Prompts above this many tokens go to the fallback device.'),

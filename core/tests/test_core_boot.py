@@ -239,3 +239,38 @@ def test_serve_answers_health_and_then_requests(tmp_path: Path) -> None:
     assert process.returncode in (0, -signal.SIGTERM), err
     assert "Traceback" not in err
     assert statuses[-1] == "ok"
+
+
+@pytest.mark.timeout(180)
+def test_a_stop_ends_a_long_stream_after_the_grace_period(tmp_path: Path) -> None:
+    port = free_port()
+    process = serve(tmp_path, "--port", str(port), NPU_PROXY_SHUTDOWN_GRACE="1",
+                    NPU_PROXY_MOCK_TOKEN_DELAY="2", NPU_PROXY_LOG_LEVEL="WARNING")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: process.poll() is None and _status(url) == "ok", timeout=120)
+        lines: list[str] = []
+        body = {"model": "smollm2:135m", "prompt": "Hi"}
+        with httpx.stream("POST", url + "/api/generate", json=body, timeout=60) as response:
+            stream = response.iter_lines()
+            lines.append(next(stream))  # the stream runs: 12-23 pieces, 2 s apart
+            stopped = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(httpx.HTTPError):
+                lines.extend(stream)
+        process.wait(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    assert took < 15, took  # the grace (1 s) and the shutdown, not the 24-46 s stream
+    assert len(lines) < 12
+    assert '"done":true' not in lines[-1]  # ended by the stop, not finished
+
+
+def _status(url: str) -> str | None:
+    try:
+        return str(httpx.get(url + "/health", timeout=5).json()["status"])
+    except httpx.TransportError:
+        return None

@@ -122,8 +122,11 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
     # composed in a thread (see npu_proxy.boot); a configuration error stops it again.
     app = StagedApp(lambda: create_app(settings, settings.plugins), settings,
                     expected=(StartupError,), begin_on_startup=False)
-    server = StagedServer(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                         log_config=config), app)
+    server = StagedServer(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=config,
+        # a stop must not wait for a 2048-token stream (systemd kills at 90 s)
+        timeout_graceful_shutdown=settings.shutdown_grace,
+    ), app)
     app.on_failure = lambda: setattr(server, "should_exit", True)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()

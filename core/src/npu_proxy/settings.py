@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     inference_timeout: float = Field(
         180.0, gt=0, description="Seconds a generation may run before it is stopped."
     )
+    shutdown_grace: int = Field(
+        5, ge=0, description="Seconds a stopping server lets streams in progress finish "
+        "before it ends them."
+    )
     max_prompt_len: int = Field(
         4096, ge=64, description="Prompt tokens the NPU is compiled for (MAX_PROMPT_LEN)."
     )
