@@ -73,6 +73,27 @@ def test_openai_stream_usage_equals_the_counts(real_server: LiveServer) -> None:
     assert abs(usage.completion_tokens - reply_tokens(real_server, text)) <= 1
 
 
+def test_openai_choices_sample_with_their_own_seeds(real_server: LiveServer) -> None:
+    client = openai.OpenAI(base_url=real_server.url + "/v1", api_key="none", max_retries=0)
+
+    def choices() -> list[str]:
+        reply = client.chat.completions.create(
+            model=LLM, messages=[{"role": "user", "content": "Tell me a story."}],
+            n=2, seed=11, temperature=1.0, max_tokens=24,
+        )
+        texts = [c.message.content or "" for c in reply.choices]
+        assert reply.usage is not None
+        # both choices' tokens, each as the tokenizer counts its text (+-1 per choice)
+        counted = sum(reply_tokens(real_server, text) for text in texts)
+        assert abs(reply.usage.completion_tokens - counted) <= 2
+        return texts
+
+    first = choices()
+    assert all(first)
+    assert first[0] != first[1]  # seeds 11 and 12: two samples, not one twice
+    assert choices() == first  # and the same two again for the same seed
+
+
 def test_anthropic_messages_with_real_usage(real_server: LiveServer) -> None:
     client = anthropic.Anthropic(base_url=real_server.url, api_key="none", max_retries=0)
     message = client.messages.create(model=LLM, max_tokens=16,

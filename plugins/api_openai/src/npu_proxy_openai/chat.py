@@ -7,7 +7,6 @@ with empty ``choices`` before ``data: [DONE]``.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,19 +14,33 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.engine import Generation
-from npu_proxy.engine.errors import BackendError, EngineError
-from npu_proxy.engine.types import Done, TextDelta, ToolCall, ToolCallDelta
+from npu_proxy.engine.types import (
+    Done,
+    GenerationEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from npu_proxy.web import read_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import engine_error_body
-from .running import Envelope, admit, finish_reason, new_id, run, usage_body
+from .errors import stream_failure_body
+from .running import (
+    Choices,
+    Envelope,
+    Reply,
+    admit,
+    choices_usage,
+    finish_reason,
+    new_id,
+    run_all,
+    usage_body,
+)
 from .schemas import ChatCompletionRequest, parse
 from .streaming import DONE, EventStreamResponse, sse
-from .translate import chat_request
-
-log = logging.getLogger(__name__)
+from .translate import chat_request, choice_requests
 
 
 def tool_call_body(call: ToolCall) -> dict[str, Any]:
@@ -40,20 +53,43 @@ def tool_call_body(call: ToolCall) -> dict[str, Any]:
 
 
 async def create_chat_completion(ctx: ServerContext, request: Request) -> Response:
-    """Serve one chat completion, streamed or whole."""
+    """Serve one chat completion with ``n`` choices, streamed or whole."""
     body = parse(ChatCompletionRequest, await read_json(request))
-    work = chat_request(body)
+    works = choice_requests(chat_request(body), body.n or 1)
     envelope = Envelope(new_id("chatcmpl"), int(time.time()), body.model)
     if body.stream:
-        generation = await admit(ctx, request, work)
+        first = await admit(ctx, request, works[0])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if len(works) == 1:
+            events, close = _single(first), first.aclose
+        else:
+            choices = Choices(ctx, first, works)
+            events, close = choices.events(), choices.aclose
         return EventStreamResponse(
-            stream_chat(generation, envelope, include_usage),
-            generation.aclose,
-            headers=generation.route.headers(),
+            stream_chat(events, len(works), envelope, include_usage), close,
+            headers=first.route.headers(),
         )
-    generation, reply = await run(ctx, request, work)
-    assert reply.done is not None
+    generation, replies = await run_all(ctx, request, works)
+    return JSONResponse(
+        {
+            **envelope.head("chat.completion"),
+            "choices": [
+                {
+                    "index": index,
+                    "message": _message(reply),
+                    "logprobs": None,
+                    "finish_reason": finish_reason(reply.done, bool(reply.calls)),
+                }
+                for index, reply in enumerate(replies)
+                if reply.done is not None
+            ],
+            "usage": usage_body(choices_usage([reply.usage for reply in replies])),
+        },
+        headers=generation.route.headers(),
+    )
+
+
+def _message(reply: Reply) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         # OpenAI sends null content when the model answered only with tool calls.
@@ -62,63 +98,54 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
     }
     if reply.calls:
         message["tool_calls"] = [tool_call_body(c) for c in reply.calls]
-    return JSONResponse(
-        {
-            **envelope.head("chat.completion"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": finish_reason(reply.done, bool(reply.calls)),
-                }
-            ],
-            "usage": usage_body(reply.usage),
-        },
-        headers=generation.route.headers(),
-    )
+    return message
+
+
+async def _single(generation: Generation) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    async with generation:
+        async for event in generation:
+            yield 0, event
 
 
 async def stream_chat(
-    generation: Generation, envelope: Envelope, include_usage: bool
+    events: AsyncIterator[tuple[int, GenerationEvent]], n: int, envelope: Envelope,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed chat completion; a failure ends it with an error event."""
+    """The SSE body of a streamed chat completion with ``n`` choices, from ``(choice
+    index, event)`` pairs: each choice's role first, its finish reason last, then the
+    usage of all of them. A failure ends the stream with an error event."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         data = {
             **envelope.head("chat.completion.chunk"),
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            ],
         }
         if include_usage:
             data["usage"] = None  # OpenAI marks every chunk but the last one this way
         return sse(data)
 
-    async with generation:
-        yield chunk({"role": "assistant", "content": ""})
-        calls = 0
-        try:
-            async for event in generation:
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        yield chunk({"content": event.text})
-                elif isinstance(event, ToolCallDelta):
-                    yield chunk({"tool_calls": [{"index": calls, **tool_call_body(event.call)}]})
-                    calls += 1
-                elif isinstance(event, Done):
-                    yield chunk({}, finish_reason(event, calls > 0))
-                    if include_usage:
-                        yield sse(
-                            {
-                                **envelope.head("chat.completion.chunk"),
-                                "choices": [],
-                                "usage": usage_body(event.usage),
-                            }
-                        )
-        except EngineError as exc:
-            yield sse(engine_error_body(exc))
-            return
-        except Exception:
-            log.exception("streaming a chat completion failed")
-            yield sse(engine_error_body(BackendError("the stream failed")))
-            return
+    for index in range(n):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    calls = [0] * n
+    usages: list[Usage] = []
+    try:
+        async for index, event in events:
+            if isinstance(event, TextDelta):
+                if event.text:
+                    yield chunk(index, {"content": event.text})
+            elif isinstance(event, ToolCallDelta):
+                yield chunk(index, {"tool_calls": [{"index": calls[index],
+                                                    **tool_call_body(event.call)}]})
+                calls[index] += 1
+            elif isinstance(event, Done):
+                usages.append(event.usage)
+                yield chunk(index, {}, finish_reason(event, calls[index] > 0))
+    except Exception as exc:
+        yield sse(stream_failure_body(exc, "a chat completion"))
+        return
+    if include_usage and usages:
+        yield sse({**envelope.head("chat.completion.chunk"), "choices": [],
+                   "usage": usage_body(choices_usage(usages))})
     yield DONE

@@ -7,7 +7,6 @@ each choice's text. Token-id prompts are refused: the engine takes text only.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,19 +14,17 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.engine import Generation
-from npu_proxy.engine.errors import BackendError, CapabilityError, EngineError, InvalidRequestError
+from npu_proxy.engine.errors import CapabilityError, InvalidRequestError
 from npu_proxy.engine.types import Capability, Done, GenerationRequest, TextDelta, Usage
 from npu_proxy.web import read_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import engine_error_body
+from .errors import stream_failure_body
 from .running import Envelope, admit, finish_reason, new_id, run, usage_body
 from .schemas import CompletionRequest, parse
 from .streaming import DONE, EventStreamResponse, sse
 from .translate import sampling_options
-
-log = logging.getLogger(__name__)
 
 
 def prompts_of(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str]:
@@ -54,6 +51,11 @@ def completion_requests(ctx: ServerContext, body: CompletionRequest) -> list[Gen
             "stream_options is only allowed when stream is true", "stream_options"
         )
     prompts = prompts_of(body.prompt)
+    if body.n not in (None, 1):
+        raise InvalidRequestError(
+            "n greater than 1 is not supported for text completions: request one choice "
+            "at a time, or use /v1/chat/completions", "n"
+        )
     options = sampling_options(body, body.max_tokens)
     if body.suffix:
         model = ctx.store.resolve(body.model)
@@ -149,12 +151,8 @@ async def stream_completion(
                     elif isinstance(event, Done):
                         usages.append(event.usage)
                         yield chunk(index, "", finish_reason(event, False))
-    except EngineError as exc:
-        yield sse(engine_error_body(exc))
-        return
-    except Exception:
-        log.exception("streaming a text completion failed")
-        yield sse(engine_error_body(BackendError("the stream failed")))
+    except Exception as exc:
+        yield sse(stream_failure_body(exc, "a text completion"))
         return
     if include_usage:
         yield sse({**envelope.head("text_completion"), "choices": [], "usage": _total(usages)})

@@ -8,11 +8,14 @@ client mistakes are ``invalid_request_error`` (a missing model too, with code
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from npu_proxy.engine.errors import EngineError
+from npu_proxy.engine.errors import BackendError, EngineError
 from starlette.responses import Response
+
+log = logging.getLogger(__name__)
 
 # Engine codes whose OpenAI spelling differs; the rest pass through unchanged.
 _CODES: dict[str, str | None] = {
@@ -80,6 +83,15 @@ def error_response(
 def engine_error_body(exc: EngineError) -> dict[str, Any]:
     """The body for an engine error, keeping the parameter it concerns."""
     return error_body(exc.status, exc.message, code=exc.code, param=_param(exc))
+
+
+def stream_failure_body(exc: Exception, what: str) -> dict[str, Any]:
+    """The error event that ends a stream ``what`` (e.g. "a chat completion") broken by
+    ``exc``: an engine error as it is; anything else logged and told only as failed."""
+    if isinstance(exc, EngineError):
+        return engine_error_body(exc)
+    log.error("streaming %s failed", what, exc_info=exc)
+    return engine_error_body(BackendError("the stream failed"))
 
 
 def engine_error_response(exc: EngineError) -> Response:

@@ -6,7 +6,9 @@ the request ends; :func:`admit` and :func:`run` give up as soon as the client le
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,7 @@ from npu_proxy.engine.engine import Generation
 from npu_proxy.engine.types import (
     Done,
     FinishReason,
+    GenerationEvent,
     GenerationRequest,
     TextDelta,
     ToolCall,
@@ -97,9 +100,86 @@ async def run(
     ctx: ServerContext, request: Request, work: GenerationRequest
 ) -> tuple[Generation, Reply]:
     """Admit and run ``work`` whole; the generation is cancelled if the client leaves."""
+    generation, [reply] = await run_all(ctx, request, [work])
+    return generation, reply
 
-    async def both() -> tuple[Generation, Reply]:
+
+async def run_all(
+    ctx: ServerContext, request: Request, works: list[GenerationRequest]
+) -> tuple[Generation, list[Reply]]:
+    """Admit and run every request of ``works`` whole, concurrently (a device with free
+    slots batches them; one with a single slot serves them in turn). The first
+    generation comes back for its route headers. The first failure cancels the others
+    and is raised; so does the client leaving."""
+
+    async def one(work: GenerationRequest) -> tuple[Generation, Reply]:
         generation = await ctx.engine.generate(work)
         return generation, await collect(generation)
 
-    return await until_disconnected(request, both())
+    async def every() -> list[tuple[Generation, Reply]]:
+        tasks = [asyncio.ensure_future(one(work)) for work in works]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    results = await until_disconnected(request, every())
+    return results[0][0], [reply for _, reply in results]
+
+
+def choices_usage(usages: list[Usage]) -> Usage:
+    """One request's usage over its choices: the prompt once, every completion."""
+    return Usage(
+        prompt_tokens=usages[0].prompt_tokens,
+        completion_tokens=sum(u.completion_tokens for u in usages),
+    )
+
+
+class Choices:
+    """The generations of one streamed request with ``n`` choices, each run by a task
+    of its own, their events merged in the order they come.
+
+    ``first`` is already admitted (so its errors got a proper HTTP status); the others
+    are admitted by their tasks. :meth:`aclose` cancels what is left and frees every
+    slot, however far the tasks got.
+    """
+
+    def __init__(self, ctx: ServerContext, first: Generation,
+                 works: list[GenerationRequest]) -> None:
+        self._first = first
+        self._queue: asyncio.Queue[tuple[int, GenerationEvent | Exception | None]] = (
+            asyncio.Queue())
+        self._tasks = [asyncio.ensure_future(self._run(i, ctx, work))
+                       for i, work in enumerate(works)]
+
+    async def _run(self, index: int, ctx: ServerContext, work: GenerationRequest) -> None:
+        try:
+            generation = self._first if index == 0 else await ctx.engine.generate(work)
+            async with generation:
+                async for event in generation:
+                    self._queue.put_nowait((index, event))
+        except Exception as exc:
+            self._queue.put_nowait((index, exc))
+        else:
+            self._queue.put_nowait((index, None))
+
+    async def events(self) -> AsyncIterator[tuple[int, GenerationEvent]]:
+        """(choice index, event) until every choice is done; a choice's failure raises."""
+        running = len(self._tasks)
+        while running:
+            index, item = await self._queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._first.aclose()  # its task may have been cancelled before it began

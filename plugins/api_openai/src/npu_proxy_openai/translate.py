@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import replace
 from typing import Any
 
 from npu_proxy.engine.errors import InvalidRequestError
@@ -35,11 +36,7 @@ from .schemas import (
 
 
 def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOptions:
-    """The sampling fields both generation routes share."""
-    if body.n not in (None, 1):
-        raise InvalidRequestError(
-            "n greater than 1 is not supported: request one choice at a time", "n"
-        )
+    """The sampling fields both generation routes share (``n`` is each route's own)."""
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingOptions(
         max_tokens=max_tokens,
@@ -53,6 +50,17 @@ def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOp
         frequency_penalty=body.frequency_penalty,
         stop=tuple(s for s in stop if s),
     )
+
+
+def choice_requests(work: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """One engine request per choice. With a ``seed``, choice ``i`` samples with
+    ``seed + i``: the choices differ from each other and repeat from call to call."""
+    seed = work.options.seed
+    return [
+        work if i == 0 or seed is None
+        else replace(work, options=replace(work.options, seed=seed + i))
+        for i in range(n)
+    ]
 
 
 def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
