@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from npu_proxy import cli as main_cli
 from npu_proxy.client_cli import run
 from npu_proxy.testing import LiveServer, make_app, test_settings
+from npu_proxy_mock.backend import MockBackend
+from npu_proxy_mock.testing import single_device_app
 
 
 @pytest.fixture
@@ -151,3 +153,29 @@ def test_ctrl_d_leaves_the_terminal_chat(server: LiveServer) -> None:
         if term.process.poll() is None:
             term.process.kill()
     assert prompts(server) == []
+
+
+def test_run_loads_the_model_before_the_first_message(server: LiveServer) -> None:
+    result = CliRunner().invoke(run, ["mock", "--url", server.url], input="")
+    assert result.exit_code == 0, result.output
+    assert "loading" not in result.output  # no spinner when nothing is a terminal
+    assert [r.info.name for r in server.ctx.engine.lifecycle.residents()] == ["mock:latest"]
+    assert prompts(server) == []  # loaded by an empty generate, not by a message
+
+
+def test_a_slow_load_shows_a_spinner_in_the_terminal(tmp_path: Path) -> None:
+    backend = MockBackend(load_delay=1.5)
+    with LiveServer(single_device_app(tmp_path, backend, ["ollama"])) as slow:
+        env = {**os.environ, "NPU_PROXY_URL": slow.url, "TERM": "dumb"}
+        env.pop("NPU_PROXY_API_KEY", None)
+        term = Terminal(_argv("mock"), env)
+        try:
+            screen = term.read_until(">>> ")
+            assert backend.counters.loads == 1
+            term.type("/bye\n")
+            assert term.close() == 0
+        finally:
+            if term.process.poll() is None:
+                term.process.kill()
+    assert "loading mock (1 s)" in screen
+    assert screen.index("loading mock") < screen.index("Send a message")

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -499,6 +500,7 @@ def run(name: str, prompt: str | None, url: str | None) -> None:
     with _client(url) as client:
         chat = ChatSession(client, name)
         chat.check_model()
+        chat.load()
         if prompt is not None:
             chat.say(prompt)
             return
@@ -518,6 +520,46 @@ HELP = """Available commands:
 
 Use \"\"\" to begin and end a message of several lines.
 """
+
+
+class Spinner:
+    """A one-line spinner with the seconds elapsed, on stderr when it is a terminal
+    (nothing otherwise); the line is wiped when the ``with`` block ends."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, text: str, stream: TextIO | None = None) -> None:
+        self.text = text
+        self.stream = stream or sys.stderr
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._width = 0
+
+    def __enter__(self) -> Spinner:
+        if self.stream.isatty():
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+
+    def _spin(self) -> None:
+        started = time.monotonic()
+        frame = 0
+        while not self._done.wait(0 if frame == 0 else 0.1):
+            elapsed = time.monotonic() - started
+            line = f"{self.FRAMES[frame % len(self.FRAMES)]} {self.text}"
+            if elapsed >= 1:
+                line += f" ({elapsed:.0f} s)"
+            self._width = max(self._width, len(line))
+            self.stream.write("\r" + line.ljust(self._width))
+            self.stream.flush()
+            frame += 1
 
 
 class ChatSession:
@@ -543,6 +585,14 @@ class ChatSession:
         capabilities = shown.get("capabilities") or []
         if capabilities and "completion" not in capabilities:
             raise ServerError(f"'{self.model}' is an embedding model: it cannot chat")
+
+    def load(self) -> None:
+        """Have the server load the model now (an empty generate, as ``ollama run``
+        does), with a spinner on a terminal: a first compile can take a while."""
+        with Spinner(f"loading {self.model}"), self.client.stream(
+                "/api/generate", {"model": self.model}) as lines:
+            for _ in lines:
+                pass
 
     def say(self, text: str) -> None:
         """Send ``text`` as the user's turn and stream the reply to stdout.
