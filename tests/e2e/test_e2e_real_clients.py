@@ -12,6 +12,7 @@ import anthropic
 import httpx
 import ollama
 import openai
+import pytest
 from npu_proxy.engine.types import Capability
 from npu_proxy.testing import LiveServer
 
@@ -71,6 +72,25 @@ def test_openai_stream_usage_equals_the_counts(real_server: LiveServer) -> None:
     assert usage is not None and chunks[-1].choices == []
     assert usage.completion_tokens <= 12 and usage.prompt_tokens > 0
     assert abs(usage.completion_tokens - reply_tokens(real_server, text)) <= 1
+
+
+def test_ollama_chat_drops_the_oldest_turns_to_fit_num_ctx(real_server: LiveServer) -> None:
+    messages = [{"role": "system", "content": "Answer in one short sentence."}]
+    for i in range(12):
+        messages += [{"role": "user", "content": f"Tell me fact number {i} about the sea."},
+                     {"role": "assistant", "content": f"Fact {i}: the sea is deep and wide."}]
+    messages.append({"role": "user", "content": "What colour is the sea?"})
+    client = ollama.Client(host=real_server.url)
+    reply = client.chat(model=LLM, messages=messages, stream=False,
+                        options={"num_ctx": 256, "num_predict": 8, "temperature": 0})
+    assert reply.done and reply.message.content
+    # The whole conversation is well over 256 tokens; what ran kept room for the answer.
+    assert reply.prompt_eval_count is not None and 0 < reply.prompt_eval_count <= 256 - 8
+    with pytest.raises(ollama.ResponseError) as refused:
+        client._request_raw("POST", "/api/chat", json={
+            "model": LLM, "messages": messages, "stream": False, "truncate": False,
+            "options": {"num_ctx": 256}})
+    assert refused.value.status_code == 400
 
 
 def test_openai_choices_sample_with_their_own_seeds(real_server: LiveServer) -> None:

@@ -38,6 +38,7 @@ from .events import (
     QueueChanged,
     RouteDecided,
 )
+from .history import fit_history
 from .lifecycle import ModelLifecycle, Residency
 from .routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
 from .scheduler import DeviceQueue, Ticket
@@ -51,6 +52,7 @@ from .types import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
+    Message,
     ModelInfo,
     TextDelta,
     ToolCallDelta,
@@ -437,8 +439,13 @@ class Engine:
         await self._probed.wait()
         backend = self._counting_backend(model, self.settings.device)
         tokens = await backend.count_tokens(model, request)
-        if tokens >= model.context_length > 0:
-            raise PromptTooLongError(tokens, model.context_length, f"the context of {model.name}")
+        if request.truncate and request.messages and model.context_length > 0:
+            request, tokens = await self._fit_context(backend, model, request, tokens)
+        context = min(model.context_length, request.options.num_ctx or model.context_length)
+        if tokens >= context > 0:
+            where = f"the context of {model.name}" + (
+                " (num_ctx)" if context < model.context_length else "")
+            raise PromptTooLongError(tokens, context, where)
         options = request.options
         if options.max_tokens is not None and options.max_tokens < 0:
             raise InvalidRequestError("max_tokens must not be negative", param="max_tokens")
@@ -449,6 +456,41 @@ class Engine:
             request = replace(request, options=bounded)
         route, ticket, loaded, load_ns = await self._admit(model, tokens, self.settings.device)
         return Generation(self, request, model, route, ticket, loaded, load_ns, started)
+
+    async def _fit_context(
+        self, backend: Backend, model: ModelInfo, request: GenerationRequest, tokens: int
+    ) -> tuple[GenerationRequest, int]:
+        """``request`` with its oldest messages dropped so that the prompt fits the
+        context (``num_ctx`` when smaller) and leaves room to answer: ``max_tokens``, or
+        a quarter of the context, at most half of it. A conversation that cannot leave
+        that room but fits at all keeps as much as fits; one that does not fit even as
+        its system prompt and last message is left as it is (and refused)."""
+        limit = min(model.context_length, request.options.num_ctx or model.context_length)
+        reserve = min(request.options.max_tokens or limit // 4, limit // 2)
+        if tokens + reserve <= limit:
+            return request, tokens
+        assert request.messages is not None
+        counts: dict[tuple[Message, ...], int] = {request.messages: tokens}
+
+        async def count(messages: tuple[Message, ...]) -> int:
+            if messages not in counts:
+                counts[messages] = await backend.count_tokens(
+                    model, replace(request, messages=messages))
+            return counts[messages]
+
+        async def with_room(messages: tuple[Message, ...]) -> bool:
+            return await count(messages) + reserve <= limit
+
+        async def at_all(messages: tuple[Message, ...]) -> bool:
+            return await count(messages) < limit
+
+        fitted = await fit_history(request.messages, with_room) or await fit_history(
+            request.messages, at_all)
+        if fitted is None or fitted == request.messages:
+            return request, tokens
+        log.info("dropped the %d oldest messages of a conversation to fit %s's context "
+                 "of %d tokens", len(request.messages) - len(fitted), model.name, limit)
+        return replace(request, messages=fitted), counts[fitted]
 
     async def embed(self, request: EmbeddingRequest) -> Embedding:
         """Embed ``request.inputs`` on the embedding device (or its fallback)."""

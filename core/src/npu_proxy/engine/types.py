@@ -150,6 +150,9 @@ class GenerationRequest:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     response_format: ResponseFormat | None = None
     keep_alive: float | None = None
+    #: A conversation that does not fit the context loses its oldest messages (never
+    #: the leading system ones nor the last) instead of being refused (Ollama's way).
+    truncate: bool = False
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -157,6 +157,9 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             options=options,
             response_format=response_format,
             keep_alive=keep_alive,
+            # Ollama drops the oldest messages of a conversation that outgrew the
+            # context unless the client asks for an error instead (truncate: false).
+            truncate=body.truncate is not False,
         )
         encoder = ChatEncoder(name)
         return await respond(ctx, request, generation, encoder, body.stream is not False)

@@ -102,3 +102,5 @@ class ChatBody(CommonBody):
 
     messages: list[ChatMessage] | None = None
     tools: list[ToolDefinition] | None = None
+    #: drop the oldest messages to fit the context (default) or refuse (False)
+    truncate: bool | None = None

@@ -1,0 +1,50 @@
+"""Fitting a conversation into a context by dropping its oldest turns.
+
+Ollama's chat keeps working when a conversation outgrows the model's context: it drops
+the oldest messages (never the system prompt, never the newest message) until the
+prompt fits. A backend that honours :attr:`GenerationRequest.truncate` calls
+:func:`fit_history` with its own measure of "fits" (it renders the chat template and
+counts with the model's tokenizer); the choice of what to drop lives here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from .types import Message
+
+
+async def fit_history(
+    messages: Sequence[Message], fits: Callable[[tuple[Message, ...]], Awaitable[bool]]
+) -> tuple[Message, ...] | None:
+    """The longest recent part of ``messages`` that ``fits`` (awaited), or None.
+
+    Kept always: the leading system messages and the last message. Dropped first: the
+    oldest of the others, one turn at a time; a kept part never starts with a tool
+    result whose call was dropped. ``messages`` itself is returned when it fits.
+    ``fits`` is called O(log n) times (it must be monotonic: a shorter history that
+    drops more turns fits whenever a longer one does).
+    """
+    whole = tuple(messages)
+    if await fits(whole):
+        return whole
+    head = 0
+    while head < len(whole) - 1 and whole[head].role == "system":
+        head += 1
+    system, rest = whole[:head], whole[head:]
+    # Candidate cut points: rest[cut:] is kept. A cut may not orphan a tool result.
+    cuts = [cut for cut in range(1, len(rest)) if rest[cut].role != "tool"] or (
+        [len(rest) - 1] if rest else [])
+
+    def kept(cut: int) -> tuple[Message, ...]:
+        return system + rest[cut:]
+
+    # The smallest cut that fits keeps the most history; fitting is monotonic in the cut.
+    low, high, best = 0, len(cuts) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        if await fits(kept(cuts[middle])):
+            best, high = cuts[middle], middle - 1
+        else:
+            low = middle + 1
+    return kept(best) if best is not None else None
