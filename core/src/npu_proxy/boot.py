@@ -155,7 +155,7 @@ class StagedApp:
         self._lifespan = lifespan
         self._app = app
         self._settled.set()
-        log.info("ready: plugins composed and started %.2f s after listening",
+        log.info("ready: plugins composed and started %.2f s after the server started",
                  time.time() - self._started)
 
     async def _stop(self) -> None:
