@@ -2,15 +2,16 @@
 
 Values come from the environment (and CLI flags, which override it). An invalid value
 stops startup with a message naming the variable (see :func:`load_settings`).
-Plugins with options of their own read them from here or define their own
-pydantic-settings class with the same prefix.
+A plugin with options of its own declares them in a subclass of
+:class:`PluginSettings` (same ``NPU_PROXY_`` prefix) and reads them with
+:func:`load_plugin_settings`; the core's :class:`Settings` holds only what the core uses.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -236,14 +237,39 @@ class SettingsError(Exception):
     """Invalid configuration; the message names each offending variable."""
 
 
+S = TypeVar("S", bound=BaseSettings)
+
+
+class PluginSettings(BaseSettings):
+    """Base class for a plugin's own settings, read from ``NPU_PROXY_*`` like the core's.
+
+    Subclass it, declare fields with defaults and descriptions, and read it once with
+    :func:`load_plugin_settings` (in the plugin's registration hook), so an invalid
+    value stops startup with the same message shape as the core's variables.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment with ``overrides`` (CLI flags) on top.
 
     ``None`` overrides are ignored. Raises :class:`SettingsError` naming the variables.
     """
+    return load_plugin_settings(Settings, **overrides)
+
+
+def load_plugin_settings(cls: type[S], **overrides: Any) -> S:
+    """Build ``cls`` (a :class:`PluginSettings` or :class:`Settings`) from the environment.
+
+    ``None`` overrides are ignored. Raises :class:`SettingsError` naming each offending
+    ``NPU_PROXY_*`` variable.
+    """
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        return cls(**given)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
