@@ -14,7 +14,7 @@ from npu_proxy_openvino import (
     OpenVINOSettings,
     PipelineFactory,
 )
-from npu_proxy_openvino.batching import EXACT_KV_CACHE
+from npu_proxy_openvino.batching import EXACT_CPU_NUMERICS
 from npu_proxy_openvino.settings import device_parallel
 
 
@@ -27,8 +27,8 @@ class CpuBackend(OpenVINOBackend):
     """
 
     def pipeline_properties(self, model: ModelInfo) -> dict[str, Any]:
-        """An f16 KV cache, so a batched greedy answer is the one it would be alone."""
-        return dict(EXACT_KV_CACHE)
+        """Exact numerics: a batched answer or embedding is the one it would be alone."""
+        return dict(EXACT_CPU_NUMERICS)
 
     def __init__(
         self,
