@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 #: Key of a :class:`~npu_proxy.plugins.PluginHost` in the ``npu-proxy`` click context's
 #: ``obj``: an application (or a test) that composes its own plugins, inline ones
-#: included, passes ``obj={HOST_KEY: host}`` and the command line uses that host for
-#: plugin commands and doctor checks instead of loading the installed plugins.
+#: included, passes ``obj={HOST_KEY: host}`` and every command (plugin commands,
+#: ``plugins``, ``devices``, ``doctor``) uses that host instead of loading the
+#: installed plugins.
 HOST_KEY = "plugin_host"
 
 #: ``fail`` makes ``npu-proxy doctor`` exit 1; ``warn`` is worth a look; ``info`` and

@@ -38,9 +38,14 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _host(settings: Settings) -> PluginHost:
+def _host(ctx: click.Context, settings: Settings) -> PluginHost:
+    """The host handed in as ``obj[HOST_KEY]``, else the selected installed plugins."""
+    from .checks import HOST_KEY
     from .plugins import PluginError, PluginHost
 
+    given: PluginHost | None = (ctx.obj or {}).get(HOST_KEY)
+    if given is not None:
+        return given
     try:
         return PluginHost.load(settings.plugins)
     except PluginError as exc:
@@ -223,7 +228,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     from .plugins import PluginError
 
     settings = _settings(ctx)
-    host = _host(settings)
+    host = _host(ctx, settings)
     try:
         build_context(settings, host)  # runs the registration hooks, recording failures
     except StartupError as exc:
@@ -257,7 +262,7 @@ def devices(ctx: click.Context, as_json: bool) -> None:
 
     settings = _settings(ctx)
     try:
-        server = build_context(settings, _host(settings))
+        server = build_context(settings, _host(ctx, settings))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     infos = asyncio.run(server.engine.probe())

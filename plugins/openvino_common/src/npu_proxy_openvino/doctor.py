@@ -118,14 +118,16 @@ def check_device(
     return checks
 
 
-def check_device_files(settings: Settings, device: str, pattern: str) -> list[Check]:
-    """Linux: ``device``'s files (``/dev/<pattern>``) exist and this user may open them.
+def check_device_files(
+    settings: Settings, device: str, pattern: str, root: Path = Path("/dev")
+) -> list[Check]:
+    """Linux: ``device``'s files (``root/<pattern>``) exist and this user may open them.
 
     Nothing is said when there are none (no such hardware) or for the mock backend.
     """
     if platform.system() != "Linux" or not settings.real_inference:
         return []
-    nodes = sorted(Path("/dev").glob(pattern))
+    nodes = sorted(root.glob(pattern))
     if not nodes:
         return []
     blocked = [str(n) for n in nodes if not os.access(n, os.R_OK | os.W_OK)]
