@@ -38,12 +38,19 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _host(ctx: click.Context, settings: Settings) -> PluginHost:
-    """The host handed in as ``obj[HOST_KEY]``, else the selected installed plugins."""
+def _given_host(ctx: click.Context) -> PluginHost | None:
+    """The host an embedding application (or a test) handed in as ``obj[HOST_KEY]``."""
     from .checks import HOST_KEY
-    from .plugins import PluginError, PluginHost
 
     given: PluginHost | None = (ctx.obj or {}).get(HOST_KEY)
+    return given
+
+
+def _host(ctx: click.Context, settings: Settings) -> PluginHost:
+    """The host handed in, else the selected installed plugins."""
+    from .plugins import PluginError, PluginHost
+
+    given = _given_host(ctx)
     if given is not None:
         return given
     try:
@@ -91,7 +98,7 @@ class _Main(click.Group):
         provided = self._plugin_commands(ctx)
         if cmd_name in provided:
             return provided[cmd_name].command
-        selected = _selection(ctx)
+        selected = None if _given_host(ctx) else _selection(ctx)
         if selected is not None:
             from .commands import unselected_provider
 
@@ -107,11 +114,10 @@ class _Main(click.Group):
     def _plugin_commands(self, ctx: click.Context) -> dict[str, PluginCommand]:
         """The selected plugins' commands, loaded once per invocation."""
         if self._CACHE not in ctx.meta:
-            from .checks import HOST_KEY
             from .commands import plugin_commands
             from .plugins import PluginError, PluginHost
 
-            given = (ctx.obj or {}).get(HOST_KEY)
+            given = _given_host(ctx)
             try:
                 host = given if given is not None else PluginHost.load(_selection(ctx))
                 ctx.meta[self._CACHE] = plugin_commands(host)
