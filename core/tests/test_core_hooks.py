@@ -153,3 +153,47 @@ def test_hook_shutdown(tmp_path: Path) -> None:
     with LiveServer(make_app(test_settings(tmp_path), ["mock"], {"s": plugin})):
         assert seen == []
     assert seen == [True]
+
+
+# The two tests below import what they use themselves, so that they stay one block.
+
+
+def test_hook_register_commands() -> None:
+    import click
+    from click.testing import CliRunner
+    from npu_proxy.checks import HOST_KEY
+    from npu_proxy.cli import main
+    from npu_proxy.testing import make_host
+
+    @click.command()
+    @click.argument("who")
+    def greet(who: str) -> None:
+        """Greet WHO."""
+        click.echo(f"hello, {who}")
+
+    plugin = inline_plugin(npu_proxy_register_commands=lambda register: register(greet))
+    host = make_host([], {"greeter": plugin})
+    result = CliRunner().invoke(main, ["greet", "npu"], obj={HOST_KEY: host})
+    assert (result.exit_code, result.output) == (0, "hello, npu\n")
+
+
+def test_hook_register_doctor_checks(tmp_path: Path) -> None:
+    from npu_proxy.checks import Check, DoctorCheck
+    from npu_proxy.doctor import render, run_checks
+    from npu_proxy.settings import Settings
+    from npu_proxy.testing import free_port, make_host
+
+    def disk_check(settings: Settings) -> list[Check]:
+        return [Check("models", "warn", f"{settings.model_path.name} is on a slow disk",
+                      fix="move it")]
+
+    plugin = inline_plugin(npu_proxy_register_doctor_checks=lambda register: register(
+        DoctorCheck("slow-disk", "models", disk_check)))
+    overrides = {"model_path": str(tmp_path), "host": "127.0.0.1", "port": free_port(),
+                 "real_inference": False}
+    found = run_checks(overrides, make_host([], {"disks": plugin}))
+    [mine] = [c for c in found if c.plugin == "disks"]
+    assert (mine.area, mine.status, mine.message) == (
+        "models", "warn", f"{tmp_path.name} is on a slow disk")
+    assert f"\nmodels (plugin disks)\n  WARN  {tmp_path.name} is on a slow disk\n" \
+        in render(found)

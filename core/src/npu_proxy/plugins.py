@@ -241,12 +241,16 @@ class PluginHost:
 
     # --- registration hooks ----------------------------------------------------------
 
-    def collect(self, hook: str, expected: type[T], settings: Any) -> list[tuple[str, T]]:
+    def collect(
+        self, hook: str, expected: type[T], settings: Any, *, isolate: bool = False
+    ) -> list[tuple[str, T]]:
         """Call ``hook`` on each plugin with a ``register`` callback; return (plugin, object).
 
         Objects must be ``expected`` instances with a unique ``name``; a duplicate is a
         :class:`PluginError` naming both plugins. A plugin whose hook raises is fatal if
-        it was asked for by name (or is built in), otherwise skipped and recorded.
+        it was asked for by name (or is built in), otherwise skipped and recorded; with
+        ``isolate`` (the doctor, which reports rather than stops) it is always skipped
+        and recorded in its :attr:`PluginRecord.error`.
         """
         collected: list[tuple[str, T]] = []
         owners: dict[str, str] = {}
@@ -281,9 +285,13 @@ class PluginHost:
                 raise
             except Exception as exc:
                 record = self.record(plugin_name)
-                if plugin_name in self.requested or (record is not None and record.builtin):
+                fatal = plugin_name in self.requested or (record is not None and record.builtin)
+                if fatal and not isolate:
                     raise PluginError(f"plugin {plugin_name!r} failed in {hook}: {exc}") from exc
-                log.exception("plugin %r failed in %s; skipping it", plugin_name, hook)
+                if isolate:  # the caller reports it; a traceback would read as a crash
+                    log.debug("plugin %r failed in %s", plugin_name, hook, exc_info=True)
+                else:
+                    log.exception("plugin %r failed in %s; skipping it", plugin_name, hook)
                 if record is not None:
                     record.error = f"{hook}: {type(exc).__name__}: {exc}"
         return collected

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from npu_proxy.checks import DoctorCheck
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
@@ -23,3 +24,12 @@ def npu_proxy_register_models(register: Callable[[ModelInfo], None], settings: S
     """
     for model in embedded_models(settings.model_path):
         register(model)
+
+
+@hookimpl
+def npu_proxy_register_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
+    """Register ``npu-proxy doctor``'s check of OpenVINO (its version and devices)."""
+    from .doctor import doctor_checks
+
+    for check in doctor_checks():
+        register(check)

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
-from npu_proxy import client_cli
-from npu_proxy.client_cli import COMMANDS, server_url
 from npu_proxy.hub.pull import Puller
 from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
 from npu_proxy.testing_hub import FakeHub, HubFile
+from npu_proxy_ollama import cli as ollama_cli
+from npu_proxy_ollama.cli import COMMANDS, server_url
 
 IR_REPO = {
     "openvino_model.xml": HubFile(b"<net/>" * 100, lfs=False),
@@ -266,10 +266,10 @@ def test_the_api_key_is_sent_as_a_bearer_token(
     settings = test_settings(tmp_path, api_key="s3cret-key")
     with LiveServer(make_app(settings, ["mock", "ollama"])) as live:
         monkeypatch.delenv("NPU_PROXY_API_KEY", raising=False)
-        refused = CliRunner().invoke(client_cli.list_models, ["--url", live.url])
+        refused = CliRunner().invoke(ollama_cli.list_models, ["--url", live.url])
         assert refused.exit_code == 1
         assert "NPU_PROXY_API_KEY" in refused.stderr
         monkeypatch.setenv("NPU_PROXY_API_KEY", "s3cret-key")
-        allowed = CliRunner().invoke(client_cli.list_models, ["--url", live.url])
+        allowed = CliRunner().invoke(ollama_cli.list_models, ["--url", live.url])
         assert allowed.exit_code == 0 and "mock:latest" in allowed.output
         assert httpx.get(live.url + "/api/tags").status_code == 401
