@@ -13,13 +13,12 @@ from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import EmbeddingRequest
-from npu_proxy.web import ClientDisconnected, read_json, until_disconnected, validate
+from npu_proxy.web import read_json, until_disconnected, validate
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .options import model_field, parse_keep_alive, parse_options
-from .running import CLIENT_CLOSED
 from .schemas import StrictBody
 
 
@@ -55,12 +54,6 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
     """The embedding endpoints, closed over ``ctx``."""
     router = APIRouter()
 
-    async def run(request: Request, embedding: EmbeddingRequest) -> Any:
-        try:
-            return await until_disconnected(request, ctx.engine.embed(embedding))
-        except ClientDisconnected:
-            return None
-
     async def load(request: Request, name: str, keep_alive: float | None) -> dict[str, str]:
         if keep_alive == 0:
             await ctx.engine.unload(name)
@@ -78,23 +71,16 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
         inputs = _inputs(body.input)
         if not inputs:
             ctx.store.resolve(name)
-            try:
-                headers = await load(request, name, keep_alive)
-            except ClientDisconnected:
-                return Response(status_code=CLIENT_CLOSED)
+            headers = await load(request, name, keep_alive)
             return JSONResponse({"model": name, "embeddings": []}, headers=headers)
-        result = await run(
-            request,
-            EmbeddingRequest(
-                model=name,
-                inputs=inputs,
-                truncate=body.truncate is not False,
-                dimensions=body.dimensions,
-                keep_alive=keep_alive,
-            ),
+        work = EmbeddingRequest(
+            model=name,
+            inputs=inputs,
+            truncate=body.truncate is not False,
+            dimensions=body.dimensions,
+            keep_alive=keep_alive,
         )
-        if result is None:
-            return Response(status_code=CLIENT_CLOSED)
+        result = await until_disconnected(request, ctx.engine.embed(work))
         payload = {
             "model": name,
             "embeddings": result.result.vectors,
@@ -113,16 +99,10 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
         parse_options(body.options)
         if not body.prompt:
             ctx.store.resolve(name)
-            try:
-                headers = await load(request, name, keep_alive)
-            except ClientDisconnected:
-                return Response(status_code=CLIENT_CLOSED)
+            headers = await load(request, name, keep_alive)
             return JSONResponse({"embedding": []}, headers=headers)
-        result = await run(
-            request, EmbeddingRequest(model=name, inputs=(body.prompt,), keep_alive=keep_alive)
-        )
-        if result is None:
-            return Response(status_code=CLIENT_CLOSED)
+        work = EmbeddingRequest(model=name, inputs=(body.prompt,), keep_alive=keep_alive)
+        result = await until_disconnected(request, ctx.engine.embed(work))
         return JSONResponse({"embedding": result.result.vectors[0]}, headers=result.route.headers())
 
     return router
