@@ -20,7 +20,7 @@ from npu_proxy.web import HttpError, read_json, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from .options import model_field
+from .options import read_named
 from .schemas import StrictBody
 from .wire import details, digest_hex, rfc3339
 
@@ -131,9 +131,8 @@ def management_routes(ctx: ServerContext) -> APIRouter:
 
     @router.post("/api/show")
     async def show(request: Request) -> Response:
-        data = await read_json(request)
-        validate(StreamBody, data)
-        info = ctx.store.resolve(model_field(data))
+        _, name = await read_named(request, StreamBody)
+        info = ctx.store.resolve(name)
         payload = {
             "license": str(info.extra.get("license", "")),
             "modelfile": modelfile(info),
@@ -179,9 +178,7 @@ def management_routes(ctx: ServerContext) -> APIRouter:
 
     @router.delete("/api/delete")
     async def delete(request: Request) -> Response:
-        data = await read_json(request)
-        validate(StreamBody, data)
-        name = model_field(data)
+        _, name = await read_named(request, StreamBody)
         info = ctx.store.resolve(name)
         if not info.builtin:
             await ctx.engine.unload(name)  # a deleted model must not stay resident

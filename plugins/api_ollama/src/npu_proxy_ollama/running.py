@@ -53,19 +53,26 @@ async def load_or_unload(
     ``shape`` is the empty reply field of the endpoint (``response`` or ``message``).
     Ollama answers with one object whether or not the request asked for a stream.
     """
-    headers: dict[str, str] = {}
-    if keep_alive == 0:
-        await ctx.engine.unload(name)
-        reason = "unload"
-    else:
-        _, route, _ = await until_disconnected(request, ctx.engine.load(name, keep_alive))
-        headers = route.headers()
-        reason = "load"
+    headers = await load_model(ctx, request, name, keep_alive)
     payload = {
         "model": name,
         "created_at": now_rfc3339(),
         **shape,
         "done": True,
-        "done_reason": reason,
+        "done_reason": "unload" if keep_alive == 0 else "load",
     }
     return JSONResponse(payload, headers=headers)
+
+
+async def load_model(
+    ctx: ServerContext, request: Request, name: str, keep_alive: float | None
+) -> dict[str, str]:
+    """Load ``name`` for ``keep_alive`` (unload it when 0); the route headers of a load.
+
+    A client that leaves while the model loads ends the request (499).
+    """
+    if keep_alive == 0:
+        await ctx.engine.unload(name)
+        return {}
+    _, route, _ = await until_disconnected(request, ctx.engine.load(name, keep_alive))
+    return route.headers()
