@@ -1,5 +1,7 @@
-"""Helpers every dialect needs: reading a JSON body, validating it, and noticing when
-the client has gone while a request waits for a device.
+"""Helpers every dialect needs: reading a JSON body, validating it, noticing when the
+client has gone while a request waits for a device (answered with the one
+:data:`CLIENT_CLOSED` status), and :class:`HttpError` for errors the web layer raises
+itself. Streaming and collecting generations are in :mod:`npu_proxy.streaming`.
 
 Dialects parse their own bodies (instead of FastAPI's body parameters) so that every
 error, validation included, is rendered in the dialect's own shape.
