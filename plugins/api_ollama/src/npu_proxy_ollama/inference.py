@@ -87,11 +87,20 @@ class _Common:
     options: SamplingOptions
     response_format: ResponseFormat | None
 
-    def request(self, **fields: Any) -> GenerationRequest:
-        """A GenerationRequest of these settings and ``fields`` (prompt or messages...)."""
+    def request(
+        self,
+        *,
+        messages: tuple[Message, ...] | None = None,
+        prompt: str | None = None,
+        suffix: str | None = None,
+        tools: tuple[ToolSpec, ...] = (),
+        truncate: bool = False,
+    ) -> GenerationRequest:
+        """The GenerationRequest of these settings for ``messages`` or a raw ``prompt``."""
         return GenerationRequest(
-            model=self.name, options=self.options, response_format=self.response_format,
-            keep_alive=self.keep_alive, **fields,
+            model=self.name, messages=messages, prompt=prompt, suffix=suffix, tools=tools,
+            options=self.options, response_format=self.response_format,
+            keep_alive=self.keep_alive, truncate=truncate,
         )
 
 
