@@ -30,6 +30,7 @@ from .streaming import MessageStream
 if TYPE_CHECKING:
     from npu_proxy.context import ServerContext
 
+
 def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
