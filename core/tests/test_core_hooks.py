@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from npu_proxy import hookspecs
 from npu_proxy.api import ApiDialect
+from npu_proxy.engine.errors import EngineError
 from npu_proxy.engine.events import MetricsSink, RequestCompleted
 from npu_proxy.engine.types import Capability, ModelInfo
 from npu_proxy.testing import LiveServer, backend_plugin, inline_plugin, make_app, test_settings
@@ -56,9 +57,9 @@ class Echo(ApiDialect):
 
         return router
 
-    def error_response(self, status: int, message: str, *, code: str = "",
-                       headers: dict[str, str] | None = None) -> PlainTextResponse:
-        return PlainTextResponse(f"echo error: {message}", status_code=status, headers=headers)
+    def error_response(self, error: EngineError) -> PlainTextResponse:
+        return PlainTextResponse(f"echo error: {error.message}", status_code=error.status,
+                                 headers=error.headers)
 
 
 def test_hook_register_api(tmp_path: Path) -> None:

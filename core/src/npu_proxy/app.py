@@ -21,11 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from . import __version__
-from .api import ApiDialect
+from .api import ApiDialect, plain_error_response
 from .context import ServerContext
 from .engine.backend import Backend
 from .engine.engine import Engine
-from .engine.errors import EngineError
+from .engine.errors import EngineError, InvalidRequestError
 from .engine.events import EventBus, MetricsSink
 from .engine.routing import RoutingPolicy
 from .engine.store import ModelStore
@@ -35,7 +35,7 @@ from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
 from .security import SecurityMiddleware, policy_options
 from .settings import Settings
-from .web import ClientDisconnected
+from .web import CLIENT_CLOSED, ClientDisconnected, HttpError
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +101,12 @@ def dialect_for(ctx: ServerContext, path: str) -> ApiDialect | None:
     return best[1] if best else None
 
 
-def error_response(ctx: ServerContext, path: str, status: int, message: str, code: str = "",
-                   headers: dict[str, str] | None = None) -> Response:
-    """An error in the shape of the dialect that owns ``path`` (plain JSON otherwise)."""
+def error_response(ctx: ServerContext, path: str, error: EngineError) -> Response:
+    """``error`` in the shape of the dialect that owns ``path`` (plain JSON otherwise)."""
     dialect = dialect_for(ctx, path)
     if dialect is None:
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-    return dialect.error_response(status, message, code=code, headers=headers)
+        return plain_error_response(error)
+    return dialect.error_response(error)
 
 
 async def _run_hook(ctx: ServerContext, hook: str) -> None:
@@ -172,32 +169,29 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail) if exc.status_code != 404 else f"{request.url.path} not found"
-        return error_response(ctx, request.url.path, exc.status_code, message,
-                              headers=getattr(exc, "headers", None))
+        error = HttpError(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return error_response(ctx, request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error_response(ctx, request.url.path, 400, f"invalid request: {loc} "
-                              f"{first.get('msg', '')}".strip(), code="invalid_request")
+        message = f"invalid request: {loc} {first.get('msg', '')}".strip()
+        return error_response(ctx, request.url.path, InvalidRequestError(message))
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError) -> Response:
-        retry = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if retry is not None else None
-        return error_response(ctx, request.url.path, exc.status, exc.message, exc.code, headers)
+        return error_response(ctx, request.url.path, exc)
 
     @app.exception_handler(ClientDisconnected)
     async def disconnected(request: Request, exc: ClientDisconnected) -> Response:
-        # Nobody is listening; 499 (Ollama's and nginx's "client closed request") is
-        # what the access log and the metrics should show.
-        return Response(status_code=499)
+        # Nobody is listening; the status is for the access log and the metrics.
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return error_response(ctx, request.url.path, 500, "internal server error")
+        return error_response(ctx, request.url.path, EngineError("internal server error"))
 
     _add_network_safety(app, ctx)
     app.add_middleware(RequestContextMiddleware, bus=ctx.bus)
@@ -210,7 +204,7 @@ def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
     app.add_middleware(
         SecurityMiddleware,
         render=lambda path, status, message, code, headers: error_response(
-            ctx, path, status, message, code, headers),
+            ctx, path, HttpError(status, message, code=code, headers=headers)),
         **policy_options(settings),
     )
     app.add_middleware(

@@ -25,13 +25,14 @@ from npu_proxy.engine.errors import InvalidRequestError, ModelNotFoundError
 from npu_proxy.engine.gguf import FILE_TYPES, GGUFError, parameter_size, read_header
 from npu_proxy.engine.names import canonical
 from npu_proxy.engine.types import Capability, ModelInfo
+from npu_proxy.streaming import NDJSON, ClosingStreamResponse
 from npu_proxy.web import read_json, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .options import model_field, parse_options
 from .schemas import StrictBody
-from .wire import NDJSONResponse, line
+from .wire import line
 
 IR_XML = "openvino_model.xml"
 _CHUNK = 1024 * 1024
@@ -267,6 +268,8 @@ def create_routes(ctx: ServerContext) -> APIRouter:
         info = await ctx.store.awrite(info)
         if body.stream is False:
             return JSONResponse({"status": "success"})
-        return NDJSONResponse(_progress(info.digest.removeprefix("sha256:")))
+        return ClosingStreamResponse(
+            _progress(info.digest.removeprefix("sha256:")), media_type=NDJSON
+        )
 
     return router

@@ -16,13 +16,13 @@ from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.lifecycle import Residency
 from npu_proxy.engine.types import Capability, ModelInfo
-from npu_proxy.web import read_json, validate
+from npu_proxy.web import HttpError, read_json, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from .options import model_field
+from .options import read_named
 from .schemas import StrictBody
-from .wire import details, digest_hex, error_json, rfc3339
+from .wire import details, digest_hex, rfc3339
 
 #: The Ollama version this server claims. Clients parse it as a number and gate
 #: features on it (VS Code Copilot wants at least 0.6.4); every endpoint and field that
@@ -131,9 +131,8 @@ def management_routes(ctx: ServerContext) -> APIRouter:
 
     @router.post("/api/show")
     async def show(request: Request) -> Response:
-        data = await read_json(request)
-        validate(StreamBody, data)
-        info = ctx.store.resolve(model_field(data))
+        _, name = await read_named(request, StreamBody)
+        info = ctx.store.resolve(name)
         payload = {
             "license": str(info.extra.get("license", "")),
             "modelfile": modelfile(info),
@@ -179,9 +178,7 @@ def management_routes(ctx: ServerContext) -> APIRouter:
 
     @router.delete("/api/delete")
     async def delete(request: Request) -> Response:
-        data = await read_json(request)
-        validate(StreamBody, data)
-        name = model_field(data)
+        _, name = await read_named(request, StreamBody)
         info = ctx.store.resolve(name)
         if not info.builtin:
             await ctx.engine.unload(name)  # a deleted model must not stay resident
@@ -190,12 +187,12 @@ def management_routes(ctx: ServerContext) -> APIRouter:
 
     @router.post("/api/push")
     async def push() -> Response:
-        return error_json(501, "push is not supported: npu-proxy serves local models only")
+        raise HttpError(501, "push is not supported: npu-proxy serves local models only")
 
     @router.post("/api/blobs/{digest}")
     @router.head("/api/blobs/{digest}", include_in_schema=False)
     async def blobs(digest: str) -> Response:
-        return error_json(
+        raise HttpError(
             501, "blobs are not supported: create models from a local file with 'from'"
         )
 

@@ -27,13 +27,14 @@ from npu_proxy.engine.names import parse_model_name
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.hub.pull import PullProgress, describe_progress
 from npu_proxy.hub.spec import resolve_pull_name
+from npu_proxy.streaming import NDJSON, ClosingStreamResponse
 from npu_proxy.web import read_json, until_disconnected, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .options import model_field
 from .schemas import StrictBody
-from .wire import NDJSONResponse, digest_hex, line
+from .wire import digest_hex, line
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,6 @@ def pull_routes(ctx: ServerContext) -> APIRouter:
         if body.stream is False:
             return JSONResponse(await until_disconnected(request, run_to_end(stream)))
         lines = await until_disconnected(request, until_listed(stream))
-        return NDJSONResponse(lines)
+        return ClosingStreamResponse(lines, media_type=NDJSON)
 
     return router
