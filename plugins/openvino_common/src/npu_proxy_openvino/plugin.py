@@ -1,7 +1,8 @@
-"""Entry point ``openvino`` (group ``npu_proxy.backends``): the embedded default models.
+"""Entry point ``openvino`` (group ``npu_proxy.backends``): model formats and the embedded models.
 
 The device backends live in their own plugins (``openvino-cpu``, ``openvino-gpu``,
-``openvino-npu``); this one only registers the models every one of them can serve.
+``openvino-npu``); this one registers the model formats they all read (GGUF, OpenVINO
+IR, ONNX embeddings: :mod:`.formats`) and the models every one of them can serve.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from npu_proxy.engine.types import ModelInfo
 from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
 
+from .formats import npu_proxy_register_model_formats
 from .models import embedded_models
+
+__all__ = ["npu_proxy_register_model_formats", "npu_proxy_register_models"]
 
 
 @hookimpl
