@@ -108,7 +108,8 @@ def test_hook_register_model_formats(tmp_path: Path) -> None:
     (tmp_path / "m.txt").write_text("llama")
     assert store.import_path(tmp_path / "m.txt", "text-model").family == "llama"
     twin = inline_plugin(npu_proxy_register_model_formats=lambda register: register(Text()))
-    with pytest.raises(StartupError, match="'text' is registered by both plugin 'one' and plugin 'two'"):
+    clash = "'text' is registered by both plugin 'one' and plugin 'two'"
+    with pytest.raises(StartupError, match=clash):
         make_app(test_settings(tmp_path), [], {"one": plugin, "two": twin})
 
 

@@ -153,7 +153,8 @@ def test_old_manifests_still_load(tmp_path: Path) -> None:
     store.scan()
     info = store.resolve("old")
     assert info.details == NoteDetails(note="kept")
-    assert info.pulled == PulledFrom("org/old", "c0ffee", (PulledFile("model.note", 10, "ff" * 32),))
+    files = (PulledFile("model.note", 10, "ff" * 32),)
+    assert info.pulled == PulledFrom("org/old", "c0ffee", files)
     assert (info.system, info.parameters, info.license) == ("Be brief.", {"num_ctx": 512}, "MIT")
     assert info.path == folder / "model.note"
     # Written again, the manifest has the new shape and reads back the same.
