@@ -325,25 +325,46 @@ class GGUFFormat(ModelFormat):
         return describe_gguf(path, name)
 
 
-class IRFormat(ModelFormat):
-    """An OpenVINO IR folder (``openvino_model.xml`` + ``.bin``, tokenizer IR, configs)."""
+class _MarkedFolderFormat(ModelFormat):
+    """A format whose repositories and folders are recognised by one ``marker`` file."""
 
-    name = "ir"
-    details_type = EmbeddingDetails
-    aliases = IR_ALIASES
+    marker: str
+
+    def wanted(self, path: str) -> bool:
+        """Whether a repository's file ``path`` is part of the model."""
+        raise NotImplementedError
+
+    def describe_folder(self, folder: Path, name: str) -> ModelInfo:
+        """``ModelInfo`` of a folder holding :attr:`marker`."""
+        raise NotImplementedError
 
     def select(
         self, request: HubRequest, listing: Sequence[RemoteFile], peek: Peek
     ) -> list[RemoteFile] | None:
-        """Every file of the repository but documentation and pictures."""
-        if not any(f.path == IR_MODEL for f in listing):
+        if not any(f.path == self.marker for f in listing):
             return None
-        return [f for f in listing if not _SKIP.search(f.path)]
+        return [f for f in listing if self.wanted(f.path)]
 
     def describe(self, path: Path, name: str) -> ModelInfo | None:
-        if not (path.is_dir() and (path / IR_MODEL).is_file()):
+        if not (path.is_dir() and (path / self.marker).is_file()):
             return None
-        return describe_ir(path, name)
+        return self.describe_folder(path, name)
+
+
+class IRFormat(_MarkedFolderFormat):
+    """An OpenVINO IR folder (``openvino_model.xml`` + ``.bin``, tokenizer IR, configs);
+    a pull fetches every file of the repository but documentation and pictures."""
+
+    name = "ir"
+    details_type = EmbeddingDetails
+    aliases = IR_ALIASES
+    marker = IR_MODEL
+
+    def wanted(self, path: str) -> bool:
+        return not _SKIP.search(path)
+
+    def describe_folder(self, folder: Path, name: str) -> ModelInfo:
+        return describe_ir(folder, name)
 
     def validate(self, info: ModelInfo) -> None:
         super().validate(info)
@@ -351,8 +372,9 @@ class IRFormat(ModelFormat):
             raise ModelFormatError(f"model '{info.name}' has embedding details but cannot embed")
 
 
-class OnnxEmbeddingFormat(ModelFormat):
-    """A sentence-transformers ONNX export (``onnx/model.onnx`` + tokenizer and configs).
+class OnnxEmbeddingFormat(_MarkedFolderFormat):
+    """A sentence-transformers ONNX export (``onnx/model.onnx`` + tokenizer and configs);
+    a pull fetches the ONNX model and the tokenizer and sentence-transformers files.
 
     A pull converts it to IR in place (:meth:`prepare`); a model registered or created
     in this format is converted once, at its first load, into the plugin's cache.
@@ -361,20 +383,13 @@ class OnnxEmbeddingFormat(ModelFormat):
     name = "onnx"
     details_type = EmbeddingDetails
     aliases = EMBEDDING_ALIASES
+    marker = ONNX_MODEL
 
-    def select(
-        self, request: HubRequest, listing: Sequence[RemoteFile], peek: Peek
-    ) -> list[RemoteFile] | None:
-        """The ONNX model and the tokenizer and sentence-transformers files next to it."""
-        if not any(f.path == ONNX_MODEL for f in listing):
-            return None
-        return [f for f in listing if f.path == ONNX_MODEL or f.path in _EMBEDDING_FILES]
+    def wanted(self, path: str) -> bool:
+        return path == ONNX_MODEL or path in _EMBEDDING_FILES
 
-    def describe(self, path: Path, name: str) -> ModelInfo | None:
-        """A folder laid out like a sentence-transformers repository with an ONNX export."""
-        if not (path.is_dir() and (path / ONNX_MODEL).is_file()):
-            return None
-        return describe_onnx_embedding(path / ONNX_MODEL, path, name)
+    def describe_folder(self, folder: Path, name: str) -> ModelInfo:
+        return describe_onnx_embedding(folder / ONNX_MODEL, folder, name)
 
     def prepare(self, folder: Path, info: ModelInfo) -> ModelInfo:
         """Convert the pulled export to IR in ``folder``; the model becomes format ``ir``."""
