@@ -13,10 +13,9 @@ from npu_proxy.engine.types import ModelInfo
 from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
 
-from .formats import npu_proxy_register_model_formats
+# The formats' hook lives with the formats; imported here, it is this plugin's hook too.
+from .formats import npu_proxy_register_model_formats  # noqa: F401
 from .models import embedded_models
-
-__all__ = ["npu_proxy_register_model_formats", "npu_proxy_register_models"]
 
 
 @hookimpl
