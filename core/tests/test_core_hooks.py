@@ -85,6 +85,35 @@ def test_hook_register_models(tmp_path: Path) -> None:
     assert resolved.name == "tiny:latest" and resolved.builtin
 
 
+def test_hook_register_model_formats(tmp_path: Path) -> None:
+    from npu_proxy.app import StartupError
+    from npu_proxy.engine.formats import ModelFormat
+
+    class Text(ModelFormat):
+        """``.txt`` files are models; no repository holds one."""
+
+        name = "text"
+
+        def select(self, request: Any, listing: Any, peek: Any) -> None:
+            return None
+
+        def describe(self, path: Path, name: str) -> ModelInfo | None:
+            if path.suffix != ".txt":
+                return None
+            return ModelInfo(name, "text", path.read_text(), frozenset(), 128, path=path)
+
+    plugin = inline_plugin(npu_proxy_register_model_formats=lambda register: register(Text()))
+    app = make_app(test_settings(tmp_path), [], {"formats": plugin})
+    store = app.state.ctx.store
+    assert store.formats.names() == ["text"]
+    (tmp_path / "m.txt").write_text("llama")
+    assert store.import_path(tmp_path / "m.txt", "text-model").family == "llama"
+    twin = inline_plugin(npu_proxy_register_model_formats=lambda register: register(Text()))
+    clash = "'text' is registered by both plugin 'one' and plugin 'two'"
+    with pytest.raises(StartupError, match=clash):
+        make_app(test_settings(tmp_path), [], {"one": plugin, "two": twin})
+
+
 def test_hook_register_routing_policies(tmp_path: Path) -> None:
     from npu_proxy.engine.routing import RouteDecision, RoutingPolicy
 

@@ -27,6 +27,7 @@ from .engine.backend import Backend
 from .engine.engine import Engine
 from .engine.errors import EngineError, InvalidRequestError
 from .engine.events import EventBus, MetricsSink
+from .engine.formats import ModelFormat, ModelFormats
 from .engine.routing import RoutingPolicy
 from .engine.store import ModelStore
 from .engine.types import ModelInfo
@@ -74,19 +75,26 @@ def build_context(settings: Settings, host: PluginHost) -> ServerContext:
         dialects = [d for _, d in host.collect("npu_proxy_register_api", ApiDialect, settings)]  # type: ignore[type-abstract]
         backends = host.collect("npu_proxy_register_backends", Backend, settings)  # type: ignore[type-abstract]
         models = host.collect("npu_proxy_register_models", ModelInfo, settings)
+        formats = host.collect("npu_proxy_register_model_formats", ModelFormat, settings)  # type: ignore[type-abstract]
         policies = host.collect("npu_proxy_register_routing_policies", RoutingPolicy, settings)  # type: ignore[type-abstract]
         sinks = host.collect("npu_proxy_register_metrics_sinks", MetricsSink, settings)  # type: ignore[type-abstract]
     except PluginError as exc:
         raise StartupError(str(exc)) from None
-    store = ModelStore(settings.model_path)
-    for _, model in models:
-        store.register(model)
+    store = ModelStore(settings.model_path, formats=ModelFormats(f for _, f in formats))
+    for plugin, model in models:
+        try:
+            store.register(model)
+        except EngineError as exc:
+            raise StartupError(f"plugin {plugin!r} registered a bad model: {exc}") from None
     bus = EventBus([s for _, s in sinks])
     engine = Engine(
         settings, store, _select_backends(settings, backends), _select_policy(settings, policies),
         bus,
     )
-    puller = Puller(store, list(engine.backends.values()))
+    try:
+        puller = Puller(store)
+    except ValueError as exc:  # two formats claim one pull alias
+        raise StartupError(str(exc)) from None
     return ServerContext(settings, engine, store, bus, host, dialects, puller=puller)
 
 

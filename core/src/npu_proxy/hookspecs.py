@@ -9,8 +9,9 @@ An implementation may accept any subset of a hook's arguments (pluggy's rule).
 Kinds of plugin and their entry-point groups:
 
 - ``npu_proxy.api``: API dialects (:class:`npu_proxy.api.ApiDialect`)
-- ``npu_proxy.backends``: device backends (:class:`npu_proxy.engine.backend.Backend`)
-  and the models they ship (:class:`npu_proxy.engine.types.ModelInfo`)
+- ``npu_proxy.backends``: device backends (:class:`npu_proxy.engine.backend.Backend`),
+  the models they ship (:class:`npu_proxy.engine.types.ModelInfo`) and the model
+  formats they read (:class:`npu_proxy.engine.formats.ModelFormat`)
 - ``npu_proxy.routing``: routing policies (:class:`npu_proxy.engine.routing.RoutingPolicy`)
 - ``npu_proxy.metrics``: metrics sinks (:class:`npu_proxy.engine.events.MetricsSink`)
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .context import ServerContext
     from .engine.backend import Backend
     from .engine.events import MetricsSink
+    from .engine.formats import ModelFormat
     from .engine.routing import RoutingPolicy
     from .engine.types import ModelInfo
     from .settings import Settings
@@ -84,6 +86,24 @@ def npu_proxy_register_models(
 
     All implementations are called. Models pulled into ``NPU_PROXY_MODEL_PATH`` are read
     from the model store and need no hook; a stored model shadows a registered one.
+    """
+
+
+@hookspec
+def npu_proxy_register_model_formats(
+    register: Callable[[ModelFormat], None], settings: Settings
+) -> None:
+    """Register model formats: the kinds of model file a plugin describes, fetches and prepares.
+
+    :param register: call once per :class:`~npu_proxy.engine.formats.ModelFormat`; its
+        ``name`` (what ``ModelInfo.format`` holds, e.g. ``"gguf"``) must be unique across
+        all plugins.
+    :param settings: the server's settings (the model path, for conversion caches).
+
+    All implementations are called. The hub's downloader asks the formats, in
+    registration order, which files of a repository to fetch; ``create`` asks them to
+    describe a local path; the model store reads each model's details through its
+    format. Register the formats your backends load.
     """
 
 

@@ -61,9 +61,12 @@ def hub() -> Iterator[ServedHub]:
 @pytest.fixture
 def server(tmp_path: Path, hub: ServedHub) -> Iterator[LiveServer]:
     """Mock mode, the Ollama dialect, pulls from ``hub``."""
-    with LiveServer(make_app(test_settings(tmp_path), ["mock", "ollama"])) as live:
+    from npu_proxy_openvino import formats  # what org/tiny-ov holds: OpenVINO IR
+
+    app = make_app(test_settings(tmp_path), ["mock", "ollama"], {"formats": formats})
+    with LiveServer(app) as live:
         ctx = live.ctx
-        ctx.puller = Puller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)
+        ctx.puller = Puller(ctx.store, endpoint=hub.url)
         yield live
 
 

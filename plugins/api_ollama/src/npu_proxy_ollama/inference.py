@@ -49,13 +49,11 @@ def _check_features(info: ModelInfo, body: CommonBody) -> None:
 
 
 def _defaults(info: ModelInfo) -> dict[str, Any]:
-    stored = info.extra.get("parameters")
-    return stored if isinstance(stored, dict) else {}
+    return dict(info.parameters)
 
 
 def _stored_system(info: ModelInfo) -> str | None:
-    system = info.extra.get("system")
-    return system if isinstance(system, str) and system else None
+    return info.system or None
 
 
 def _message(index: int, message: ChatMessage) -> Message:

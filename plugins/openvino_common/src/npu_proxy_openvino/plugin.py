@@ -1,7 +1,8 @@
-"""Entry point ``openvino`` (group ``npu_proxy.backends``): the embedded default models.
+"""Entry point ``openvino`` (group ``npu_proxy.backends``): model formats and the embedded models.
 
 The device backends live in their own plugins (``openvino-cpu``, ``openvino-gpu``,
-``openvino-npu``); this one only registers the models every one of them can serve.
+``openvino-npu``); this one registers the model formats they all read (GGUF, OpenVINO
+IR, ONNX embeddings: :mod:`.formats`) and the models every one of them can serve.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from npu_proxy.engine.types import ModelInfo
 from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
 
+# The formats' hook lives with the formats; imported here, it is this plugin's hook too.
+from .formats import npu_proxy_register_model_formats  # noqa: F401
 from .models import embedded_models
 
 
