@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from core_test_plugins import SimBackend
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.store import ModelStore
 from npu_proxy.hub.pull import Puller, PullError, PullNotFoundError, PullProgress
 from npu_proxy.hub.spec import resolve_pull_name
 from npu_proxy.testing_hub import FakeHub, HubFile
-from npu_proxy_mock.backend import MockBackend
 
 
 def tiny_gguf(arch: str = "llama", context: int = 4096) -> bytes:
@@ -56,7 +56,7 @@ def hub() -> Any:
 
 
 def puller(tmp_path: Path, hub: Any, **kw: Any) -> Puller:
-    backend = MockBackend()
+    backend = SimBackend()
     backend.gguf_architectures = frozenset({"llama", "qwen2"})
     store = ModelStore(tmp_path / "models")
     return Puller(store, [backend], endpoint=hub.url, token="hf_secret", **kw)
@@ -127,7 +127,7 @@ async def test_a_dropped_connection_fails_and_a_retry_succeeds(tmp_path: Path, h
 
 async def test_two_concurrent_pulls_end_with_one_copy(tmp_path: Path, hub: Any) -> None:
     p = puller(tmp_path, hub)
-    other = Puller(ModelStore(tmp_path / "models"), [MockBackend()], endpoint=hub.url)
+    other = Puller(ModelStore(tmp_path / "models"), [SimBackend()], endpoint=hub.url)
     await asyncio.gather(collect(p, "org/tiny-ov"), collect(other, "org/tiny-ov"))
     folders = [x.name for x in (tmp_path / "models").iterdir() if not x.name.startswith(".")]
     assert folders == ["org--tiny-ov--latest"]
@@ -205,6 +205,6 @@ async def test_a_pull_killed_mid_download_leaves_nothing_listed_and_a_retry_succ
     store.scan()  # what a server does at startup: the half-download goes, nothing listed
     assert store.models() == []
     assert not any(p.name.startswith(".staging") for p in models.iterdir())
-    p = Puller(store, [MockBackend()], endpoint=hub.url)
+    p = Puller(store, [SimBackend()], endpoint=hub.url)
     assert (await collect(p, "org/tiny-ov"))[-1].status == "success"
     assert store.resolve("org/tiny-ov").name == "org/tiny-ov:latest"

@@ -6,9 +6,10 @@
 - :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
   plugin's tests to prove the plugin keeps the core's contracts.
 
-Fixtures (available wherever npu-proxy is installed): ``npu_settings`` (mock mode, a
-temporary model store) and ``mock_server`` (a live server with every installed dialect
-and the mock backend).
+Fixtures (available wherever npu-proxy is installed): ``npu_settings`` (simulated
+mode, a temporary model store) and ``mock_server`` (a live server composed of every
+installed plugin in simulated mode). Nothing here imports a plugin: the core's own
+tests run with only the core installed.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .settings import Settings
 
 
 def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings for tests: mock mode, a private model store, no warm-up."""
+    """Settings for tests: simulated mode, a private model store, no warm-up."""
     values: dict[str, Any] = {
         "real_inference": False,
         "model_path": tmp_path / "models",
@@ -149,13 +150,14 @@ class LiveServer:
 
 @pytest.fixture
 def npu_settings(tmp_path: Path) -> Settings:
-    """Mock-mode settings with a temporary model store."""
+    """Simulated-mode settings (``real_inference`` off) with a temporary model store."""
     return test_settings(tmp_path)
 
 
 @pytest.fixture
 def mock_server(npu_settings: Settings) -> Iterator[LiveServer]:
-    """Every installed plugin, in mock mode, behind a real uvicorn server."""
+    """Every installed plugin, in simulated mode, behind a real uvicorn server (the
+    devices are those of the installed simulated backends, such as npu-proxy-mock's)."""
     with LiveServer(make_app(npu_settings)) as server:
         yield server
 
@@ -249,8 +251,7 @@ def routing_context(
     token_count: int = 10,
     preferred: str = "NPU",
     fallback: str | None = None,
-    token_limit: int = 1800,
-    excluded: Mapping[str, str] | None = None,
+    excluded: Mapping[str, RouteReason] | None = None,
 ) -> RoutingContext:
     """A RoutingContext from short device descriptions, e.g. ``{"NPU": {"present": False}}``."""
     model = ModelInfo(name="m:latest", format="mock", family="m", capabilities=frozenset(),
@@ -273,7 +274,6 @@ def routing_context(
         token_count=token_count,
         preferred_device=preferred,
         fallback_device=fallback,
-        token_limit=token_limit,
         devices=states,
         excluded=dict(excluded or {}),
     )

@@ -169,11 +169,12 @@ class GenerationRequest:
 class EmbeddingRequest:
     """Embed each of ``inputs``. ``truncate`` cuts inputs to the context instead of failing.
 
+    ``model`` None means the server's default embedding model (``NPU_PROXY_EMBEDDING_MODEL``).
     ``dimensions`` asks for vectors cut to that length (then re-normalised); ``None``
     keeps the model's own size.
     """
 
-    model: str
+    model: str | None
     inputs: tuple[str, ...]
     truncate: bool = True
     dimensions: int | None = None

@@ -2,7 +2,8 @@
 
 ``/api/embed`` takes a string or a list of strings and returns every vector with
 measured durations; no input just loads the model (Ollama's behaviour). The legacy
-endpoint takes one ``prompt`` and returns ``{"embedding": [...]}``.
+endpoint takes one ``prompt`` and returns ``{"embedding": [...]}``. A request that names
+no model uses the server's default embedding model (``NPU_PROXY_EMBEDDING_MODEL``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def _inputs(raw: Any) -> tuple[str, ...]:
     raise InvalidRequestError("input must be a string or a list of strings", param="input")
 
 
+def _named_model(data: Any) -> str | None:
+    """The model the request names, or None for the server's default embedding model."""
+    if data.get("model") in (None, "") and data.get("name") in (None, ""):
+        return None
+    return model_field(data)
+
+
 def embedding_routes(ctx: ServerContext) -> APIRouter:
     """The embedding endpoints, closed over ``ctx``."""
     router = APIRouter()
@@ -61,28 +69,30 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
         except ClientDisconnected:
             return None
 
-    async def load(request: Request, name: str, keep_alive: float | None) -> dict[str, str]:
+    async def load(request: Request, name: str | None, keep_alive: float | None
+                   ) -> tuple[str, dict[str, str]]:
+        name = name or ctx.engine.embedding_model().name
+        ctx.store.resolve(name)
         if keep_alive == 0:
             await ctx.engine.unload(name)
-            return {}
+            return name, {}
         _, route, _ = await until_disconnected(request, ctx.engine.load(name, keep_alive))
-        return route.headers()
+        return name, route.headers()
 
     @router.post("/api/embed")
     async def embed(request: Request) -> Response:
         data = await read_json(request)
         body = validate(EmbedBody, data)
-        name = model_field(data)
+        name = _named_model(data)
         keep_alive = parse_keep_alive(body.keep_alive)
         parse_options(body.options)  # validated for type errors; nothing applies to embeddings
         inputs = _inputs(body.input)
         if not inputs:
-            ctx.store.resolve(name)
             try:
-                headers = await load(request, name, keep_alive)
+                loaded, headers = await load(request, name, keep_alive)
             except ClientDisconnected:
                 return Response(status_code=CLIENT_CLOSED)
-            return JSONResponse({"model": name, "embeddings": []}, headers=headers)
+            return JSONResponse({"model": loaded, "embeddings": []}, headers=headers)
         result = await run(
             request,
             EmbeddingRequest(
@@ -96,7 +106,7 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
         if result is None:
             return Response(status_code=CLIENT_CLOSED)
         payload = {
-            "model": name,
+            "model": name or result.model.name,
             "embeddings": result.result.vectors,
             "total_duration": result.result.total_duration,
             "load_duration": result.result.load_duration,
@@ -108,13 +118,12 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
     async def embeddings(request: Request) -> Response:
         data = await read_json(request)
         body = validate(EmbeddingsBody, data)
-        name = model_field(data)
+        name = _named_model(data)
         keep_alive = parse_keep_alive(body.keep_alive)
         parse_options(body.options)
         if not body.prompt:
-            ctx.store.resolve(name)
             try:
-                headers = await load(request, name, keep_alive)
+                _, headers = await load(request, name, keep_alive)
             except ClientDisconnected:
                 return Response(status_code=CLIENT_CLOSED)
             return JSONResponse({"embedding": []}, headers=headers)
