@@ -15,26 +15,9 @@ from npu_proxy.cli import exposure_warning
 from npu_proxy.logs import SafeFormatter, escape_controls
 from npu_proxy.security import HostPolicy, api_key_of, parse_networks
 from npu_proxy.settings import Settings
-from npu_proxy.testing import LiveServer, make_app, test_settings
+from npu_proxy.testing import LiveServer, make_app, served_paths, test_settings
 
 KEY = "sk-test-sentinel-0123456789"
-
-
-def paths_of(app: Any) -> list[tuple[str, str]]:
-    """Every (method, concrete path) the app serves, path parameters filled in."""
-    found = []
-    for route in app.routes:
-        included = getattr(route, "original_router", None)  # FastAPI >= 0.165 nests them
-        if included is not None:
-            found += paths_of(included)
-            continue
-        path = getattr(route, "path", None)
-        if path is None:
-            continue
-        concrete = path.replace("{", "").replace("}", "").replace(":path", "")
-        for method in sorted(getattr(route, "methods", None) or {"GET"}):
-            found.append((method, concrete))
-    return found
 
 
 def tiny_app(settings: Settings) -> Any:
@@ -55,7 +38,7 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
 
 
 def test_every_route_but_health_needs_the_key(keyed: LiveServer) -> None:
-    routes = paths_of(keyed.app)
+    routes = served_paths(keyed.app)
     assert ("GET", "/openapi.json") in routes and ("GET", "/docs") in routes
     assert ("POST", "/tiny/generate") in routes
     for method, path in routes:

@@ -1,6 +1,7 @@
 """Test support for npu-proxy and its plugin authors (also a pytest plugin).
 
-- :func:`make_host` / :func:`make_app`: an app with chosen plugins plus inline ones.
+- :func:`make_host` / :func:`make_app`: an app with chosen plugins plus inline ones;
+  :func:`served_paths`: every route it serves.
 - :class:`LiveServer`: the app served by a real uvicorn on a free loopback port, so the
   official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it.
 - :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
@@ -97,6 +98,24 @@ def make_app(
 ) -> Any:
     """``create_app`` with :func:`make_host`'s plugins."""
     return create_app(settings, make_host(plugins, inline))
+
+
+def served_paths(app: Any) -> list[tuple[str, str]]:
+    """Every (method, concrete path) ``app`` serves, path parameters filled in; for
+    tests that probe every route (that each needs the API key, for one)."""
+    found: list[tuple[str, str]] = []
+    for route in app.routes:
+        included = getattr(route, "original_router", None)  # FastAPI >= 0.165 nests them
+        if included is not None:
+            found += served_paths(included)
+            continue
+        path = getattr(route, "path", None)
+        if path is None:
+            continue
+        concrete = path.replace("{", "").replace("}", "").replace(":path", "")
+        for method in sorted(getattr(route, "methods", None) or {"GET"}):
+            found.append((method, concrete))
+    return found
 
 
 def free_port() -> int:
