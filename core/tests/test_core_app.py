@@ -11,8 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 from core_test_plugins import SimBackend, models_plugin, tiny_plugins
-from npu_proxy.engine.events import EmbeddingFinished, GenerationFinished, MetricsSink
-from npu_proxy.testing import LiveServer, backend_plugin, inline_plugin, make_app, test_settings
+from npu_proxy.engine.events import EmbeddingFinished, GenerationFinished
+from npu_proxy.testing import (
+    LiveServer,
+    RecordingSink,
+    backend_plugin,
+    make_app,
+    test_settings,
+)
 
 
 @pytest.fixture
@@ -96,24 +102,13 @@ def test_warm_up_loads_the_default_model_and_generates(tmp_path: Path) -> None:
         ]
 
 
-class Recorder(MetricsSink):
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.events: list[object] = []
-
-    def handle(self, event: object) -> None:
-        self.events.append(event)
-
-
 def test_warm_up_also_loads_the_embedding_model(tmp_path: Path) -> None:
     cpu = SimBackend("CPU", token_delay=0.001)
-    recorder = Recorder()
+    recorder = RecordingSink()
     settings = test_settings(tmp_path, warmup=True, default_model="mock", device="CPU",
                              embedding_model="mock-embed", embedding_device="CPU")
-    sink = inline_plugin(npu_proxy_register_metrics_sinks=lambda register: register(recorder))
     app = make_app(settings, [], {"cpu": backend_plugin(cpu), "models": models_plugin(),
-                                  "sink": sink})
+                                  "sink": recorder.plugin()})
     with LiveServer(app) as server:
         deadline = time.monotonic() + 10
         while cpu.counters.embeddings == 0 and time.monotonic() < deadline:
@@ -122,10 +117,9 @@ def test_warm_up_also_loads_the_embedding_model(tmp_path: Path) -> None:
         models = httpx.get(server.url + "/health").json()["models"]
         assert sorted((m["name"], m["device"], m["state"]) for m in models) == [
             ("mock-embed:latest", "CPU", "loaded"), ("mock:latest", "CPU", "loaded")]
-    embedded = [e for e in recorder.events if isinstance(e, EmbeddingFinished)]
+    embedded = recorder.of(EmbeddingFinished)
     assert [(e.model, e.inputs) for e in embedded] == [("mock-embed:latest", 1)]
-    finished = [e for e in recorder.events if isinstance(e, GenerationFinished)]
-    assert [e.model for e in finished] == ["mock:latest"]
+    assert [e.model for e in recorder.of(GenerationFinished)] == ["mock:latest"]
 
 
 def test_a_missing_embedding_model_fails_its_warm_up_only(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import httpx
-from npu_proxy.testing import LiveServer, make_app, served_paths, test_settings
+from npu_proxy.testing import LiveServer, assert_routes_need_key, make_app, test_settings
 
 KEY = "sk-test-sentinel-composition-0123"
 
@@ -25,13 +24,6 @@ def test_the_openapi_schema_of_every_plugin_builds_without_warnings(tmp_path: Pa
 
 def test_every_route_of_every_plugin_but_health_needs_the_key(tmp_path: Path) -> None:
     with LiveServer(make_app(test_settings(tmp_path, api_key=KEY))) as server:
-        routes = served_paths(server.app)
-        assert ("POST", "/api/chat") in routes and ("POST", "/v1/chat/completions") in routes
-        assert ("GET", "/metrics") in routes
-        for method, path in routes:
-            response = httpx.request(method, server.url + path, content=b"{}")
-            if path == "/health":
-                assert response.status_code == 200
-                continue
-            assert response.status_code == 401, (method, path, response.status_code)
-            assert KEY not in response.text
+        routes = assert_routes_need_key(server, KEY)
+    assert ("POST", "/api/chat") in routes and ("POST", "/v1/chat/completions") in routes
+    assert ("GET", "/metrics") in routes

@@ -1,7 +1,8 @@
 """Test support for npu-proxy and its plugin authors (also a pytest plugin).
 
 - :func:`make_host` / :func:`make_app`: an app with chosen plugins plus inline ones;
-  :func:`served_paths`: every route it serves.
+  :func:`served_paths`: every route it serves; :func:`assert_routes_need_key`.
+- :class:`RecordingSink`: a metrics sink that keeps every event, for assertions.
 - :class:`LiveServer`: the app served by a real uvicorn on a free loopback port, so the
   official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it.
 - :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
@@ -23,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import uvicorn
@@ -31,6 +32,7 @@ import uvicorn
 from .app import create_app
 from .engine.backend import Backend, LoadedModel
 from .engine.errors import PromptTooLongError
+from .engine.events import MetricsSink
 from .engine.routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
 from .engine.types import (
     DeviceInfo,
@@ -45,6 +47,8 @@ from .engine.types import (
 from .hookspecs import hookimpl
 from .plugins import PluginHost
 from .settings import Settings
+
+E = TypeVar("E")
 
 
 def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -116,6 +120,42 @@ def served_paths(app: Any) -> list[tuple[str, str]]:
         for method in sorted(getattr(route, "methods", None) or {"GET"}):
             found.append((method, concrete))
     return found
+
+
+def assert_routes_need_key(server: LiveServer, key: str) -> list[tuple[str, str]]:
+    """Assert that every route ``server`` serves but ``/health`` refuses a request
+    without the API key (401, the key never echoed); returns the routes it tried."""
+    import httpx
+
+    routes = served_paths(server.app)
+    for method, path in routes:
+        response = httpx.request(method, server.url + path, content=b"{}")
+        if path == "/health":
+            assert response.status_code == 200
+            continue
+        assert response.status_code == 401, (method, path, response.status_code)
+        assert key not in response.text
+    return routes
+
+
+class RecordingSink(MetricsSink):
+    """A metrics sink that keeps every event it is handed (``events``), in order."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def handle(self, event: Any) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        """The recorded events of type ``kind``."""
+        return [event for event in self.events if isinstance(event, kind)]
+
+    def plugin(self) -> Any:
+        """An inline plugin that registers this sink."""
+        return inline_plugin(npu_proxy_register_metrics_sinks=lambda register: register(self))
 
 
 def free_port() -> int:

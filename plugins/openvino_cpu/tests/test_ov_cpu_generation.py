@@ -10,7 +10,7 @@ import httpx
 import pytest
 from npu_proxy.engine.backend import LoadedModel
 from npu_proxy.engine.errors import CapabilityError, PromptTooLongError
-from npu_proxy.engine.events import EmbeddingFinished, GenerationFinished, MetricsSink
+from npu_proxy.engine.events import EmbeddingFinished, GenerationFinished
 from npu_proxy.engine.types import (
     Done,
     FinishReason,
@@ -28,8 +28,8 @@ from npu_proxy.settings import Settings
 from npu_proxy.testing import (
     BackendContract,
     LiveServer,
+    RecordingSink,
     backend_plugin,
-    inline_plugin,
     make_app,
 )
 from npu_proxy_openvino import OpenVINOLanguageModel
@@ -299,37 +299,24 @@ async def test_images_and_suffix_are_refused(lm: OpenVINOLanguageModel) -> None:
         await run(lm, image)
 
 
-class Recorder(MetricsSink):
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def handle(self, event: Any) -> None:
-        self.events.append(event)
-
-
 def test_warm_up_generates_sixteen_tokens_and_embeds(
     ov_settings: Settings, backend: CpuBackend
 ) -> None:
     """The server's warm-up (NPU_PROXY_WARMUP), on the real models: the default model
     generates 16 tokens, the default embedding model embeds once; both stay loaded."""
-    sink = Recorder()
-    events = sink.events
+    sink = RecordingSink()
     settings = ov_settings.model_copy(update={"warmup": True, "device": "CPU",
                                               "embedding_device": "CPU"})
-    inline = {"cpu": backend_plugin(backend),
-              "sink": inline_plugin(npu_proxy_register_metrics_sinks=lambda register:
-                                    register(sink))}
+    inline = {"cpu": backend_plugin(backend), "sink": sink.plugin()}
     with LiveServer(make_app(settings, ["openvino"], inline)) as server:
         deadline = time.monotonic() + 120
-        while not any(isinstance(e, EmbeddingFinished) for e in events):
+        while not sink.of(EmbeddingFinished):
             assert time.monotonic() < deadline, "the warm-up did not finish"
             time.sleep(0.05)
         models = httpx.get(server.url + "/health").json()["models"]
-    generated = [e for e in events if isinstance(e, GenerationFinished)]
+    generated = sink.of(GenerationFinished)
     assert [(e.model, e.completion_tokens) for e in generated] == [("smollm2:135m", 16)]
-    embedded = [e for e in events if isinstance(e, EmbeddingFinished)]
+    embedded = sink.of(EmbeddingFinished)
     assert [(e.model, e.inputs) for e in embedded] == [("all-minilm:latest", 1)]
     assert sorted((m["name"], m["state"]) for m in models) == [
         ("all-minilm:latest", "loaded"), ("smollm2:135m", "loaded")]

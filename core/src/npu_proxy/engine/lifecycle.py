@@ -108,7 +108,9 @@ class ModelLifecycle:
             if res.is_loaded:
                 return self._ready(res), time.perf_counter_ns() - start
             res.users -= 1
-            if self._residents.get(key) is res:  # failed: try once more with a fresh load
+            # The load we waited for failed: share its error. A load that was withdrawn
+            # (its starter was cancelled) is gone from the table: loop and load it anew.
+            if self._residents.get(key) is res:
                 raise ModelLoadError(res.error)
 
     def _ready(self, res: Residency) -> LoadedModel:

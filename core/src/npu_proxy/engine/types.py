@@ -31,7 +31,6 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_tokens or the context ran out
     TOOL_CALLS = "tool_calls"  # the model answered with tool calls
-    CANCELLED = "cancelled"  # the client went away
 
 
 @dataclass(frozen=True, slots=True)
