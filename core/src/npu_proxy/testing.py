@@ -1,4 +1,4 @@
-"""Test support for npu-proxy and its plugin authors (also a pytest plugin).
+"""Test support for npu-proxy and its plugin authors.
 
 - :func:`make_host` / :func:`make_app`: an app with chosen plugins plus inline ones;
   :func:`served_paths`: every route it serves; :func:`assert_routes_need_key`.
@@ -8,10 +8,8 @@
 - :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
   plugin's tests to prove the plugin keeps the core's contracts.
 
-Fixtures (available wherever npu-proxy is installed): ``npu_settings`` (simulated
-mode, a temporary model store) and ``mock_server`` (a live server composed of every
-installed plugin in simulated mode). Nothing here imports a plugin: the core's own
-tests run with only the core installed.
+Nothing here imports or needs a plugin: the core's own tests run with only the core
+installed, composing their apps from inline plugins.
 """
 
 from __future__ import annotations
@@ -202,23 +200,6 @@ class LiveServer:
         """Run ``coro`` on the server's event loop (to inspect engine state safely)."""
         loop = self.ctx.engine.loop
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-
-# --- pytest fixtures -----------------------------------------------------------------
-
-
-@pytest.fixture
-def npu_settings(tmp_path: Path) -> Settings:
-    """Simulated-mode settings (``real_inference`` off) with a temporary model store."""
-    return test_settings(tmp_path)
-
-
-@pytest.fixture
-def mock_server(npu_settings: Settings) -> Iterator[LiveServer]:
-    """Every installed plugin, in simulated mode, behind a real uvicorn server (the
-    devices are those of the installed simulated backends, such as npu-proxy-mock's)."""
-    with LiveServer(make_app(npu_settings)) as server:
-        yield server
 
 
 # --- contract tests ------------------------------------------------------------------
