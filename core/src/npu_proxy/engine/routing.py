@@ -144,10 +144,9 @@ class TokenThresholdPolicy(RoutingPolicy):
     """Short prompts go to the preferred device, long ones (and refusals) to the fallback.
 
     Up to ``settings.token_limit`` prompt tokens (``NPU_PROXY_TOKEN_LIMIT``): the
-    preferred device, when usable. Otherwise
-    the first usable of the fallback order; the reason names why the preferred device
-    was passed over (over the token limit, absent, over its compiled prompt length,
-    queue full, load failed).
+    preferred device, when usable. Otherwise the first usable of the fallback order;
+    the reason names why the preferred device was passed over (over the token limit,
+    absent, over its compiled prompt length, queue full, load failed).
     """
 
     name = "token_threshold"
