@@ -2,8 +2,10 @@
 doctor never changes the model store it inspects, and the plugins' checks are shown
 under their plugin's name (a raising one as that plugin's failure).
 
-The generic checks run in mock mode with the mock plugin; the plugin checks come from
-inline plugins. The OpenVINO checks are tested with their plugins.
+The generic checks run in simulated mode with the core's own test plugins (installed as
+a throwaway distribution, so the doctor finds them by name as it finds any plugin); the
+plugin checks come from inline plugins. The OpenVINO checks are tested with their
+plugins.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from core_test_plugins import INSTALLED_NAME, SimBackend, install_as_distribution, tiny_plugins
 from npu_proxy import doctor as doctor_module
 from npu_proxy.checks import HOST_KEY, Check, DoctorCheck
 from npu_proxy.doctor import doctor, read_env_file
@@ -35,8 +38,8 @@ from npu_proxy.testing import (
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A healthy setup: an empty writable store, loopback, a free port, mock mode with
-    only the mock plugin (fast to load)."""
+    """A healthy setup: an empty writable store, loopback, a free port, simulated mode
+    with only the core's test plugins (fast to load)."""
     for name in list(os.environ):
         if name.startswith("NPU_PROXY_"):
             monkeypatch.delenv(name)
@@ -45,7 +48,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("NPU_PROXY_MODEL_PATH", str(root))
     monkeypatch.setenv("NPU_PROXY_HOST", "127.0.0.1")
     monkeypatch.setenv("NPU_PROXY_PORT", str(free_port()))
-    monkeypatch.setenv("NPU_PROXY_PLUGINS", "mock")
+    monkeypatch.syspath_prepend(str(install_as_distribution(tmp_path)))
+    monkeypatch.setenv("NPU_PROXY_PLUGINS", INSTALLED_NAME)
     monkeypatch.setenv("NPU_PROXY_REAL_INFERENCE", "0")
     yield root
 
@@ -88,8 +92,8 @@ def test_healthy_setup_exits_zero(store: Path) -> None:
     assert "Everything looks fine." in result.output
     for section in ("configuration", "plugins", "devices", "models", "network", "security"):
         assert f"\n{section}\n" in result.output
-    assert "device backends for mock mode (NPU_PROXY_REAL_INFERENCE=0): MOCK (mock)" \
-        in result.output
+    assert ("device backends for mock mode (NPU_PROXY_REAL_INFERENCE=0): "
+            f"SIM ({INSTALLED_NAME})") in result.output
     assert "no server is running" in result.output
 
 
@@ -175,10 +179,10 @@ def test_broken_models_are_reported(store: Path) -> None:
 
 @pytest.fixture
 def server(store: Path, tmp_path: Path) -> Iterator[LiveServer]:
-    """A real npu-proxy (mock backend) on the port the doctor checks."""
+    """A real npu-proxy (a simulated device) on the port the doctor checks."""
     port = int(os.environ["NPU_PROXY_PORT"])
     settings = test_settings(tmp_path / "server", port=port)
-    with LiveServer(make_app(settings, ["mock"]), port=port) as live:
+    with LiveServer(make_app(settings, [], tiny_plugins(SimBackend())), port=port) as live:
         yield live
 
 
@@ -260,7 +264,7 @@ def test_invalid_setting_fails_naming_the_variable(
 
 
 def test_missing_named_plugin_fails(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NPU_PROXY_PLUGINS", "mock,no-such-plugin")
+    monkeypatch.setenv("NPU_PROXY_PLUGINS", f"{INSTALLED_NAME},no-such-plugin")
     code, found = checks()
     assert code == 1 and statuses(found, "plugins") == ["fail"]
 
@@ -268,7 +272,7 @@ def test_missing_named_plugin_fails(store: Path, monkeypatch: pytest.MonkeyPatch
 def test_real_inference_without_a_backend_fails(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NPU_PROXY_REAL_INFERENCE", "1")  # the mock plugin is simulated
+    monkeypatch.setenv("NPU_PROXY_REAL_INFERENCE", "1")  # the test backend is simulated
     code, found = checks()
     assert code == 1 and statuses(found, "devices") == ["fail"]
     failure = next(c for c in found if c["area"] == "devices")
@@ -307,8 +311,8 @@ def broken_check(settings: Settings) -> list[Check]:
 
 
 def host_with(**plugins: Any) -> dict[str, Any]:
-    """The click ``obj`` that makes the doctor use the mock plugin and ``plugins``."""
-    return {HOST_KEY: make_host(["mock"], plugins)}
+    """The click ``obj`` that makes the doctor use the test plugins and ``plugins``."""
+    return {HOST_KEY: make_host([INSTALLED_NAME], plugins)}
 
 
 def checks_plugin(*checks: DoctorCheck) -> Any:

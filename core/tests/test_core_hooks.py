@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from core_test_plugins import SimBackend, models_plugin
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from npu_proxy import hookspecs
@@ -18,7 +19,6 @@ from npu_proxy.engine.errors import EngineError
 from npu_proxy.engine.events import MetricsSink, RequestCompleted
 from npu_proxy.engine.types import Capability, ModelInfo
 from npu_proxy.testing import LiveServer, backend_plugin, inline_plugin, make_app, test_settings
-from npu_proxy_mock.backend import MockBackend
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugin_hooks.md"
 HOOKS = sorted(
@@ -64,15 +64,16 @@ class Echo(ApiDialect):
 
 def test_hook_register_api(tmp_path: Path) -> None:
     plugin = inline_plugin(npu_proxy_register_api=lambda register: register(Echo()))
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], {"echo": plugin})) as server:
+    inline = {"echo": plugin, "models": models_plugin()}
+    with LiveServer(make_app(test_settings(tmp_path), [], inline)) as server:
         assert httpx.get(server.url + "/echo").text == "2 models"
         missing = httpx.get(server.url + "/echo/missing")
         assert (missing.status_code, missing.text) == (404, "echo error: /echo/missing not found")
 
 
 def test_hook_register_backends(tmp_path: Path) -> None:
-    npu = MockBackend("NPU")
-    app = make_app(test_settings(tmp_path), ["mock"], {"npu": backend_plugin(npu)})
+    npu = SimBackend("NPU")
+    app = make_app(test_settings(tmp_path), [], {"npu": backend_plugin(npu)})
     assert app.state.ctx.engine.backends["NPU"] is npu
 
 
@@ -124,7 +125,7 @@ def test_hook_register_routing_policies(tmp_path: Path) -> None:
             return RouteDecision(next(iter(ctx.devices)), "first")
 
     plugin = inline_plugin(npu_proxy_register_routing_policies=lambda register: register(First()))
-    app = make_app(test_settings(tmp_path, routing="first"), ["mock"], {"first": plugin})
+    app = make_app(test_settings(tmp_path, routing="first"), [], {"first": plugin})
     assert app.state.ctx.engine.policy.name == "first"
 
 
@@ -148,7 +149,7 @@ def test_hook_register_metrics_sinks(tmp_path: Path) -> None:
         register(good)
 
     plugin = inline_plugin(npu_proxy_register_metrics_sinks=register)
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], {"sinks": plugin})) as server:
+    with LiveServer(make_app(test_settings(tmp_path), [], {"sinks": plugin})) as server:
         assert httpx.get(server.url + "/health").status_code == 200
         assert httpx.get(server.url + "/health").status_code == 200
         assert server.ctx.bus.failures["broken"] >= 2
@@ -168,7 +169,7 @@ def test_hook_startup(tmp_path: Path) -> None:
 
     plugins = {"a": inline_plugin(npu_proxy_startup=started),
                "b": inline_plugin(npu_proxy_startup=broken)}
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], plugins)) as server:
+    with LiveServer(make_app(test_settings(tmp_path), [], plugins)) as server:
         assert httpx.get(server.url + "/health").status_code == 200  # still serving
         assert seen == ["started token_threshold"]
 
@@ -180,7 +181,7 @@ def test_hook_shutdown(tmp_path: Path) -> None:
         seen.append(ctx.engine.probing is False)
 
     plugin = inline_plugin(npu_proxy_shutdown=stopped)
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], {"s": plugin})):
+    with LiveServer(make_app(test_settings(tmp_path), [], {"s": plugin})):
         assert seen == []
     assert seen == [True]
 

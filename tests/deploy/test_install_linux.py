@@ -17,7 +17,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from npu_proxy.engine.routing import TokenThresholdSettings
 from npu_proxy.settings import Settings
+
+#: What the core ships: its own settings and its built-in routing policy's.
+CORE_SETTINGS = (Settings, TokenThresholdSettings)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "install_linux.sh"
@@ -123,7 +127,7 @@ def test_env_file_is_private_and_all_commented(installed: Path) -> None:
 
 def test_env_file_documents_every_core_setting(installed: Path) -> None:
     documented = documented_settings((installed / ENV).read_text())
-    fields = {name.upper() for name in Settings.model_fields}
+    fields = {name.upper() for cls in CORE_SETTINGS for name in cls.model_fields}
     assert set(documented) == fields
 
 
@@ -134,7 +138,7 @@ def test_env_file_shows_the_real_defaults(
     for name in list(os.environ):
         if name.startswith("NPU_PROXY_"):
             monkeypatch.delenv(name)
-    defaults = Settings()
+    defaults = {cls: cls() for cls in CORE_SETTINGS}
     documented = documented_settings((installed / ENV).read_text())
     assert documented["MODEL_PATH"] == "/var/lib/npu-proxy/models"  # the service's store
     for name, value in documented.items():
@@ -142,7 +146,8 @@ def test_env_file_shows_the_real_defaults(
             continue
         monkeypatch.setenv(f"NPU_PROXY_{name}", value)
         field = name.lower()
-        assert getattr(Settings(), field) == getattr(defaults, field), name
+        owner = next(cls for cls in CORE_SETTINGS if field in cls.model_fields)
+        assert getattr(owner(), field) == getattr(defaults[owner], field), name
         monkeypatch.delenv(f"NPU_PROXY_{name}")
 
 

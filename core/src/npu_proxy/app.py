@@ -233,23 +233,32 @@ def origins_regex(patterns: Iterable[str]) -> str:
 
 
 async def _warm_up(ctx: ServerContext) -> None:
-    """Load the default model and generate 16 tokens, so the first request is fast."""
-    from .engine.types import GenerationRequest, Message, SamplingOptions
+    """Load the default model and generate 16 tokens, then load the embedding model
+    (``NPU_PROXY_EMBEDDING_MODEL``) with one embedding, so first requests are fast.
+    Each is kept loaded; a failure of one is logged and does not stop the other."""
+    from .engine.types import EmbeddingRequest, GenerationRequest, Message, SamplingOptions
 
-    request = GenerationRequest(
-        model=ctx.settings.default_model,
-        messages=(Message(role="user", content="Hello"),),
-        options=SamplingOptions(max_tokens=16, temperature=0.0),
-        keep_alive=-1,
-    )
-    try:
+    async def generate() -> None:
+        request = GenerationRequest(
+            model=ctx.settings.default_model,
+            messages=(Message(role="user", content="Hello"),),
+            options=SamplingOptions(max_tokens=16, temperature=0.0),
+            keep_alive=-1,
+        )
         async with await ctx.engine.generate(request) as generation:
             async for _ in generation:
                 pass
-        log.info("warm-up of %s finished", ctx.settings.default_model)
-    except Exception as exc:
-        log.warning("warm-up of %s failed: %s", ctx.settings.default_model,
-                    getattr(exc, "message", exc))
+
+    async def embed() -> None:
+        await ctx.engine.embed(EmbeddingRequest(model=None, inputs=("Hello",), keep_alive=-1))
+
+    for name, warm in ((ctx.settings.default_model, generate),
+                       (ctx.settings.embedding_model, embed)):
+        try:
+            await warm()
+            log.info("warm-up of %s finished", name)
+        except Exception as exc:
+            log.warning("warm-up of %s failed: %s", name, getattr(exc, "message", exc))
 
 
 def context_of(app: Any) -> ServerContext:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -312,8 +312,3 @@ class PluginHost:
 
     def names(self) -> list[str]:
         return [r.name for r in self.records if r.error is None]
-
-
-def register_callback(store: list[T]) -> Callable[[T], None]:
-    """A ``register`` callback that appends to ``store`` (for tests of a single plugin)."""
-    return store.append

@@ -108,11 +108,9 @@ class Settings(BaseSettings):
     min_response_len: int = Field(
         128, ge=1, description="Response tokens the NPU is compiled for (MIN_RESPONSE_LEN)."
     )
-    token_limit: int = Field(
-        1800, ge=1, description="Prompts above this many tokens go to the fallback device."
-    )
     embedding_model: str = Field(
-        "all-minilm:latest", description="Embedding model used when a request names none."
+        "all-minilm:latest", description="Embedding model used when a request names none "
+        "(where the API allows that) and warmed at startup with NPU_PROXY_WARMUP."
     )
     embedding_device: str = Field("CPU", description="Preferred device for embeddings.")
     embedding_cache_size: int = Field(
@@ -133,7 +131,8 @@ class Settings(BaseSettings):
         "smollm2:135m", description="Model loaded by warm-up and suggested by the docs."
     )
     warmup: bool = Field(
-        False, description="Load the default model and generate 16 tokens at startup."
+        False, description="Load the default model and generate 16 tokens at startup, "
+        "and load the embedding model with one embedding."
     )
     routing: str = Field("token_threshold", description="Routing policy to use, by name.")
     plugins: Annotated[list[str] | None, NoDecode] = Field(

@@ -79,12 +79,6 @@ class BusyError(EngineError):
         self.retry_after = retry_after
 
 
-class ModelLoadingError(BusyError):
-    """The model is still loading and the request could not wait for it."""
-
-    code = "loading"
-
-
 class NoDeviceError(EngineError):
     """No present device can run the request."""
 

@@ -37,7 +37,6 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_tokens or the context ran out
     TOOL_CALLS = "tool_calls"  # the model answered with tool calls
-    CANCELLED = "cancelled"  # the client went away
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +205,12 @@ class GenerationRequest:
 class EmbeddingRequest:
     """Embed each of ``inputs``. ``truncate`` cuts inputs to the context instead of failing.
 
+    ``model`` None means the server's default embedding model (``NPU_PROXY_EMBEDDING_MODEL``).
     ``dimensions`` asks for vectors cut to that length (then re-normalised); ``None``
     keeps the model's own size.
     """
 
-    model: str
+    model: str | None
     inputs: tuple[str, ...]
     truncate: bool = True
     dimensions: int | None = None

@@ -2,7 +2,8 @@
 
 ``/api/embed`` takes a string or a list of strings and returns every vector with
 measured durations; no input just loads the model (Ollama's behaviour). The legacy
-endpoint takes one ``prompt`` and returns ``{"embedding": [...]}``.
+endpoint takes one ``prompt`` and returns ``{"embedding": [...]}``. A request that names
+no model uses the server's default embedding model (``NPU_PROXY_EMBEDDING_MODEL``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import EmbeddingRequest
-from npu_proxy.web import until_disconnected
+from npu_proxy.web import read_json, until_disconnected, validate
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .options import parse_keep_alive, parse_options, read_named
+from .options import model_field, parse_keep_alive, parse_options
 from .running import load_model
 from .schemas import StrictBody
 
@@ -43,9 +44,13 @@ class EmbeddingsBody(_ModelBody):
 B = TypeVar("B", bound=_ModelBody)
 
 
-async def _read(request: Request, schema: type[B]) -> tuple[B, str, float | None]:
-    """The body, the model it names and its keep_alive."""
-    body, name = await read_named(request, schema)
+async def _read(request: Request, schema: type[B]) -> tuple[B, str | None, float | None]:
+    """The body, the model it names (None: the default embedding model) and its keep_alive."""
+    data = await read_json(request)
+    body = validate(schema, data)
+    name = None if data.get("model") in (None, "") and data.get("name") in (None, "") else (
+        model_field(data)
+    )
     keep_alive = parse_keep_alive(body.keep_alive)
     parse_options(body.options)  # validated for type errors; nothing applies to embeddings
     return body, name, keep_alive
@@ -74,7 +79,8 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
 
     @router.post("/api/embed")
     async def embed(request: Request) -> Response:
-        body, name, keep_alive = await _read(request, EmbedBody)
+        body, named, keep_alive = await _read(request, EmbedBody)
+        name = named or ctx.engine.embedding_model().name
         inputs = _inputs(body.input)
         if not inputs:
             return await load_only(request, name, keep_alive, {"model": name, "embeddings": []})
@@ -97,7 +103,8 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
 
     @router.post("/api/embeddings")
     async def embeddings(request: Request) -> Response:
-        body, name, keep_alive = await _read(request, EmbeddingsBody)
+        body, named, keep_alive = await _read(request, EmbeddingsBody)
+        name = named or ctx.engine.embedding_model().name
         if not body.prompt:
             return await load_only(request, name, keep_alive, {"embedding": []})
         work = EmbeddingRequest(model=name, inputs=(body.prompt,), keep_alive=keep_alive)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     )
     from .batching import ContinuousBatchingGenerator
     from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel
-    from .language import WARMUP_TOKENS, OpenVINOLanguageModel
+    from .language import OpenVINOLanguageModel
     from .models import EMBEDDING_NAME, LLM_NAME, embedded_models
     from .settings import OpenVINOSettings
 
@@ -40,7 +40,6 @@ _EXPORTS = {
     "ContinuousBatchingGenerator": "batching",
     "EmbeddingCache": "embeddings",
     "OpenVINOEmbeddingModel": "embeddings",
-    "WARMUP_TOKENS": "language",
     "OpenVINOLanguageModel": "language",
     "EMBEDDING_NAME": "models",
     "LLM_NAME": "models",
@@ -58,7 +57,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "EMBEDDING_NAME",
     "LLM_NAME",
-    "WARMUP_TOKENS",
     "BatchingPipelineFactory",
     "ContinuousBatchingGenerator",
     "EmbeddingCache",
