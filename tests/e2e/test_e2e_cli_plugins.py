@@ -4,11 +4,16 @@ out, which is named with its plugin instead of failing on a 404."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from npu_proxy.testing import LiveServer
+import httpx
+import openai
+from npu_proxy.testing import LiveServer, free_port
 
 
 def npu_proxy(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,3 +46,37 @@ def test_the_ollama_plugins_list_against_the_real_server(real_server: LiveServer
     help_text = npu_proxy("--help").stdout
     for name in ("pull", "list", "run", "serve", "doctor"):
         assert f"\n  {name} " in help_text
+
+
+def test_a_server_composed_without_the_ollama_plugin_serves_openai(tmp_path: Path) -> None:
+    """``npu-proxy --plugins openai,openvino,openvino-cpu serve``: the OpenAI API on the
+    real CPU backend, and no Ollama route."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_PROXY_")}
+    env["NPU_PROXY_MODEL_PATH"] = str(tmp_path / "models")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "npu_proxy", "--plugins", "openai,openvino,openvino-cpu",
+         "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "the server did not become ready"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).json()["status"] == "ok":
+                    break
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        raw = client.chat.completions.with_raw_response.create(
+            model="smollm2:135m", max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": "Say hello."}])
+        reply = raw.parse()
+        assert reply.choices[0].message.content
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+        assert raw.headers["x-npu-proxy-device"] == "CPU"
+        assert httpx.post(url + "/api/chat", json={"model": "smollm2:135m"}).status_code == 404
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
