@@ -19,8 +19,8 @@ def test_defaults_follow_the_specification(monkeypatch: pytest.MonkeyPatch) -> N
     assert (s.host, s.port, s.device, s.fallback_device) == ("0.0.0.0", 11435, "NPU", None)
     assert s.real_inference is True  # the deliberate change: real inference by default
     assert s.model_path == Path("~/.cache/npu-proxy/models").expanduser()
-    assert (s.inference_timeout, s.max_prompt_len, s.token_limit) == (180, 4096, 1800)
-    assert (s.embedding_device, s.embedding_cache_size, s.log_level) == ("CPU", 1000, "INFO")
+    assert (s.inference_timeout, s.token_limit) == (180, 1800)
+    assert (s.embedding_device, s.log_level) == ("CPU", "INFO")
     assert s.embedding_model == "all-minilm:latest"
     assert (s.max_queue, s.keep_alive) == (512, 300.0)
 

@@ -21,6 +21,7 @@ from stevedore import ExtensionManager, NamedExtensionManager
 
 from . import hookspecs
 from .hookspecs import PROJECT
+from .settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,9 @@ class PluginHost:
 
         Objects must be ``expected`` instances with a unique ``name``; a duplicate is a
         :class:`PluginError` naming both plugins. A plugin whose hook raises is fatal if
-        it was asked for by name (or is built in), otherwise skipped and recorded.
+        it was asked for by name (or is built in), otherwise skipped and recorded; a
+        :class:`~npu_proxy.settings.SettingsError` (an invalid variable of the plugin's
+        own settings) is always fatal, as an invalid core variable is.
         """
         collected: list[tuple[str, T]] = []
         owners: dict[str, str] = {}
@@ -279,6 +282,8 @@ class PluginHost:
                 impl.function(*(kwargs[a] for a in impl.argnames))
             except PluginError:
                 raise
+            except SettingsError as exc:  # a variable the user set is wrong: always fatal
+                raise PluginError(f"plugin {plugin_name!r}: {exc}") from exc
             except Exception as exc:
                 record = self.record(plugin_name)
                 if plugin_name in self.requested or (record is not None and record.builtin):

@@ -12,9 +12,16 @@ from npu_proxy.settings import Settings
 from npu_proxy_openvino import OpenVINOBackend, OpenVINOEmbeddingModel
 
 
+class CpuEmbeddings(OpenVINOBackend):
+    """The shared backend on the CPU, as a device plugin declares one."""
+
+    name = "openvino-test"
+    device = "CPU"
+
+
 @pytest.fixture
 def backend(ov_settings: Settings) -> OpenVINOBackend:
-    return OpenVINOBackend(ov_settings, name="openvino-test", device="CPU")
+    return CpuEmbeddings(ov_settings)
 
 
 @pytest.fixture
@@ -42,7 +49,7 @@ async def test_batch_equals_single(embedder: OpenVINOEmbeddingModel, backend: Op
     texts = ("the weather is nice today", "a kitten", "Paris is in France")
     batch = (await embedder.embed(request(*texts))).vectors
     # A fresh backend has an empty cache, so each single input really runs alone.
-    fresh = await OpenVINOBackend(backend.settings, name="t2", device="CPU").load(minilm)
+    fresh = await CpuEmbeddings(backend.settings).load(minilm)
     singles = [(await fresh.embed(request(text))).vectors[0] for text in texts]
     np.testing.assert_allclose(np.array(batch), np.array(singles), atol=1e-5)
 

@@ -290,11 +290,6 @@ async def test_images_and_suffix_are_refused(lm: OpenVINOLanguageModel) -> None:
         await run(lm, image)
 
 
-async def test_warm_up_generates_sixteen_tokens(lm: OpenVINOLanguageModel) -> None:
-    usage = await lm.warm_up()
-    assert usage.completion_tokens == 16
-
-
 def test_the_cpu_s_own_parallelism_overrides_the_global_one(
     ov_settings: Settings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .backend import (
-        BatchingPipelineFactory,
+        BackendOptions,
         EmbeddingPipelineFactory,
         OpenVINOBackend,
         PipelineFactory,
-        openvino_batching_pipeline,
         openvino_embedding_pipeline,
         openvino_llm_pipeline,
     )
-    from .batching import ContinuousBatchingGenerator
+    from .batching import BatchingPlacement, ContinuousBatchingGenerator
+    from .batching_worker import BatchingPipelineFactory, openvino_batching_pipeline
     from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel
-    from .language import WARMUP_TOKENS, OpenVINOLanguageModel
+    from .language import OpenVINOLanguageModel
     from .models import EMBEDDING_NAME, LLM_NAME, embedded_models
     from .settings import OpenVINOSettings
 
@@ -30,17 +30,18 @@ if TYPE_CHECKING:
 #: batching worker process that imports one submodule does not pay for the others
 #: (the settings, the engine, pydantic) before it can start compiling.
 _EXPORTS = {
-    "BatchingPipelineFactory": "backend",
+    "BackendOptions": "backend",
     "EmbeddingPipelineFactory": "backend",
     "OpenVINOBackend": "backend",
     "PipelineFactory": "backend",
-    "openvino_batching_pipeline": "backend",
     "openvino_embedding_pipeline": "backend",
     "openvino_llm_pipeline": "backend",
+    "BatchingPlacement": "batching",
     "ContinuousBatchingGenerator": "batching",
+    "BatchingPipelineFactory": "batching_worker",
+    "openvino_batching_pipeline": "batching_worker",
     "EmbeddingCache": "embeddings",
     "OpenVINOEmbeddingModel": "embeddings",
-    "WARMUP_TOKENS": "language",
     "OpenVINOLanguageModel": "language",
     "EMBEDDING_NAME": "models",
     "LLM_NAME": "models",
@@ -58,8 +59,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "EMBEDDING_NAME",
     "LLM_NAME",
-    "WARMUP_TOKENS",
+    "BackendOptions",
     "BatchingPipelineFactory",
+    "BatchingPlacement",
     "ContinuousBatchingGenerator",
     "EmbeddingCache",
     "EmbeddingPipelineFactory",

@@ -17,7 +17,6 @@ from npu_proxy.engine.types import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
-    SamplingOptions,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -31,10 +30,6 @@ from .stops import StopStringFilter
 from .streaming import Finished
 
 log = logging.getLogger(__name__)
-
-#: Tokens a warm-up generation produces (enough to exercise prefill and decode).
-WARMUP_TOKENS = 16
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -183,24 +178,6 @@ class OpenVINOLanguageModel(LoadedModel):
                 finish = FinishReason.TOOL_CALLS
                 stop_sequence = None
         yield Done(finish_reason=finish, usage=usage, stop_sequence=stop_sequence)
-
-    async def warm_up(self) -> Usage:
-        """Generate :data:`WARMUP_TOKENS` greedy tokens so the first user request is fast.
-
-        Returns the warm-up's measured usage. Called by the engine after ``load`` when
-        ``NPU_PROXY_WARMUP`` is set.
-        """
-        request = GenerationRequest(
-            model=self.info.name,
-            prompt="Hello",
-            options=SamplingOptions(max_tokens=WARMUP_TOKENS, temperature=0),
-        )
-        usage: Usage | None = None
-        async for event in self.generate(request):
-            if isinstance(event, Done):
-                usage = event.usage
-        assert usage is not None
-        return usage
 
     async def unload(self) -> None:
         async with self._slots:
