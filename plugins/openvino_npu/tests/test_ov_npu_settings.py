@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from npu_proxy.app import StartupError
@@ -78,3 +79,12 @@ def test_serve_refuses_an_invalid_npu_variable(plugins: list[str]) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "NPU_PROXY_MIN_RESPONSE_LEN" in result.stderr, result.stderr[-2000:]
+
+
+def test_every_variable_is_documented_with_this_plugin_as_owner() -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in docs.splitlines()
+            if line.startswith("| `NPU_PROXY_")}
+    for name in NpuSettings.model_fields:
+        row = rows[f"`NPU_PROXY_{name.upper()}`"]
+        assert row.split("|")[2].strip() == "openvino-npu", row

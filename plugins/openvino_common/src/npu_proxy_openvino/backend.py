@@ -1,8 +1,11 @@
 """The OpenVINO GenAI backend, parametrised by device; the device plugins subclass it.
 
-A subclass chooses the device name, its concurrency, the properties the pipeline is
+A subclass states what its device does differently and nothing else: its names and
+abilities as class attributes (:attr:`OpenVINOBackend.device`,
+:attr:`OpenVINOBackend.continuous_batching`, ...), the properties the pipeline is
 compiled with (:meth:`OpenVINOBackend.pipeline_properties`) and its limits
-(:meth:`OpenVINOBackend.prompt_limit`, :meth:`OpenVINOBackend.context_limit`).
+(:meth:`OpenVINOBackend.prompt_limit`, :meth:`OpenVINOBackend.context_limit`); the
+constructor is the base class's.
 Everything that touches OpenVINO goes through injectable factories, so a device that
 is not on this machine can be tested with an imitation of OpenVINO's behaviour.
 """
