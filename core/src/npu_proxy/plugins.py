@@ -282,11 +282,13 @@ class PluginHost:
                 impl.function(*(kwargs[a] for a in impl.argnames))
             except PluginError:
                 raise
-            except SettingsError as exc:  # a variable the user set is wrong: always fatal
-                raise PluginError(f"plugin {plugin_name!r}: {exc}") from exc
             except Exception as exc:
                 record = self.record(plugin_name)
-                if plugin_name in self.requested or (record is not None and record.builtin):
+                # An invalid variable of the plugin's own settings is the user's to fix,
+                # and fatal as an invalid core variable is, whoever loaded the plugin.
+                fatal = isinstance(exc, SettingsError) or plugin_name in self.requested or (
+                    record is not None and record.builtin)
+                if fatal:
                     raise PluginError(f"plugin {plugin_name!r} failed in {hook}: {exc}") from exc
                 log.exception("plugin %r failed in %s; skipping it", plugin_name, hook)
                 if record is not None:
