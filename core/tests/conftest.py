@@ -1,4 +1,4 @@
-"""Fixtures for the core's own tests: engines over simulated devices."""
+"""Fixtures for the core's own tests: engines over simulated devices (no plugin needed)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from core_test_plugins import SimBackend, models_plugin
 from npu_proxy.app import build_context
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.types import GenerationRequest, Message, SamplingOptions
 from npu_proxy.testing import backend_plugin, make_host, test_settings
-from npu_proxy_mock.backend import MockBackend
-from npu_proxy_mock.testing import models_plugin
-
-#: The simulated models, registered by an inline plugin (only the devices a test asks for).
-MODELS = models_plugin()
 
 EngineFactory = Callable[..., Any]
 
 
 @pytest.fixture
 async def make_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
-    """``await make_engine(MockBackend(...), ..., **settings)`` -> a started ServerContext."""
+    """``await make_engine(SimBackend(...), ..., **settings)`` -> a started ServerContext."""
     made: list[ServerContext] = []
 
-    async def factory(*backends: MockBackend, **overrides: Any) -> ServerContext:
+    async def factory(*backends: SimBackend, **overrides: Any) -> ServerContext:
         settings = test_settings(tmp_path, **overrides)
-        host = make_host([], {"devices": backend_plugin(*backends), "models": MODELS})
+        host = make_host([], {"devices": backend_plugin(*backends), "models": models_plugin()})
         ctx = build_context(settings, host)
         ctx.engine.start()
         await ctx.engine.probe()

@@ -5,33 +5,50 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from npu_proxy.testing import LiveServer, backend_plugin, make_app, test_settings
-from npu_proxy_mock.backend import MockBackend
+import pytest
+from core_test_plugins import SimBackend, models_plugin, tiny_plugins
+from npu_proxy.engine.events import EmbeddingFinished, GenerationFinished
+from npu_proxy.testing import (
+    LiveServer,
+    RecordingSink,
+    backend_plugin,
+    make_app,
+    test_settings,
+)
 
 
-def test_every_response_has_a_request_id(mock_server: LiveServer) -> None:
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    """The core, a simulated device and the tiny dialect behind a real uvicorn server."""
+    with LiveServer(make_app(test_settings(tmp_path), [], tiny_plugins(SimBackend()))) as live:
+        yield live
+
+
+def test_every_response_has_a_request_id(server: LiveServer) -> None:
     seen = set()
     for path in ("/health", "/health/devices", "/no/such/route"):
-        response = httpx.get(mock_server.url + path)
+        response = httpx.get(server.url + path)
         request_id = response.headers["x-request-id"]
         assert re.fullmatch(r"req_[0-9a-f]{24}", request_id)
         seen.add(request_id)
     assert len(seen) == 3
 
 
-def test_unknown_routes_are_json_errors_not_fastapi_details(mock_server: LiveServer) -> None:
-    response = httpx.get(mock_server.url + "/health/nope")
+def test_unknown_routes_are_json_errors_not_fastapi_details(server: LiveServer) -> None:
+    response = httpx.get(server.url + "/health/nope")
     assert response.status_code == 404
     assert "detail" not in response.json() and "error" in response.json()
 
 
 def test_health_reports_devices_and_models(tmp_path: Path) -> None:
-    npu = MockBackend("NPU", present=False)
-    cpu = MockBackend("CPU")
-    app = make_app(test_settings(tmp_path), ["mock"], {"devs": backend_plugin(npu, cpu)})
+    npu = SimBackend("NPU", present=False)
+    cpu = SimBackend("CPU")
+    app = make_app(test_settings(tmp_path), [], {"devs": backend_plugin(npu, cpu),
+                                                 "more": backend_plugin(SimBackend("MOCK"))})
     with LiveServer(app) as server:
         body = httpx.get(server.url + "/health").json()
         assert body["status"] == "ok"
@@ -47,9 +64,9 @@ def test_health_reports_devices_and_models(tmp_path: Path) -> None:
 
 
 def test_health_answers_while_a_model_loads(tmp_path: Path) -> None:
-    slow = MockBackend("CPU", load_delay=3.0)
+    slow = SimBackend("CPU", load_delay=3.0)
     settings = test_settings(tmp_path, device="CPU")
-    app = make_app(settings, [], {"slow": backend_plugin(slow), "models": _mock_models()})
+    app = make_app(settings, [], {"slow": backend_plugin(slow), "models": models_plugin()})
     with LiveServer(app) as server:
         loader = threading.Thread(target=server.call, args=(server.ctx.engine.load("mock", -1),))
         loader.start()
@@ -70,16 +87,10 @@ def test_health_answers_while_a_model_loads(tmp_path: Path) -> None:
         assert len(latencies) > 5
 
 
-def _mock_models() -> object:
-    from npu_proxy_mock.testing import models_plugin
-
-    return models_plugin()
-
-
 def test_warm_up_loads_the_default_model_and_generates(tmp_path: Path) -> None:
-    cpu = MockBackend("CPU", token_delay=0.001)
+    cpu = SimBackend("CPU", token_delay=0.001)
     settings = test_settings(tmp_path, warmup=True, default_model="mock", device="CPU")
-    app = make_app(settings, [], {"cpu": backend_plugin(cpu), "models": _mock_models()})
+    app = make_app(settings, [], {"cpu": backend_plugin(cpu), "models": models_plugin()})
     with LiveServer(app) as server:
         deadline = time.monotonic() + 10
         while cpu.counters.finished == 0 and time.monotonic() < deadline:
@@ -91,11 +102,75 @@ def test_warm_up_loads_the_default_model_and_generates(tmp_path: Path) -> None:
         ]
 
 
+def test_warm_up_also_loads_the_embedding_model(tmp_path: Path) -> None:
+    cpu = SimBackend("CPU", token_delay=0.001)
+    recorder = RecordingSink()
+    settings = test_settings(tmp_path, warmup=True, default_model="mock", device="CPU",
+                             embedding_model="mock-embed", embedding_device="CPU")
+    app = make_app(settings, [], {"cpu": backend_plugin(cpu), "models": models_plugin(),
+                                  "sink": recorder.plugin()})
+    with LiveServer(app) as server:
+        deadline = time.monotonic() + 10
+        while cpu.counters.embeddings == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cpu.counters.embeddings == 1 and cpu.counters.finished == 1
+        models = httpx.get(server.url + "/health").json()["models"]
+        assert sorted((m["name"], m["device"], m["state"]) for m in models) == [
+            ("mock-embed:latest", "CPU", "loaded"), ("mock:latest", "CPU", "loaded")]
+    embedded = recorder.of(EmbeddingFinished)
+    assert [(e.model, e.inputs) for e in embedded] == [("mock-embed:latest", 1)]
+    assert [e.model for e in recorder.of(GenerationFinished)] == ["mock:latest"]
+
+
+def test_a_missing_embedding_model_fails_its_warm_up_only(tmp_path: Path) -> None:
+    cpu = SimBackend("CPU", token_delay=0.001)
+    settings = test_settings(tmp_path, warmup=True, default_model="mock", device="CPU",
+                             embedding_model="absent-embed")
+    app = make_app(settings, [], {"cpu": backend_plugin(cpu), "models": models_plugin()})
+    with LiveServer(app) as server:
+        deadline = time.monotonic() + 10
+        while cpu.counters.finished == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cpu.counters.finished == 1 and cpu.counters.embeddings == 0
+        assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_an_embedding_without_a_model_uses_the_default_embedding_model(tmp_path: Path) -> None:
+    cpu = SimBackend("CPU", token_delay=0)
+    settings = test_settings(tmp_path, embedding_model="mock-embed", embedding_device="CPU")
+    with LiveServer(make_app(settings, [], tiny_plugins(cpu))) as server:
+        reply = httpx.post(server.url + "/tiny/embed", json={"input": ["a b", "c"]})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model"] == "mock-embed:latest"
+        assert len(reply.json()["embeddings"]) == 2
+        assert reply.headers["x-npu-proxy-device"] == "CPU"
+        assert reply.headers["x-npu-proxy-token-count"] == "3"
+        named = httpx.post(server.url + "/tiny/embed",
+                           json={"model": "mock-embed", "input": ["a b", "c"]})
+        assert named.json() == reply.json()
+        # the default must be an embedding model: a chat model is a clear refusal
+        wrong = make_app(test_settings(tmp_path, embedding_model="mock"), [], tiny_plugins(cpu))
+    with LiveServer(wrong) as server:
+        refused = httpx.post(server.url + "/tiny/embed", json={"input": ["x"]})
+        assert refused.status_code == 400
+        assert "does not support generate embeddings" in refused.json()["tiny_error"]
+
+
+def test_route_headers_carry_the_wire_values(server: LiveServer) -> None:
+    with httpx.stream("POST", server.url + "/tiny/generate", json={"prompt": "hi"}) as reply:
+        lines = list(reply.iter_lines())
+        assert reply.headers["x-npu-proxy-route-reason"] == "preferred_device_absent"
+        assert reply.headers["x-npu-proxy-device"] == "SIM"
+    assert lines[-1] == '{"done":true}' and len(lines) == 13
+    models = httpx.get(server.url + "/health").json()["models"]
+    assert [m["state"] for m in models] == ["loaded"]
+
+
 def test_the_openapi_schema_builds_without_warnings(tmp_path: Path) -> None:
     import warnings
 
-    app = make_app(test_settings(tmp_path))
+    app = make_app(test_settings(tmp_path), [], tiny_plugins(SimBackend()))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         schema = app.openapi()
-    assert "/api/chat" in schema["paths"] and "/v1/messages" in schema["paths"]
+    assert "/tiny/generate" in schema["paths"] and "/health" in schema["paths"]

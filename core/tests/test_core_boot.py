@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from core_test_plugins import INSTALLED_NAME, SimBackend, install_as_distribution, tiny_plugins
 from npu_proxy.app import StartupError
 from npu_proxy.boot import StagedApp, StagedServer
 from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
@@ -162,14 +163,14 @@ def test_shutdown_during_composition_waits_then_shuts_the_app_down(tmp_path: Pat
     assert composed.events == ["lifespan.startup", "lifespan.shutdown"]
 
 
-def test_the_composed_mock_server_serves_through_the_stage(tmp_path: Path) -> None:
+def test_the_composed_simulated_server_serves_through_the_stage(tmp_path: Path) -> None:
     settings = test_settings(tmp_path)
-    staged = StagedApp(lambda: make_app(settings, ["mock", "ollama"]), settings)
+    staged = StagedApp(lambda: make_app(settings, [], tiny_plugins(SimBackend())), settings)
     with LiveServer(staged) as server:
         wait_for(lambda: staged.ready)
-        tags = httpx.get(server.url + "/api/tags", timeout=10)
+        tags = httpx.get(server.url + "/tiny/models", timeout=10)
         assert tags.status_code == 200
-        assert any(m["name"] for m in tags.json()["models"])
+        assert any(name for name in tags.json()["models"])
         health = httpx.get(server.url + "/health", timeout=10).json()
         assert health["devices"]  # the composed report, not the early one
 
@@ -197,10 +198,15 @@ def test_the_staged_server_composes_only_once_the_socket_is_bound(tmp_path: Path
 
 
 def serve(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:
-    environ = {**os.environ, "NPU_PROXY_REAL_INFERENCE": "0",
+    """``npu-proxy serve`` composed of the core and its test plugins (installed into a
+    throwaway site folder), whatever else is installed."""
+    site = install_as_distribution(tmp_path)
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    environ = {**os.environ, "NPU_PROXY_REAL_INFERENCE": "0", "PYTHONPATH": path,
                "NPU_PROXY_MODEL_PATH": str(tmp_path / "models"), **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "npu_proxy", "serve", "--host", "127.0.0.1", *args],
+        [sys.executable, "-m", "npu_proxy", "--plugins", INSTALLED_NAME, "serve",
+         "--host", "127.0.0.1", *args],
         env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -229,7 +235,7 @@ def test_serve_answers_health_and_then_requests(tmp_path: Path) -> None:
             return statuses[-1] == "ok"
 
         wait_for(healthy, timeout=120)
-        tags = httpx.get(url + "/api/tags", timeout=30)
+        tags = httpx.get(url + "/tiny/models", timeout=30)
         assert tags.status_code == 200
         assert tags.json()["models"]
     finally:
@@ -245,15 +251,15 @@ def test_serve_answers_health_and_then_requests(tmp_path: Path) -> None:
 def test_a_stop_ends_a_long_stream_after_the_grace_period(tmp_path: Path) -> None:
     port = free_port()
     process = serve(tmp_path, "--port", str(port), NPU_PROXY_SHUTDOWN_GRACE="1",
-                    NPU_PROXY_MOCK_TOKEN_DELAY="2", NPU_PROXY_LOG_LEVEL="WARNING")
+                    NPU_PROXY_TINY_TOKEN_DELAY="2", NPU_PROXY_LOG_LEVEL="WARNING")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: process.poll() is None and _status(url) == "ok", timeout=120)
         lines: list[str] = []
-        body = {"model": "smollm2:135m", "prompt": "Hi"}
-        with httpx.stream("POST", url + "/api/generate", json=body, timeout=60) as response:
+        body = {"prompt": "Hi"}
+        with httpx.stream("POST", url + "/tiny/generate", json=body, timeout=60) as response:
             stream = response.iter_lines()
-            lines.append(next(stream))  # the stream runs: 12-23 pieces, 2 s apart
+            lines.append(next(stream))  # the stream runs: 12 pieces, 2 s apart
             stopped = time.monotonic()
             process.send_signal(signal.SIGTERM)
             with contextlib.suppress(httpx.HTTPError):
@@ -264,7 +270,7 @@ def test_a_stop_ends_a_long_stream_after_the_grace_period(tmp_path: Path) -> Non
         if process.poll() is None:
             process.kill()
         process.communicate()
-    assert took < 15, took  # the grace (1 s) and the shutdown, not the 24-46 s stream
+    assert took < 15, took  # the grace (1 s) and the shutdown, not the 24 s stream
     assert len(lines) < 12
     assert '"done":true' not in lines[-1]  # ended by the stop, not finished
 

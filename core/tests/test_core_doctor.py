@@ -1,8 +1,11 @@
-"""``npu-proxy doctor``: a healthy setup passes, every problem fails with a fix, and the
-doctor never changes the model store it inspects.
+"""``npu-proxy doctor``: a healthy setup passes, every problem fails with a fix, the
+doctor never changes the model store it inspects, and the plugins' checks are shown
+under their plugin's name (a raising one as that plugin's failure).
 
-OpenVINO's device list is replaced by a fixed one where a test needs an NPU or a GPU
-(this machine has neither); one test runs the real probe.
+The generic checks run in simulated mode with the core's own test plugins (installed as
+a throwaway distribution, so the doctor finds them by name as it finds any plugin); the
+plugin checks come from inline plugins. The OpenVINO checks are tested with their
+plugins.
 """
 
 from __future__ import annotations
@@ -16,27 +19,27 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from core_test_plugins import INSTALLED_NAME, SimBackend, install_as_distribution, tiny_plugins
 from npu_proxy import doctor as doctor_module
+from npu_proxy.checks import HOST_KEY, Check, DoctorCheck
 from npu_proxy.doctor import doctor, read_env_file
 from npu_proxy.engine.store import STAGING_PREFIX, ModelStore
 from npu_proxy.engine.types import Capability, ModelInfo
-from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
-
-REAL_PROBE = doctor_module.probe_openvino
-ALL_DEVICES = {
-    "installed": True, "version": "2025.3.0", "error": "",
-    "devices": {
-        "CPU": {"full_name": "Test CPU", "driver_version": ""},
-        "GPU": {"full_name": "Intel(R) Arc(TM) Graphics (iGPU)", "driver_version": "24.35"},
-        "NPU": {"full_name": "Intel(R) AI Boost", "driver_version": "1.10.0"},
-    },
-}
+from npu_proxy.settings import Settings
+from npu_proxy.testing import (
+    LiveServer,
+    free_port,
+    inline_plugin,
+    make_app,
+    make_host,
+    test_settings,
+)
 
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A healthy setup: an empty writable store, loopback, a free port, real inference
-    with every device present, and only the mock plugin (fast to load)."""
+    """A healthy setup: an empty writable store, loopback, a free port, simulated mode
+    with only the core's test plugins (fast to load)."""
     for name in list(os.environ):
         if name.startswith("NPU_PROXY_"):
             monkeypatch.delenv(name)
@@ -45,17 +48,18 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("NPU_PROXY_MODEL_PATH", str(root))
     monkeypatch.setenv("NPU_PROXY_HOST", "127.0.0.1")
     monkeypatch.setenv("NPU_PROXY_PORT", str(free_port()))
-    monkeypatch.setenv("NPU_PROXY_PLUGINS", "mock")
-    monkeypatch.setattr(doctor_module, "probe_openvino", lambda: ALL_DEVICES)
+    monkeypatch.syspath_prepend(str(install_as_distribution(tmp_path)))
+    monkeypatch.setenv("NPU_PROXY_PLUGINS", INSTALLED_NAME)
+    monkeypatch.setenv("NPU_PROXY_REAL_INFERENCE", "0")
     yield root
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(doctor, list(args), catch_exceptions=False)
+def run(*args: str, obj: dict[str, Any] | None = None) -> Result:
+    return CliRunner().invoke(doctor, list(args), catch_exceptions=False, obj=obj)
 
 
-def checks(*args: str) -> tuple[int, list[dict[str, Any]]]:
-    result = run("--json", *args)
+def checks(*args: str, obj: dict[str, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
+    result = run("--json", *args, obj=obj)
     report = json.loads(result.output)
     assert report["ok"] == (result.exit_code == 0)
     return result.exit_code, report["checks"]
@@ -88,7 +92,8 @@ def test_healthy_setup_exits_zero(store: Path) -> None:
     assert "Everything looks fine." in result.output
     for section in ("configuration", "plugins", "devices", "models", "network", "security"):
         assert f"\n{section}\n" in result.output
-    assert "Intel(R) AI Boost (driver 1.10.0)" in result.output
+    assert ("device backends for mock mode (NPU_PROXY_REAL_INFERENCE=0): "
+            f"SIM ({INSTALLED_NAME})") in result.output
     assert "no server is running" in result.output
 
 
@@ -105,7 +110,8 @@ def test_json_report_shape(store: Path) -> None:
     code, found = checks()
     assert code == 0
     assert {c["status"] for c in found} <= {"ok", "info", "warn", "fail"}
-    assert all({"area", "status", "message", "fix", "details"} <= set(c) for c in found)
+    assert all({"area", "status", "message", "fix", "details", "plugin"} <= set(c)
+               for c in found)
 
 
 # --- the model store ---------------------------------------------------------------
@@ -173,10 +179,10 @@ def test_broken_models_are_reported(store: Path) -> None:
 
 @pytest.fixture
 def server(store: Path, tmp_path: Path) -> Iterator[LiveServer]:
-    """A real npu-proxy (mock backend) on the port the doctor checks."""
+    """A real npu-proxy (a simulated device) on the port the doctor checks."""
     port = int(os.environ["NPU_PROXY_PORT"])
     settings = test_settings(tmp_path / "server", port=port)
-    with LiveServer(make_app(settings, ["mock"]), port=port) as live:
+    with LiveServer(make_app(settings, [], tiny_plugins(SimBackend())), port=port) as live:
         yield live
 
 
@@ -245,7 +251,7 @@ def test_api_key_state(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "k" * 43 not in result.output  # never shown
 
 
-# --- configuration and devices -------------------------------------------------------
+# --- configuration, plugins and backends -------------------------------------------------------
 
 
 def test_invalid_setting_fails_naming_the_variable(
@@ -258,41 +264,20 @@ def test_invalid_setting_fails_naming_the_variable(
 
 
 def test_missing_named_plugin_fails(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NPU_PROXY_PLUGINS", "mock,no-such-plugin")
+    monkeypatch.setenv("NPU_PROXY_PLUGINS", f"{INSTALLED_NAME},no-such-plugin")
     code, found = checks()
     assert code == 1 and statuses(found, "plugins") == ["fail"]
 
 
-def test_openvino_absent_fails_only_for_real_inference(
+def test_real_inference_without_a_backend_fails(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    absent = {"installed": False, "version": "", "devices": {}, "error": ""}
-    monkeypatch.setattr(doctor_module, "probe_openvino", lambda: absent)
+    monkeypatch.setenv("NPU_PROXY_REAL_INFERENCE", "1")  # the test backend is simulated
     code, found = checks()
     assert code == 1 and statuses(found, "devices") == ["fail"]
-    monkeypatch.setenv("NPU_PROXY_REAL_INFERENCE", "0")
-    code, found = checks()
-    assert code == 0 and statuses(found, "devices") == ["info"]
-
-
-def test_absent_preferred_device_warns_with_a_fix(
-    store: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cpu_only = {**ALL_DEVICES, "devices": {"CPU": ALL_DEVICES["devices"]["CPU"]}}
-    monkeypatch.setattr(doctor_module, "probe_openvino", lambda: cpu_only)
-    code, found = checks()
-    assert code == 0
-    warning = next(c for c in found if c["area"] == "devices" and c["status"] == "warn")
-    assert "NPU (NPU_PROXY_DEVICE) is not available" in warning["message"]
-    assert "NPU_PROXY_DEVICE to one of: CPU" in warning["fix"]
-
-
-def test_real_openvino_sees_the_cpu(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("openvino")
-    monkeypatch.setattr(doctor_module, "probe_openvino", REAL_PROBE)
-    monkeypatch.setenv("NPU_PROXY_DEVICE", "CPU")
-    result = run()
-    assert "sees CPU" in result.output, result.output
+    failure = next(c for c in found if c["area"] == "devices")
+    assert failure["message"] == "no device backend is loaded for real inference"
+    assert "NPU_PROXY_REAL_INFERENCE=0" in failure["fix"]
 
 
 # --- --env-file ------------------------------------------------------------------------
@@ -308,3 +293,82 @@ def test_env_file_is_read_like_systemd(store: Path, tmp_path: Path) -> None:
     result = run("--env-file", str(env))
     assert result.exit_code == 1  # the store it names does not exist
     assert str(tmp_path / "elsewhere") in result.output
+
+
+# --- the plugins' checks ---------------------------------------------------------------
+
+
+def cable_check(settings: Settings) -> list[Check]:
+    """A plugin's check: one finding that depends on the settings it is given."""
+    if settings.real_inference:
+        return [Check("devices", "ok", "the cable is plugged in")]
+    return [Check("devices", "warn", "the cable is not needed in mock mode",
+                  fix="set NPU_PROXY_REAL_INFERENCE=1 to use it")]
+
+
+def broken_check(settings: Settings) -> list[Check]:
+    raise OSError("the probe fell over")
+
+
+def host_with(**plugins: Any) -> dict[str, Any]:
+    """The click ``obj`` that makes the doctor use the test plugins and ``plugins``."""
+    return {HOST_KEY: make_host([INSTALLED_NAME], plugins)}
+
+
+def checks_plugin(*checks: DoctorCheck) -> Any:
+    return inline_plugin(npu_proxy_register_doctor_checks=lambda register: [
+        register(check) for check in checks])
+
+
+def test_a_plugin_check_is_shown_under_its_plugin(store: Path) -> None:
+    obj = host_with(cable=checks_plugin(DoctorCheck("cable", "devices", cable_check)))
+    code, found = checks(obj=obj)
+    assert code == 0
+    mine = [c for c in found if c["plugin"] == "cable"]
+    assert [(c["area"], c["status"], c["message"]) for c in mine] == [
+        ("devices", "warn", "the cable is not needed in mock mode")]
+    assert all(c["plugin"] == "" for c in found if c not in mine)
+    text = run(obj=obj).output
+    assert "\ndevices (plugin cable)\n  WARN  the cable is not needed in mock mode\n" in text
+    assert "fix: set NPU_PROXY_REAL_INFERENCE=1 to use it" in text
+
+
+def test_a_raising_check_fails_its_plugin_and_the_others_still_run(store: Path) -> None:
+    obj = host_with(
+        flaky=checks_plugin(DoctorCheck("flaky-probe", "devices", broken_check)),
+        cable=checks_plugin(DoctorCheck("cable", "devices", cable_check)),
+    )
+    result = run("--json", obj=obj)
+    assert result.exit_code == 1
+    found = json.loads(result.output)["checks"]
+    failure = next(c for c in found if c["plugin"] == "flaky")
+    assert failure["status"] == "fail" and failure["area"] == "devices"
+    assert failure["message"] == "the check 'flaky-probe' failed: OSError: the probe fell over"
+    assert "'flaky'" in failure["fix"]
+    assert any(c["plugin"] == "cable" for c in found)
+    assert {"models", "network", "security"} <= {c["area"] for c in found}  # it went on
+
+
+def test_a_plugin_whose_hook_raises_is_reported_against_it(store: Path) -> None:
+    def register_checks(register: Any) -> None:
+        raise RuntimeError("no config file")
+
+    obj = host_with(broken=inline_plugin(npu_proxy_register_doctor_checks=register_checks))
+    code, found = checks(obj=obj)
+    assert code == 1
+    failure = next(c for c in found if c["plugin"] == "broken")
+    assert failure["area"] == "plugins" and failure["status"] == "fail"
+    assert failure["message"] == (
+        "plugin 'broken' could not register its checks: RuntimeError: no config file")
+
+
+def test_two_plugins_registering_one_check_name_fail_naming_both(store: Path) -> None:
+    obj = host_with(
+        first=checks_plugin(DoctorCheck("cable", "devices", cable_check)),
+        second=checks_plugin(DoctorCheck("cable", "devices", cable_check)),
+    )
+    code, found = checks(obj=obj)
+    assert code == 1
+    clash = [c["message"] for c in found if c["area"] == "plugins" and c["status"] == "fail"]
+    assert clash == ["DoctorCheck 'cable' is registered by both plugin 'first' and plugin "
+                     "'second'"]

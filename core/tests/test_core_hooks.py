@@ -10,14 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
+from core_test_plugins import SimBackend, models_plugin
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from npu_proxy import hookspecs
 from npu_proxy.api import ApiDialect
+from npu_proxy.engine.errors import EngineError
 from npu_proxy.engine.events import MetricsSink, RequestCompleted
 from npu_proxy.engine.types import Capability, ModelInfo
 from npu_proxy.testing import LiveServer, backend_plugin, inline_plugin, make_app, test_settings
-from npu_proxy_mock.backend import MockBackend
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugin_hooks.md"
 HOOKS = sorted(
@@ -56,22 +57,23 @@ class Echo(ApiDialect):
 
         return router
 
-    def error_response(self, status: int, message: str, *, code: str = "",
-                       headers: dict[str, str] | None = None) -> PlainTextResponse:
-        return PlainTextResponse(f"echo error: {message}", status_code=status, headers=headers)
+    def error_response(self, error: EngineError) -> PlainTextResponse:
+        return PlainTextResponse(f"echo error: {error.message}", status_code=error.status,
+                                 headers=error.headers)
 
 
 def test_hook_register_api(tmp_path: Path) -> None:
     plugin = inline_plugin(npu_proxy_register_api=lambda register: register(Echo()))
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], {"echo": plugin})) as server:
+    inline = {"echo": plugin, "models": models_plugin()}
+    with LiveServer(make_app(test_settings(tmp_path), [], inline)) as server:
         assert httpx.get(server.url + "/echo").text == "2 models"
         missing = httpx.get(server.url + "/echo/missing")
         assert (missing.status_code, missing.text) == (404, "echo error: /echo/missing not found")
 
 
 def test_hook_register_backends(tmp_path: Path) -> None:
-    npu = MockBackend("NPU")
-    app = make_app(test_settings(tmp_path), ["mock"], {"npu": backend_plugin(npu)})
+    npu = SimBackend("NPU")
+    app = make_app(test_settings(tmp_path), [], {"npu": backend_plugin(npu)})
     assert app.state.ctx.engine.backends["NPU"] is npu
 
 
@@ -84,6 +86,35 @@ def test_hook_register_models(tmp_path: Path) -> None:
     assert resolved.name == "tiny:latest" and resolved.builtin
 
 
+def test_hook_register_model_formats(tmp_path: Path) -> None:
+    from npu_proxy.app import StartupError
+    from npu_proxy.engine.formats import ModelFormat
+
+    class Text(ModelFormat):
+        """``.txt`` files are models; no repository holds one."""
+
+        name = "text"
+
+        def select(self, request: Any, listing: Any, peek: Any) -> None:
+            return None
+
+        def describe(self, path: Path, name: str) -> ModelInfo | None:
+            if path.suffix != ".txt":
+                return None
+            return ModelInfo(name, "text", path.read_text(), frozenset(), 128, path=path)
+
+    plugin = inline_plugin(npu_proxy_register_model_formats=lambda register: register(Text()))
+    app = make_app(test_settings(tmp_path), [], {"formats": plugin})
+    store = app.state.ctx.store
+    assert store.formats.names() == ["text"]
+    (tmp_path / "m.txt").write_text("llama")
+    assert store.import_path(tmp_path / "m.txt", "text-model").family == "llama"
+    twin = inline_plugin(npu_proxy_register_model_formats=lambda register: register(Text()))
+    clash = "'text' is registered by both plugin 'one' and plugin 'two'"
+    with pytest.raises(StartupError, match=clash):
+        make_app(test_settings(tmp_path), [], {"one": plugin, "two": twin})
+
+
 def test_hook_register_routing_policies(tmp_path: Path) -> None:
     from npu_proxy.engine.routing import RouteDecision, RoutingPolicy
 
@@ -94,7 +125,7 @@ def test_hook_register_routing_policies(tmp_path: Path) -> None:
             return RouteDecision(next(iter(ctx.devices)), "first")
 
     plugin = inline_plugin(npu_proxy_register_routing_policies=lambda register: register(First()))
-    app = make_app(test_settings(tmp_path, routing="first"), ["mock"], {"first": plugin})
+    app = make_app(test_settings(tmp_path, routing="first"), [], {"first": plugin})
     assert app.state.ctx.engine.policy.name == "first"
 
 
@@ -118,7 +149,7 @@ def test_hook_register_metrics_sinks(tmp_path: Path) -> None:
         register(good)
 
     plugin = inline_plugin(npu_proxy_register_metrics_sinks=register)
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], {"sinks": plugin})) as server:
+    with LiveServer(make_app(test_settings(tmp_path), [], {"sinks": plugin})) as server:
         assert httpx.get(server.url + "/health").status_code == 200
         assert httpx.get(server.url + "/health").status_code == 200
         assert server.ctx.bus.failures["broken"] >= 2
@@ -138,7 +169,7 @@ def test_hook_startup(tmp_path: Path) -> None:
 
     plugins = {"a": inline_plugin(npu_proxy_startup=started),
                "b": inline_plugin(npu_proxy_startup=broken)}
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], plugins)) as server:
+    with LiveServer(make_app(test_settings(tmp_path), [], plugins)) as server:
         assert httpx.get(server.url + "/health").status_code == 200  # still serving
         assert seen == ["started token_threshold"]
 
@@ -150,6 +181,50 @@ def test_hook_shutdown(tmp_path: Path) -> None:
         seen.append(ctx.engine.probing is False)
 
     plugin = inline_plugin(npu_proxy_shutdown=stopped)
-    with LiveServer(make_app(test_settings(tmp_path), ["mock"], {"s": plugin})):
+    with LiveServer(make_app(test_settings(tmp_path), [], {"s": plugin})):
         assert seen == []
     assert seen == [True]
+
+
+# The two tests below import what they use themselves, so that they stay one block.
+
+
+def test_hook_register_commands() -> None:
+    import click
+    from click.testing import CliRunner
+    from npu_proxy.checks import HOST_KEY
+    from npu_proxy.cli import main
+    from npu_proxy.testing import make_host
+
+    @click.command()
+    @click.argument("who")
+    def greet(who: str) -> None:
+        """Greet WHO."""
+        click.echo(f"hello, {who}")
+
+    plugin = inline_plugin(npu_proxy_register_commands=lambda register: register(greet))
+    host = make_host([], {"greeter": plugin})
+    result = CliRunner().invoke(main, ["greet", "npu"], obj={HOST_KEY: host})
+    assert (result.exit_code, result.output) == (0, "hello, npu\n")
+
+
+def test_hook_register_doctor_checks(tmp_path: Path) -> None:
+    from npu_proxy.checks import Check, DoctorCheck
+    from npu_proxy.doctor import render, run_checks
+    from npu_proxy.settings import Settings
+    from npu_proxy.testing import free_port, make_host
+
+    def disk_check(settings: Settings) -> list[Check]:
+        return [Check("models", "warn", f"{settings.model_path.name} is on a slow disk",
+                      fix="move it")]
+
+    plugin = inline_plugin(npu_proxy_register_doctor_checks=lambda register: register(
+        DoctorCheck("slow-disk", "models", disk_check)))
+    overrides = {"model_path": str(tmp_path), "host": "127.0.0.1", "port": free_port(),
+                 "real_inference": False}
+    found = run_checks(overrides, make_host([], {"disks": plugin}))
+    [mine] = [c for c in found if c.plugin == "disks"]
+    assert (mine.area, mine.status, mine.message) == (
+        "models", "warn", f"{tmp_path.name} is on a slow disk")
+    assert f"\nmodels (plugin disks)\n  WARN  {tmp_path.name} is on a slow disk\n" \
+        in render(found)

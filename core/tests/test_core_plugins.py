@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from core_test_plugins import make_distribution
 from npu_proxy.app import StartupError, create_app
 from npu_proxy.engine.routing import RoutingPolicy, TokenThresholdPolicy
 from npu_proxy.plugins import BUILTIN_PLUGINS, PluginError, PluginHost
@@ -33,18 +34,6 @@ class AlwaysCpu(RoutingPolicy):
 def npu_proxy_register_routing_policies(register):
     register(AlwaysCpu())
 '''
-
-
-def make_distribution(root: Path, name: str, module: str, source: str, group: str) -> Path:
-    """A tiny installed-looking distribution: a module plus its dist-info, nothing else."""
-    site = root / "site"
-    site.mkdir(exist_ok=True)
-    (site / f"{module}.py").write_text(source)
-    info = site / f"{name.replace('-', '_')}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(f"[{group}]\n{module.replace('_', '-')} = {module}\n")
-    return site
 
 
 def cli(*args: str, site: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -81,15 +70,15 @@ def test_a_third_party_policy_is_discovered_listed_and_selected(
     assert names == {"builtin", "tiny-policy"}
 
     monkeypatch.syspath_prepend(str(tiny_site))
-    app = create_app(test_settings(tmp_path, routing="always_cpu"), ["tiny-policy", "mock"])
+    app = create_app(test_settings(tmp_path, routing="always_cpu"), ["tiny-policy"])
     assert app.state.ctx.engine.policy.name == "always_cpu"
 
 
-def test_unknown_plugin_stops_serve_and_lists_installed() -> None:
-    result = cli("--plugins", "nosuch", "serve", "--port", "1")
+def test_unknown_plugin_stops_serve_and_lists_installed(tiny_site: Path) -> None:
+    result = cli("--plugins", "nosuch", "serve", "--port", "1", site=tiny_site)
     assert result.returncode != 0
     assert "nosuch" in result.stderr
-    assert "mock" in result.stderr and "Installed plugins" in result.stderr
+    assert "tiny-policy" in result.stderr and "Installed plugins" in result.stderr
 
 
 def test_broken_autoloaded_plugin_is_skipped_and_shown(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The built-in token_threshold policy: its contract, and every fallback reason end to end."""
+"""The built-in token_threshold policy: its contract, its own setting, and every fallback
+reason end to end."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from core_test_plugins import SimBackend
+from npu_proxy.app import StartupError, create_app
 from npu_proxy.engine.errors import BusyError, NoDeviceError, PromptTooLongError
-from npu_proxy.engine.routing import RouteReason, TokenThresholdPolicy
-from npu_proxy.testing import RoutingPolicyContract, routing_context
-from npu_proxy_mock.backend import MockBackend
+from npu_proxy.engine.lifecycle import ResidencyState
+from npu_proxy.engine.routing import RouteReason, TokenThresholdPolicy, TokenThresholdSettings
+from npu_proxy.testing import RoutingPolicyContract, routing_context, test_settings
 
 
 class TestTokenThresholdContract(RoutingPolicyContract):
@@ -27,6 +30,49 @@ def test_fallback_order_prefers_the_configured_device() -> None:
     assert policy.choose(ctx).device == "GPU"  # auto: first available of NPU, GPU, CPU
 
 
+def test_the_token_limit_is_the_policy_s_own_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.delenv("NPU_PROXY_TOKEN_LIMIT", raising=False)
+    assert TokenThresholdSettings().token_limit == 1800
+    policy = TokenThresholdPolicy(TokenThresholdSettings(token_limit=100))
+    devices = {"NPU": {}, "CPU": {}}
+    assert policy.choose(routing_context(devices, token_count=100)).device == "NPU"
+    over = policy.choose(routing_context(devices, token_count=101))
+    assert (over.device, over.reason) == ("CPU", RouteReason.OVER_TOKEN_LIMIT)
+    monkeypatch.setenv("NPU_PROXY_TOKEN_LIMIT", "300")
+    app = create_app(test_settings(tmp_path), [])
+    assert app.state.ctx.engine.policy.settings.token_limit == 300
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_an_invalid_token_limit_stops_startup_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, value: str
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_TOKEN_LIMIT", value)
+    with pytest.raises(StartupError, match="NPU_PROXY_TOKEN_LIMIT"):
+        create_app(test_settings(tmp_path), [])
+
+
+@pytest.mark.parametrize(
+    ("reason", "wire"),
+    [(RouteReason.PREFERRED, "preferred_device"),
+     (RouteReason.OVER_TOKEN_LIMIT, "token_limit_exceeded"),
+     (RouteReason.PREFERRED_ABSENT, "preferred_device_absent"),
+     (RouteReason.OVER_DEVICE_PROMPT_LEN, "device_prompt_limit_exceeded"),
+     (RouteReason.QUEUE_FULL, "queue_full"), (RouteReason.LOAD_FAILED, "load_failed"),
+     (RouteReason.UNSUPPORTED, "model_unsupported_on_device"),
+     (RouteReason.ONLY_DEVICE, "only_available_device")],
+)
+def test_route_reasons_keep_their_wire_values(reason: RouteReason, wire: str) -> None:
+    assert reason == wire and str(reason) == wire and f"{reason}" == wire
+    assert len(RouteReason) == 8
+
+
+def test_residency_states_keep_their_wire_values() -> None:
+    assert [str(s) for s in ResidencyState] == ["loading", "loaded", "failed"]
+
+
 async def route_of(ctx: Any, request: Any) -> Any:
     async with await ctx.engine.generate(request) as generation:
         async for _ in generation:
@@ -34,8 +80,8 @@ async def route_of(ctx: Any, request: Any) -> Any:
         return generation.route
 
 
-def devices(**npu: Any) -> tuple[MockBackend, MockBackend]:
-    return MockBackend("NPU", token_delay=0.001, **npu), MockBackend("CPU", token_delay=0.001)
+def devices(**npu: Any) -> tuple[SimBackend, SimBackend]:
+    return SimBackend("NPU", token_delay=0.001, **npu), SimBackend("CPU", token_delay=0.001)
 
 
 async def test_short_prompt_runs_on_the_preferred_device(
@@ -47,8 +93,11 @@ async def test_short_prompt_runs_on_the_preferred_device(
     assert route.token_count == await ctx.engine.count_tokens(request_for("short"))
 
 
-async def test_over_the_token_limit_falls_back(make_engine: Any, request_for: Any) -> None:
-    ctx = await make_engine(*devices(), token_limit=20)
+async def test_over_the_token_limit_falls_back(
+    make_engine: Any, request_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_TOKEN_LIMIT", "20")  # the policy's own setting
+    ctx = await make_engine(*devices())
     route = await route_of(ctx, request_for("word " * 40, max_tokens=2))
     assert (route.device, route.reason) == ("CPU", RouteReason.OVER_TOKEN_LIMIT)
     assert route.token_count > 20
@@ -71,8 +120,8 @@ async def test_prompt_over_the_compiled_length_falls_back(
 
 
 async def test_full_queue_falls_back(make_engine: Any, request_for: Any) -> None:
-    npu = MockBackend("NPU", token_delay=0.02)
-    cpu = MockBackend("CPU", token_delay=0.001)
+    npu = SimBackend("NPU", token_delay=0.02)
+    cpu = SimBackend("CPU", token_delay=0.001)
     ctx = await make_engine(npu, cpu, max_queue=0)
     busy = asyncio.create_task(route_of(ctx, request_for("occupies the npu", max_tokens=5)))
     await asyncio.sleep(0.02)
@@ -92,14 +141,14 @@ async def test_failed_load_falls_back(make_engine: Any, request_for: Any) -> Non
 
 
 async def test_nothing_fits_is_a_clear_error(make_engine: Any, request_for: Any) -> None:
-    ctx = await make_engine(MockBackend("NPU", max_prompt_len=10))
+    ctx = await make_engine(SimBackend("NPU", max_prompt_len=10))
     with pytest.raises(PromptTooLongError) as exc:
         await ctx.engine.generate(request_for("word " * 40))
     assert "10" in exc.value.message and str(exc.value.tokens) in exc.value.message
 
 
 async def test_every_queue_full_is_busy(make_engine: Any, request_for: Any) -> None:
-    ctx = await make_engine(MockBackend("NPU", token_delay=0.02), max_queue=0)
+    ctx = await make_engine(SimBackend("NPU", token_delay=0.02), max_queue=0)
     busy = asyncio.create_task(route_of(ctx, request_for("occupies", max_tokens=3)))
     await asyncio.sleep(0.01)
     with pytest.raises(BusyError):
@@ -108,7 +157,7 @@ async def test_every_queue_full_is_busy(make_engine: Any, request_for: Any) -> N
 
 
 async def test_no_device_names_what_is_absent(make_engine: Any, request_for: Any) -> None:
-    ctx = await make_engine(MockBackend("NPU", present=False))
+    ctx = await make_engine(SimBackend("NPU", present=False))
     with pytest.raises(NoDeviceError) as exc:
         await ctx.engine.generate(request_for("hi"))
     assert "NPU" in exc.value.message

@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from core_test_plugins import SimBackend
 from npu_proxy.engine.errors import BusyError, InferenceTimeoutError
 from npu_proxy.engine.scheduler import DeviceQueue
 from npu_proxy.engine.types import Done, FinishReason, TextDelta
-from npu_proxy_mock.backend import MockBackend
 
 
 async def run(ctx: Any, request: Any) -> list[Any]:
@@ -18,7 +18,7 @@ async def run(ctx: Any, request: Any) -> list[Any]:
 
 
 async def test_requests_run_in_fifo_order(make_engine: Any, request_for: Any) -> None:
-    npu = MockBackend("NPU", token_delay=0.002)
+    npu = SimBackend("NPU", token_delay=0.002)
     ctx = await make_engine(npu)
     tasks = []
     for i in range(5):
@@ -32,7 +32,7 @@ async def test_requests_run_in_fifo_order(make_engine: Any, request_for: Any) ->
 async def test_full_queue_is_busy_while_admitted_requests_finish(
     make_engine: Any, request_for: Any
 ) -> None:
-    npu = MockBackend("NPU", token_delay=0.01)
+    npu = SimBackend("NPU", token_delay=0.01)
     ctx = await make_engine(npu, max_queue=2)
     admitted = [asyncio.create_task(run(ctx, request_for(f"r{i}", max_tokens=5))) for i in range(3)]
     await asyncio.sleep(0.02)  # one running, two waiting
@@ -48,7 +48,7 @@ async def test_full_queue_is_busy_while_admitted_requests_finish(
 async def test_a_cancelled_waiter_never_reaches_the_device(
     make_engine: Any, request_for: Any
 ) -> None:
-    npu = MockBackend("NPU", token_delay=0.01)
+    npu = SimBackend("NPU", token_delay=0.01)
     ctx = await make_engine(npu)
     first = asyncio.create_task(run(ctx, request_for("first", max_tokens=5)))
     await asyncio.sleep(0.01)
@@ -69,7 +69,7 @@ async def test_a_cancelled_waiter_never_reaches_the_device(
 async def test_cancelling_one_stream_leaves_the_others_running(
     make_engine: Any, request_for: Any
 ) -> None:
-    cpu = MockBackend("CPU", token_delay=0.01, max_parallel=3)
+    cpu = SimBackend("CPU", token_delay=0.01, max_parallel=3)
     ctx = await make_engine(cpu, device="CPU")
 
     async def cut_short() -> int:
@@ -93,7 +93,7 @@ async def test_cancelling_one_stream_leaves_the_others_running(
 async def test_the_npu_never_runs_two_generations_at_once(
     make_engine: Any, request_for: Any
 ) -> None:
-    npu = MockBackend("NPU", token_delay=0.002, max_parallel=1, max_loaded_models=1)
+    npu = SimBackend("NPU", token_delay=0.002, max_parallel=1, max_loaded_models=1)
     ctx = await make_engine(npu)
     await asyncio.gather(*(run(ctx, request_for(f"n{i}", max_tokens=4)) for i in range(6)))
     assert npu.counters.finished == 6
@@ -101,7 +101,7 @@ async def test_the_npu_never_runs_two_generations_at_once(
 
 
 async def test_keep_alive_expiry_unloads(make_engine: Any, request_for: Any) -> None:
-    npu = MockBackend("NPU", token_delay=0.001)
+    npu = SimBackend("NPU", token_delay=0.001)
     ctx = await make_engine(npu)
     await run(ctx, request_for(max_tokens=2, keep_alive=0.2))
     assert [r.info.name for r in ctx.engine.running()] == ["mock:latest"]
@@ -113,7 +113,7 @@ async def test_keep_alive_expiry_unloads(make_engine: Any, request_for: Any) -> 
 async def test_keep_alive_zero_unloads_at_once_and_negative_keeps(
     make_engine: Any, request_for: Any
 ) -> None:
-    npu = MockBackend("NPU", token_delay=0.001)
+    npu = SimBackend("NPU", token_delay=0.001)
     ctx = await make_engine(npu, keep_alive=0.1)
     await run(ctx, request_for(max_tokens=2, keep_alive=0))
     await asyncio.sleep(0.01)
@@ -128,7 +128,7 @@ async def test_another_model_swaps_the_npu_without_restart(
 ) -> None:
     from npu_proxy.engine.store import ModelStore
 
-    npu = MockBackend("NPU", token_delay=0.001, max_loaded_models=1)
+    npu = SimBackend("NPU", token_delay=0.001, max_loaded_models=1)
     ctx = await make_engine(npu)
     store: ModelStore = ctx.store
     await store.acopy("mock", "other:1")
@@ -141,7 +141,7 @@ async def test_another_model_swaps_the_npu_without_restart(
 async def test_explicit_unload_waits_for_the_running_request(
     make_engine: Any, request_for: Any
 ) -> None:
-    npu = MockBackend("NPU", token_delay=0.01)
+    npu = SimBackend("NPU", token_delay=0.01)
     ctx = await make_engine(npu)
     running = asyncio.create_task(run(ctx, request_for(max_tokens=5, keep_alive=-1)))
     await asyncio.sleep(0.02)
@@ -155,7 +155,7 @@ async def test_explicit_unload_waits_for_the_running_request(
 async def test_inference_timeout_stops_a_wedged_generation(
     make_engine: Any, request_for: Any
 ) -> None:
-    npu = MockBackend("NPU", token_delay=0.05)
+    npu = SimBackend("NPU", token_delay=0.05)
     ctx = await make_engine(npu, inference_timeout=0.12)
     with pytest.raises(InferenceTimeoutError):
         await run(ctx, request_for(max_tokens=50))
@@ -166,7 +166,7 @@ async def test_inference_timeout_stops_a_wedged_generation(
 
 
 async def test_counts_and_timings_are_measured(make_engine: Any, request_for: Any) -> None:
-    npu = MockBackend("NPU", token_delay=0.005, load_delay=0.05)
+    npu = SimBackend("NPU", token_delay=0.005, load_delay=0.05)
     ctx = await make_engine(npu)
     events = await run(ctx, request_for("count me", max_tokens=4))
     done = events[-1]
@@ -201,10 +201,10 @@ async def test_device_queue_hands_slots_on_in_order() -> None:
 async def test_an_unbounded_request_is_bounded_by_max_tokens(
     make_engine: Any, request_for: Any
 ) -> None:
-    npu = MockBackend("NPU", token_delay=0)
+    npu = SimBackend("NPU", token_delay=0)
     ctx = await make_engine(npu, max_tokens=5)
     events = await run(ctx, request_for("ramble on"))
     done = events[-1]
     assert done.finish_reason == FinishReason.LENGTH and done.usage.completion_tokens == 5
-    unbounded = await make_engine(MockBackend("CPU", token_delay=0), device="CPU", max_tokens=0)
+    unbounded = await make_engine(SimBackend("CPU", token_delay=0), device="CPU", max_tokens=0)
     assert (await run(unbounded, request_for("ramble on")))[-1].finish_reason == "stop"

@@ -4,49 +4,43 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from core_test_plugins import SimBackend, tiny_plugins
 from npu_proxy.cli import exposure_warning
 from npu_proxy.logs import SafeFormatter, escape_controls
 from npu_proxy.security import HostPolicy, api_key_of, parse_networks
 from npu_proxy.settings import Settings
-from npu_proxy.testing import LiveServer, make_app, test_settings
+from npu_proxy.testing import LiveServer, assert_routes_need_key, make_app, test_settings
 
 KEY = "sk-test-sentinel-0123456789"
 
 
-def paths_of(app: Any) -> list[tuple[str, str]]:
-    """Every (method, concrete path) the app serves, path parameters filled in."""
-    found = []
-    for route in app.routes:
-        path = getattr(route, "path", None)
-        if path is None:
-            continue
-        concrete = path.replace("{", "").replace("}", "").replace(":path", "")
-        for method in sorted(getattr(route, "methods", None) or {"GET"}):
-            found.append((method, concrete))
-    return found
+def tiny_app(settings: Settings) -> Any:
+    """The core with the test plugins only (the cross-plugin suite checks them all)."""
+    return make_app(settings, [], tiny_plugins(SimBackend()))
 
 
 @pytest.fixture
 def keyed(tmp_path: Path) -> Any:
-    with LiveServer(make_app(test_settings(tmp_path, api_key=KEY))) as server:
+    with LiveServer(tiny_app(test_settings(tmp_path, api_key=KEY))) as server:
         yield server
 
 
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    with LiveServer(tiny_app(test_settings(tmp_path))) as live:
+        yield live
+
+
 def test_every_route_but_health_needs_the_key(keyed: LiveServer) -> None:
-    routes = paths_of(keyed.app)
+    routes = assert_routes_need_key(keyed, KEY)
     assert ("GET", "/openapi.json") in routes and ("GET", "/docs") in routes
-    for method, path in routes:
-        response = httpx.request(method, keyed.url + path, content=b"{}")
-        if path == "/health":
-            assert response.status_code == 200
-            continue
-        assert response.status_code == 401, (method, path, response.status_code)
-        assert KEY not in response.text
+    assert ("POST", "/tiny/generate") in routes
 
 
 def test_bearer_and_x_api_key_are_accepted(keyed: LiveServer) -> None:
@@ -63,8 +57,8 @@ def test_api_key_header_parsing() -> None:
     assert api_key_of({b"authorization": b"Bearer"}) is None
 
 
-def test_host_header_against_dns_rebinding(mock_server: LiveServer) -> None:
-    url = mock_server.url + "/health"
+def test_host_header_against_dns_rebinding(server: LiveServer) -> None:
+    url = server.url + "/health"
     for host in ("localhost:11435", "127.0.0.1", "[::1]:80", "192.168.1.20:11435",
                  "172.29.96.1", socket.gethostname(), "app.localhost"):
         assert httpx.get(url, headers={"Host": host}).status_code == 200, host
@@ -83,15 +77,15 @@ def test_host_policy_patterns() -> None:
 
 def test_clients_outside_the_allow_list_are_refused(tmp_path: Path) -> None:
     settings = test_settings(tmp_path, allowed_clients="10.0.0.0/8")
-    with LiveServer(make_app(settings)) as server:
+    with LiveServer(tiny_app(settings)) as server:
         response = httpx.get(server.url + "/health")
         assert response.status_code == 403 and "client" in response.json()["error"]
-    with LiveServer(make_app(test_settings(tmp_path))) as server:  # default: loopback ok
+    with LiveServer(tiny_app(test_settings(tmp_path))) as server:  # default: loopback ok
         assert httpx.get(server.url + "/health").status_code == 200
 
 
-def test_cors_allows_local_pages_and_editors_only(mock_server: LiveServer) -> None:
-    url = mock_server.url + "/health"
+def test_cors_allows_local_pages_and_editors_only(server: LiveServer) -> None:
+    url = server.url + "/health"
     preflight = {"Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "content-type"}
     for origin in ("http://localhost:3000", "vscode-webview://abc123", "http://127.0.0.1:8080"):
@@ -108,7 +102,7 @@ def test_cors_allows_local_pages_and_editors_only(mock_server: LiveServer) -> No
 
 def test_body_limit_before_parsing(tmp_path: Path) -> None:
     settings = test_settings(tmp_path, max_body="2KiB")
-    with LiveServer(make_app(settings)) as server:
+    with LiveServer(tiny_app(settings)) as server:
         url = server.url + "/health"
         declared = httpx.post(url, content=b"x" * 4096)
         assert declared.status_code == 413 and "2048 bytes" in declared.json()["error"]

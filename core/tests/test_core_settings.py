@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from npu_proxy.engine.routing import TokenThresholdSettings
 from npu_proxy.settings import Settings, SettingsError, load_settings, parse_duration
 
 
@@ -19,7 +20,8 @@ def test_defaults_follow_the_specification(monkeypatch: pytest.MonkeyPatch) -> N
     assert (s.host, s.port, s.device, s.fallback_device) == ("0.0.0.0", 11435, "NPU", None)
     assert s.real_inference is True  # the deliberate change: real inference by default
     assert s.model_path == Path("~/.cache/npu-proxy/models").expanduser()
-    assert (s.inference_timeout, s.token_limit) == (180, 1800)
+    assert s.inference_timeout == 180
+    assert TokenThresholdSettings().token_limit == 1800  # the token_threshold policy's own
     assert (s.embedding_device, s.log_level) == ("CPU", "INFO")
     assert s.embedding_model == "all-minilm:latest"
     assert (s.max_queue, s.keep_alive) == (512, 300.0)
@@ -74,5 +76,5 @@ def test_bad_durations(text: object) -> None:
 
 def test_every_variable_is_documented() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
-    for name in Settings.model_fields:
+    for name in [*Settings.model_fields, *TokenThresholdSettings.model_fields]:
         assert f"`NPU_PROXY_{name.upper()}`" in docs, name

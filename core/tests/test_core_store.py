@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from npu_proxy.engine.errors import InvalidRequestError, ModelNotFoundError, ModelStoreError
+from npu_proxy.engine.formats import (
+    FormatDetails,
+    HubRequest,
+    ModelFormat,
+    ModelFormatError,
+    ModelFormats,
+    Peek,
+    RemoteFile,
+    UnreadDetails,
+)
 from npu_proxy.engine.names import canonical, parse_model_name
 from npu_proxy.engine.store import STAGING_PREFIX, ModelStore
-from npu_proxy.engine.types import Capability, ModelInfo
+from npu_proxy.engine.types import Capability, ModelInfo, PulledFile, PulledFrom
+from pydantic import AliasChoices, Field
 
 
 @pytest.mark.parametrize(
@@ -81,3 +96,119 @@ def test_scan_removes_leftovers_and_skips_broken_manifests(tmp_path: Path) -> No
     store.scan()
     assert not (tmp_path / f"{STAGING_PREFIX}abc").exists()
     assert store.models() == []
+
+
+# --- typed details, old manifests, imports -------------------------------------------
+
+
+class NoteDetails(FormatDetails):
+    """A format's details; ``note`` was called ``old.note`` in manifests of old."""
+
+    note: str = Field(default="", validation_alias=AliasChoices("note", "old.note"))
+
+
+class NoteFormat(ModelFormat):
+    """``*.note`` files: the first line is the model's family."""
+
+    name = "note"
+    details_type = NoteDetails
+
+    def select(
+        self, request: HubRequest, listing: Sequence[RemoteFile], peek: Peek
+    ) -> list[RemoteFile] | None:
+        return None
+
+    def describe(self, path: Path, name: str) -> ModelInfo | None:
+        if path.suffix != ".note":
+            return None
+        family = path.read_text().split("\n", 1)[0]
+        if not family:
+            raise ModelFormatError("the note file is empty")
+        return ModelInfo(name, "note", family, frozenset({Capability.COMPLETION}), 512,
+                         path=path, details=NoteDetails(note="read"))
+
+
+#: A manifest as stores written before details were typed: one loose ``extra`` dict
+#: holding the hub's provenance, what /api/create stored, and the format's own keys.
+OLD_MANIFEST = {
+    "name": "old:latest", "format": "note", "family": "llama",
+    "capabilities": ["completion"], "context_length": 2048, "size": 10, "digest": "abc",
+    "path": "model.note", "parameter_size": "", "quantization_level": "", "architecture": "",
+    "modified_at": "2026-01-02T03:04:05+00:00", "source": "hf.co/org/old@c0ffee",
+    "embedding_length": 0, "template": "",
+    "extra": {
+        "repo": "org/old", "revision": "c0ffee",
+        "files": [{"path": "model.note", "size": 10, "sha256": "ff" * 32}],
+        "system": "Be brief.", "parameters": {"num_ctx": 512}, "license": "MIT",
+        "old.note": "kept",
+    },
+}
+
+
+def test_old_manifests_still_load(tmp_path: Path) -> None:
+    folder = tmp_path / "old--latest"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(OLD_MANIFEST))
+    store = ModelStore(tmp_path, formats=ModelFormats([NoteFormat()]))
+    store.scan()
+    info = store.resolve("old")
+    assert info.details == NoteDetails(note="kept")
+    files = (PulledFile("model.note", 10, "ff" * 32),)
+    assert info.pulled == PulledFrom("org/old", "c0ffee", files)
+    assert (info.system, info.parameters, info.license) == ("Be brief.", {"num_ctx": 512}, "MIT")
+    assert info.path == folder / "model.note"
+    # Written again, the manifest has the new shape and reads back the same.
+    store.write(info)
+    data = json.loads((folder / "manifest.json").read_text())
+    assert "extra" not in data and data["details"] == {"note": "kept"}
+    fresh = ModelStore(tmp_path, formats=ModelFormats([NoteFormat()]))
+    fresh.scan()
+    assert fresh.resolve("old") == info
+
+
+def test_details_of_a_format_no_plugin_reads_are_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "old--latest"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(OLD_MANIFEST))
+    store = ModelStore(tmp_path)  # the note format's plugin is not loaded
+    store.scan()
+    info = store.resolve("old")
+    assert isinstance(info.details, UnreadDetails)
+    store.copy("old", "again")
+    copied = json.loads((tmp_path / "again--latest" / "manifest.json").read_text())
+    assert copied["details"] == {"old.note": "kept"}
+    with pytest.raises(ModelFormatError, match="no installed plugin"):
+        store.write(replace(info, name="other", details=NoteDetails(note="x")))
+
+
+def test_import_path_asks_the_formats(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store", formats=ModelFormats([NoteFormat()]))
+    note = tmp_path / "tiny.note"
+    note.write_text("llama\nweights")
+    info = store.import_path(note, "tiny", adjust=lambda i: replace(i, system="Hi."))
+    assert (info.name, info.format, info.family, info.system) == ("tiny:latest", "note", "llama",
+                                                                   "Hi.")
+    assert info.digest == "sha256:" + hashlib.sha256(b"llama\nweights").hexdigest()
+    assert info.size == note.stat().st_size and info.source == "local file"
+    assert info.details == NoteDetails(note="read")
+    empty = tmp_path / "empty.note"
+    empty.write_text("")
+    with pytest.raises(ModelFormatError, match="empty"):
+        store.import_path(empty, "empty")
+    other = tmp_path / "x.txt"
+    other.write_text("?")
+    with pytest.raises(ModelFormatError, match=r"no installed model format .*\(installed: note\)"):
+        store.import_path(other, "x")
+    with pytest.raises(InvalidRequestError):
+        store.import_path(tmp_path / "missing.note", "missing")
+    assert [m.name for m in store.models()] == ["tiny:latest"]
+
+
+def test_details_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
+    class OtherDetails(FormatDetails):
+        pass
+
+    store = ModelStore(tmp_path, formats=ModelFormats([NoteFormat()]))
+    bad = ModelInfo("bad", "note", "x", frozenset(), 1, details=OtherDetails())
+    with pytest.raises(ModelFormatError, match="OtherDetails"):
+        store.register(bad)

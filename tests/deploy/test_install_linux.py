@@ -17,10 +17,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from npu_proxy.engine.routing import TokenThresholdSettings
 from npu_proxy.settings import Settings
 from npu_proxy_openvino import OpenVINOSettings
 from npu_proxy_openvino_npu import NpuSettings
 from pydantic_settings import BaseSettings
+
+#: What the core ships: its own settings and its built-in routing policy's.
+CORE_SETTINGS = (Settings, TokenThresholdSettings)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "install_linux.sh"
@@ -70,7 +74,7 @@ PLUGIN_SETTINGS: tuple[type[BaseSettings], ...] = (NpuSettings, OpenVINOSettings
 
 def owner(name: str) -> type[BaseSettings] | None:
     """The settings class (the core's or a plugin's) that reads ``NPU_PROXY_<name>``."""
-    for cls in (Settings, *PLUGIN_SETTINGS):
+    for cls in (*CORE_SETTINGS, *PLUGIN_SETTINGS):
         if name.lower() in cls.model_fields:
             return cls
     return None
@@ -138,7 +142,7 @@ def test_env_file_is_private_and_all_commented(installed: Path) -> None:
 
 def test_env_file_documents_every_core_setting(installed: Path) -> None:
     documented = documented_settings((installed / ENV).read_text())
-    fields = {name.upper() for name in Settings.model_fields}
+    fields = {name.upper() for cls in CORE_SETTINGS for name in cls.model_fields}
     assert fields <= set(documented)
     # The rest are the NPU's and the OpenVINO backends' own variables.
     assert all(owner(name) is not None for name in documented), documented

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from npu_proxy.engine.routing import TokenThresholdSettings
 from npu_proxy.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +113,8 @@ def _linux_settings() -> dict[str, str]:
 
 def test_settings_match_linux_and_core() -> None:
     windows, linux = _windows_settings(), _linux_settings()
-    fields = {name.upper() for name in Settings.model_fields}
+    fields = {name.upper() for cls in (Settings, TokenThresholdSettings)
+              for name in cls.model_fields}
     # MODEL_PATH is written uncommented, pointing into the installation; the rest are the
     # core's variables and the ones the Linux installer documents for the plugins.
     assert fields <= set(windows) | {"MODEL_PATH"}

@@ -3,7 +3,8 @@
 A dialect owns a set of URL prefixes, builds a FastAPI router over the server's
 :class:`~npu_proxy.context.ServerContext`, and renders every error for its paths in its
 own wire shape, including errors raised by the core's middleware (401, 403, 413) and
-for unknown routes under its prefixes.
+for unknown routes under its prefixes. Its streamed replies go through
+:func:`npu_proxy.streaming.stream_response`, so a dialect only encodes events.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING
 
+from starlette.responses import JSONResponse, Response
+
+from .engine.errors import EngineError
+
 if TYPE_CHECKING:
     from fastapi import APIRouter
-    from starlette.responses import Response
 
     from .context import ServerContext
 
@@ -32,13 +36,18 @@ class ApiDialect(abc.ABC):
     def router(self, ctx: ServerContext) -> APIRouter:
         """Build the routes. Called once per app; close over ``ctx``, keep no globals."""
 
-    @abc.abstractmethod
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        """Render an error in this dialect's shape (``code`` is an engine error code)."""
+    def error_response(self, error: EngineError) -> Response:
+        """Render ``error`` in this dialect's shape.
+
+        ``error`` carries the HTTP status, a machine-readable ``code`` (empty for an
+        :class:`~npu_proxy.web.HttpError` without one), the ``message``, the ``param``
+        it concerns (when known) and the ``headers`` the response must carry (such as
+        ``Retry-After``). The default is the plain ``{"error": message}`` body.
+        """
+        return plain_error_response(error)
+
+
+def plain_error_response(error: EngineError) -> Response:
+    """``{"error": message}`` with the error's status and headers."""
+    return JSONResponse({"error": error.message}, status_code=error.status,
+                        headers=error.headers)

@@ -21,12 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from . import __version__
-from .api import ApiDialect
+from .api import ApiDialect, plain_error_response
 from .context import ServerContext
 from .engine.backend import Backend
 from .engine.engine import Engine
-from .engine.errors import EngineError
+from .engine.errors import EngineError, InvalidRequestError
 from .engine.events import EventBus, MetricsSink
+from .engine.formats import ModelFormat, ModelFormats
 from .engine.routing import RoutingPolicy
 from .engine.store import ModelStore
 from .engine.types import ModelInfo
@@ -35,7 +36,7 @@ from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
 from .security import SecurityMiddleware, policy_options
 from .settings import Settings
-from .web import ClientDisconnected
+from .web import CLIENT_CLOSED, ClientDisconnected, HttpError
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +75,26 @@ def build_context(settings: Settings, host: PluginHost) -> ServerContext:
         dialects = [d for _, d in host.collect("npu_proxy_register_api", ApiDialect, settings)]  # type: ignore[type-abstract]
         backends = host.collect("npu_proxy_register_backends", Backend, settings)  # type: ignore[type-abstract]
         models = host.collect("npu_proxy_register_models", ModelInfo, settings)
+        formats = host.collect("npu_proxy_register_model_formats", ModelFormat, settings)  # type: ignore[type-abstract]
         policies = host.collect("npu_proxy_register_routing_policies", RoutingPolicy, settings)  # type: ignore[type-abstract]
         sinks = host.collect("npu_proxy_register_metrics_sinks", MetricsSink, settings)  # type: ignore[type-abstract]
     except PluginError as exc:
         raise StartupError(str(exc)) from None
-    store = ModelStore(settings.model_path)
-    for _, model in models:
-        store.register(model)
+    store = ModelStore(settings.model_path, formats=ModelFormats(f for _, f in formats))
+    for plugin, model in models:
+        try:
+            store.register(model)
+        except EngineError as exc:
+            raise StartupError(f"plugin {plugin!r} registered a bad model: {exc}") from None
     bus = EventBus([s for _, s in sinks])
     engine = Engine(
         settings, store, _select_backends(settings, backends), _select_policy(settings, policies),
         bus,
     )
-    puller = Puller(store, list(engine.backends.values()))
+    try:
+        puller = Puller(store)
+    except ValueError as exc:  # two formats claim one pull alias
+        raise StartupError(str(exc)) from None
     return ServerContext(settings, engine, store, bus, host, dialects, puller=puller)
 
 
@@ -101,15 +109,12 @@ def dialect_for(ctx: ServerContext, path: str) -> ApiDialect | None:
     return best[1] if best else None
 
 
-def error_response(ctx: ServerContext, path: str, status: int, message: str, code: str = "",
-                   headers: dict[str, str] | None = None) -> Response:
-    """An error in the shape of the dialect that owns ``path`` (plain JSON otherwise)."""
+def error_response(ctx: ServerContext, path: str, error: EngineError) -> Response:
+    """``error`` in the shape of the dialect that owns ``path`` (plain JSON otherwise)."""
     dialect = dialect_for(ctx, path)
     if dialect is None:
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-    return dialect.error_response(status, message, code=code, headers=headers)
+        return plain_error_response(error)
+    return dialect.error_response(error)
 
 
 async def _run_hook(ctx: ServerContext, hook: str) -> None:
@@ -172,32 +177,29 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail) if exc.status_code != 404 else f"{request.url.path} not found"
-        return error_response(ctx, request.url.path, exc.status_code, message,
-                              headers=getattr(exc, "headers", None))
+        error = HttpError(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return error_response(ctx, request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error_response(ctx, request.url.path, 400, f"invalid request: {loc} "
-                              f"{first.get('msg', '')}".strip(), code="invalid_request")
+        message = f"invalid request: {loc} {first.get('msg', '')}".strip()
+        return error_response(ctx, request.url.path, InvalidRequestError(message))
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError) -> Response:
-        retry = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if retry is not None else None
-        return error_response(ctx, request.url.path, exc.status, exc.message, exc.code, headers)
+        return error_response(ctx, request.url.path, exc)
 
     @app.exception_handler(ClientDisconnected)
     async def disconnected(request: Request, exc: ClientDisconnected) -> Response:
-        # Nobody is listening; 499 (Ollama's and nginx's "client closed request") is
-        # what the access log and the metrics should show.
-        return Response(status_code=499)
+        # Nobody is listening; the status is for the access log and the metrics.
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return error_response(ctx, request.url.path, 500, "internal server error")
+        return error_response(ctx, request.url.path, EngineError("internal server error"))
 
     _add_network_safety(app, ctx)
     app.add_middleware(RequestContextMiddleware, bus=ctx.bus)
@@ -210,7 +212,7 @@ def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
     app.add_middleware(
         SecurityMiddleware,
         render=lambda path, status, message, code, headers: error_response(
-            ctx, path, status, message, code, headers),
+            ctx, path, HttpError(status, message, code=code, headers=headers)),
         **policy_options(settings),
     )
     app.add_middleware(
@@ -231,23 +233,32 @@ def origins_regex(patterns: Iterable[str]) -> str:
 
 
 async def _warm_up(ctx: ServerContext) -> None:
-    """Load the default model and generate 16 tokens, so the first request is fast."""
-    from .engine.types import GenerationRequest, Message, SamplingOptions
+    """Load the default model and generate 16 tokens, then load the embedding model
+    (``NPU_PROXY_EMBEDDING_MODEL``) with one embedding, so first requests are fast.
+    Each is kept loaded; a failure of one is logged and does not stop the other."""
+    from .engine.types import EmbeddingRequest, GenerationRequest, Message, SamplingOptions
 
-    request = GenerationRequest(
-        model=ctx.settings.default_model,
-        messages=(Message(role="user", content="Hello"),),
-        options=SamplingOptions(max_tokens=16, temperature=0.0),
-        keep_alive=-1,
-    )
-    try:
+    async def generate() -> None:
+        request = GenerationRequest(
+            model=ctx.settings.default_model,
+            messages=(Message(role="user", content="Hello"),),
+            options=SamplingOptions(max_tokens=16, temperature=0.0),
+            keep_alive=-1,
+        )
         async with await ctx.engine.generate(request) as generation:
             async for _ in generation:
                 pass
-        log.info("warm-up of %s finished", ctx.settings.default_model)
-    except Exception as exc:
-        log.warning("warm-up of %s failed: %s", ctx.settings.default_model,
-                    getattr(exc, "message", exc))
+
+    async def embed() -> None:
+        await ctx.engine.embed(EmbeddingRequest(model=None, inputs=("Hello",), keep_alive=-1))
+
+    for name, warm in ((ctx.settings.default_model, generate),
+                       (ctx.settings.embedding_model, embed)):
+        try:
+            await warm()
+            log.info("warm-up of %s finished", name)
+        except Exception as exc:
+            log.warning("warm-up of %s failed: %s", name, getattr(exc, "message", exc))
 
 
 def context_of(app: Any) -> ServerContext:

@@ -8,14 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .api import ApiDialect
-from .engine.routing import RoutingPolicy, TokenThresholdPolicy
+from .engine.routing import RoutingPolicy, TokenThresholdPolicy, TokenThresholdSettings
 from .health import HealthApi
 from .hookspecs import hookimpl
+from .settings import load_plugin_settings
 
 
 @hookimpl
 def npu_proxy_register_routing_policies(register: Callable[[RoutingPolicy], None]) -> None:
-    register(TokenThresholdPolicy())
+    # Read here, at composition: an invalid NPU_PROXY_TOKEN_LIMIT stops startup naming it.
+    register(TokenThresholdPolicy(load_plugin_settings(TokenThresholdSettings)))
 
 
 @hookimpl

@@ -1,4 +1,5 @@
-"""The ``npu-proxy`` command line: serve, and inspect plugins and devices.
+"""The ``npu-proxy`` command line: serve, inspect plugins and devices, doctor; and the
+commands that plugins contribute (the Ollama plugin's ``pull``, ``list``, ``run``, ...).
 
 ``--plugins a,b`` (or ``NPU_PROXY_PLUGINS``) restricts which installed plugins load;
 flags override ``NPU_PROXY_*`` variables. Errors are one clear line and a non-zero exit.
@@ -23,6 +24,7 @@ from . import __version__
 # functions that use them: a batching worker process started with ``spawn`` re-imports
 # the ``npu-proxy`` script's module, and everything imported here delays its compile.
 if TYPE_CHECKING:
+    from .commands import PluginCommand
     from .plugins import PluginHost
     from .settings import Settings
 
@@ -36,9 +38,21 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def _host(settings: Settings) -> PluginHost:
+def _given_host(ctx: click.Context) -> PluginHost | None:
+    """The host an embedding application (or a test) handed in as ``obj[HOST_KEY]``."""
+    from .checks import HOST_KEY
+
+    given: PluginHost | None = (ctx.obj or {}).get(HOST_KEY)
+    return given
+
+
+def _host(ctx: click.Context, settings: Settings) -> PluginHost:
+    """The host handed in, else the selected installed plugins."""
     from .plugins import PluginError, PluginHost
 
+    given = _given_host(ctx)
+    if given is not None:
+        return given
     try:
         return PluginHost.load(settings.plugins)
     except PluginError as exc:
@@ -55,24 +69,76 @@ def _check_plugins(names: list[str]) -> None:
 
 
 class _Main(click.Group):
-    """The command group; the model commands and doctor are imported only when used.
+    """The command group: the core's commands, then those the loaded plugins register.
 
-    They bring an HTTP client that ``serve`` does not need, and every 100 ms of imports
-    is 100 ms before ``/health`` answers.
+    ``serve`` is found without loading any plugin's commands (every 100 ms of imports is
+    100 ms before ``/health`` answers), and ``doctor``, which brings an HTTP client, is
+    imported only when it runs. A plugin command is looked up by loading the plugins of
+    the ``--plugins`` selection and asking them (``npu_proxy_register_commands``).
     """
 
-    @staticmethod
-    def _lazy() -> dict[str, click.Command]:
-        from .client_cli import COMMANDS
-        from .doctor import doctor
-
-        return {str(command.name): command for command in (*COMMANDS, doctor)}
+    _CACHE = "npu_proxy.plugin_commands"
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._lazy()})
+        try:
+            provided = self._plugin_commands(ctx)
+        except click.ClickException as exc:
+            click.echo(f"warning: plugin commands are not listed: {exc.message}", err=True)
+            provided = {}
+        return sorted({*super().list_commands(ctx), "doctor", *provided})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, cmd_name) or self._lazy().get(cmd_name)
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        if cmd_name == "doctor":
+            from .doctor import doctor
+
+            return doctor
+        provided = self._plugin_commands(ctx)
+        if cmd_name in provided:
+            return provided[cmd_name].command
+        selected = None if _given_host(ctx) else _selection(ctx)
+        if selected is not None:
+            from .commands import unselected_provider
+
+            owner = unselected_provider(cmd_name, selected)
+            if owner is not None:
+                dist = f" ({owner.distribution})" if owner.distribution else ""
+                raise click.ClickException(
+                    f"{cmd_name!r} is provided by the plugin {owner.plugin!r}{dist}, which is "
+                    "not loaded; add it to --plugins"
+                )
+        return None  # click's own "No such command"
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, PluginCommand]:
+        """The selected plugins' commands, loaded once per invocation."""
+        if self._CACHE not in ctx.meta:
+            from .commands import plugin_commands
+            from .plugins import PluginError, PluginHost
+
+            given = _given_host(ctx)
+            try:
+                host = given if given is not None else PluginHost.load(_selection(ctx))
+                ctx.meta[self._CACHE] = plugin_commands(host)
+            except PluginError as exc:
+                raise click.ClickException(str(exc)) from None
+        provided: dict[str, PluginCommand] = ctx.meta[self._CACHE]
+        return provided
+
+
+def _selection(ctx: click.Context) -> list[str] | None:
+    """The ``--plugins`` / ``NPU_PROXY_PLUGINS`` selection; None loads every plugin.
+
+    Read before the group's callback runs (click resolves the command first), so from
+    the parsed parameters rather than ``ctx.obj``.
+    """
+    from .settings import SettingsError, load_settings
+
+    try:
+        return load_settings(plugins=ctx.params.get("plugins")).plugins
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,14 +227,21 @@ def is_loopback(host: str) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
-    """List plugins: name, kind, distribution, version, hooks, built-in, load errors."""
+    """List plugins: name, kind, distribution, version, what they provide (commands too),
+    hooks, built-in, load errors."""
     from .app import StartupError, build_context
+    from .commands import plugin_commands
+    from .plugins import PluginError
 
     settings = _settings(ctx)
-    host = _host(settings)
+    host = _host(ctx, settings)
     try:
         build_context(settings, host)  # runs the registration hooks, recording failures
     except StartupError as exc:
+        click.echo(f"warning: {exc}", err=True)
+    try:
+        plugin_commands(host)  # records each plugin's commands as "Command:NAME"
+    except PluginError as exc:
         click.echo(f"warning: {exc}", err=True)
     records = [r.as_dict() for r in host.records]
     if as_json:
@@ -195,7 +268,7 @@ def devices(ctx: click.Context, as_json: bool) -> None:
 
     settings = _settings(ctx)
     try:
-        server = build_context(settings, _host(settings))
+        server = build_context(settings, _host(ctx, settings))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     infos = asyncio.run(server.engine.probe())

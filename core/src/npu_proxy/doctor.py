@@ -1,10 +1,13 @@
 """``npu-proxy doctor``: one command that says what is wrong with this installation.
 
-It reports the configuration, the plugins that load, the devices OpenVINO sees (and,
-on Linux, whether this user may open them), the model store, the bind address and
-whether a server already answers there, and the API-key state. Every problem comes
-with a ``fix:`` line, and the exit code is 1 when any check failed (warnings alone
-exit 0), so scripts and CI can call it.
+The core reports what it knows: the configuration, the plugins that load and the
+device backends they bring, the model store, the bind address and whether a server
+already answers there, and the API-key state. Then it runs the checks the plugins
+register (``npu_proxy_register_doctor_checks``): the OpenVINO plugins' say which
+devices OpenVINO sees and, on Linux, whether this user may open them. Each plugin's
+findings are shown under its name, and a check that raises is a failure of its plugin,
+not of the doctor. Every problem comes with a ``fix:`` line, and the exit code is 1 when
+any check failed (warnings alone exit 0), so scripts and CI can call it.
 
 The doctor only looks: it never writes to the model store. (``ModelStore.scan`` would
 delete the ``.staging-*`` folder of a pull the running server has in progress, so the
@@ -14,6 +17,7 @@ store is read here with the store's own manifest functions instead.)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -22,34 +26,30 @@ import platform
 import shutil
 import socket
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 import httpx
 
 from . import __version__
+from .checks import HOST_KEY, Check, DoctorCheck, Status, current_user
 from .engine.store import MANIFEST, STAGING_PREFIX, manifest_to_info
 from .settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
-Status = Literal["ok", "info", "warn", "fail"]
+if TYPE_CHECKING:
+    from .plugins import PluginHost
+
+__all__ = ["Check", "DoctorCheck", "Status", "doctor", "run_checks"]
+
+#: The hook through which plugins contribute checks.
+HOOK = "npu_proxy_register_doctor_checks"
 
 #: Below this much free space next to the model store a pull of a 7B model fails.
 LOW_DISK_BYTES = 5 * 1000**3
 #: Seconds to wait for a running server's /health.
 HEALTH_TIMEOUT = 2.0
-
-
-@dataclass
-class Check:
-    """One finding: ``fail`` makes the exit code 1, ``warn`` is worth a look."""
-
-    area: str
-    status: Status
-    message: str
-    fix: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,15 +100,19 @@ def check_configuration(overrides: dict[str, Any]) -> tuple[Settings | None, lis
     return settings, [Check("configuration", "ok", message, details={"set": given})]
 
 
-def check_plugins(settings: Settings) -> list[Check]:
-    """Load the plugins as ``serve`` would: a named one that is missing fails."""
+def check_plugins(
+    settings: Settings, host: PluginHost | None = None
+) -> tuple[PluginHost | None, list[Check]]:
+    """Load the plugins as ``serve`` would (unless ``host`` is given): a named one that
+    is missing fails."""
     from .plugins import PluginError, PluginHost
 
     try:
-        host = PluginHost.load(settings.plugins)
+        host = host or PluginHost.load(settings.plugins)
     except PluginError as exc:
-        return [Check("plugins", "fail", str(exc),
-                      fix="install the plugin or remove it from NPU_PROXY_PLUGINS / --plugins")]
+        return None, [Check("plugins", "fail", str(exc),
+                            fix="install the plugin or remove it from NPU_PROXY_PLUGINS / "
+                                "--plugins")]
     loaded = [r.name for r in host.records if not r.error]
     checks = [Check("plugins", "ok", f"{len(loaded)} loaded: " + ", ".join(loaded),
                     details={"loaded": loaded})]
@@ -119,140 +123,91 @@ def check_plugins(settings: Settings) -> list[Check]:
                 f"{record.error}",
                 fix=f"reinstall {record.distribution or record.name}, or uninstall it",
             ))
-    return checks
+    return host, checks
 
 
-# --- devices --------------------------------------------------------------------------
+# --- device backends ------------------------------------------------------------------
 
 
-def probe_openvino() -> dict[str, Any]:
-    """OpenVINO's version and devices: ``{"installed", "version", "devices", "error"}``.
+def check_backends(settings: Settings, host: PluginHost) -> list[Check]:
+    """The device backends the plugins bring for this mode, against the wanted devices.
 
-    ``devices`` maps each OpenVINO device name to its full name and driver version.
-    Imported here, not at the top, so the doctor works where OpenVINO is not installed.
+    What a device itself needs (drivers, device files) is for its backend's plugin to
+    check, through ``npu_proxy_register_doctor_checks``.
     """
-    try:
-        import openvino
-    except ImportError:
-        return {"installed": False, "version": "", "devices": {}, "error": ""}
-    # "2025.3.0-19807-44526285f24-releases/2025/3" -> "2025.3.0"
-    version = str(getattr(openvino, "__version__", "") or openvino.get_version()).split("-")[0]
-    try:
-        core = openvino.Core()
-        names = list(core.available_devices)
-    except Exception as exc:  # a broken driver is a finding, not a crash
-        return {"installed": True, "version": version, "devices": {}, "error": str(exc)}
-    devices = {}
-    for name in names:
-        devices[name] = {
-            "full_name": str(_property(core, name, "FULL_DEVICE_NAME") or name),
-            "driver_version": _driver_version(core, name),
-        }
-    return {"installed": True, "version": version, "devices": devices, "error": ""}
+    from .engine.backend import Backend
+    from .plugins import PluginError
 
-
-def _property(core: Any, device: str, key: str) -> Any:
-    try:
-        return core.get_property(device, key)
-    except Exception:
-        return None
-
-
-def _driver_version(core: Any, device: str) -> str:
-    for key in ("NPU_DRIVER_VERSION", "GPU_DRIVER_VERSION", "DRIVER_VERSION"):
-        value = _property(core, device, key)
-        if value:
-            return str(value)
-    return ""
-
-
-#: What to do when OpenVINO does not see a device, per device.
-_DEVICE_FIX = {
-    "Linux": {
-        "NPU": "load the NPU driver (kernel 6.3+ with intel_vpu: 'sudo modprobe intel_vpu'; "
-               "user space: the linux-npu-driver packages) and check /dev/accel/accel0",
-        "GPU": "install Intel's compute runtime (Debian/Ubuntu: intel-opencl-icd and "
-               "libze-intel-gpu1) and check /dev/dri/renderD128",
-    },
-    "Windows": {
-        "NPU": "install or update the Intel NPU driver (Device Manager > Neural processors)",
-        "GPU": "install or update the Intel graphics driver",
-    },
-}
-
-
-def check_devices(settings: Settings, probe: dict[str, Any]) -> list[Check]:
-    """Devices OpenVINO sees, against the devices the settings ask for."""
     real = settings.real_inference
-    if not probe["installed"]:
-        if not real:
-            return [Check("devices", "info", "OpenVINO is not installed (mock mode needs none)")]
-        return [Check("devices", "fail", "OpenVINO is not installed: real inference cannot run",
-                      fix="install the OpenVINO backends (pip install npu-proxy-openvino-cpu "
-                          "npu-proxy-openvino-gpu npu-proxy-openvino-npu) or set "
-                          "NPU_PROXY_REAL_INFERENCE=0 for the mock backend")]
-    if probe["error"]:
-        return [Check("devices", "fail" if real else "warn",
-                      f"OpenVINO {probe['version']} could not list devices: {probe['error']}",
-                      fix="reinstall the device drivers, then run 'npu-proxy devices'")]
-    devices: dict[str, dict[str, str]] = probe["devices"]
-    if not devices:
-        return [Check("devices", "fail" if real else "warn",
-                      f"OpenVINO {probe['version']} sees no device",
-                      fix="reinstall openvino; even a CPU should always be listed")]
-    seen = "; ".join(
-        f"{name}: {info['full_name']}" + (f" (driver {info['driver_version']})"
-                                          if info["driver_version"] else "")
-        for name, info in devices.items()
-    )
-    checks = [Check("devices", "ok", f"OpenVINO {probe['version']} sees {seen}",
-                    details={"openvino": probe["version"], "devices": devices})]
-    fixes = _DEVICE_FIX.get(platform.system(), {})
-    wanted = {settings.device: "NPU_PROXY_DEVICE", settings.embedding_device:
-              "NPU_PROXY_EMBEDDING_DEVICE"}
-    for device, variable in wanted.items():
-        if any(name == device or name.startswith(device + ".") for name in devices):
-            continue
-        fix = fixes.get(device, f"check that {device} is a device OpenVINO knows")
-        checks.append(Check(
-            "devices", "warn" if real else "info",
-            f"{device} ({variable}) is not available: requests go to the fallback device",
-            fix=f"{fix}; or set {variable} to one of: {', '.join(devices)}",
-        ))
-    return checks
-
-
-def check_device_nodes(settings: Settings) -> list[Check]:
-    """Linux: the NPU and GPU device files exist and this user may open them."""
-    if platform.system() != "Linux" or not settings.real_inference:
-        return []
-    checks = []
-    for pattern, device in (("accel/accel*", "NPU"), ("dri/renderD*", "GPU")):
-        nodes = sorted(Path("/dev").glob(pattern))
-        if not nodes:
-            continue
-        blocked = [str(n) for n in nodes if not os.access(n, os.R_OK | os.W_OK)]
-        if blocked:
-            checks.append(Check(
-                "devices", "fail" if device == settings.device else "warn",
-                f"{device} device files exist but this user may not open them: "
-                + ", ".join(blocked),
-                fix=f"sudo usermod -aG render {_user()} (then log in again); the systemd "
-                    "service user gets the render group from install_linux.sh",
-            ))
-        else:
-            checks.append(Check("devices", "ok", f"{device} device files are accessible: "
-                                + ", ".join(str(n) for n in nodes)))
-    return checks
-
-
-def _user() -> str:
+    mode = "real inference" if real else "mock mode (NPU_PROXY_REAL_INFERENCE=0)"
     try:
-        import getpass
+        found = host.collect("npu_proxy_register_backends", Backend, settings,  # type: ignore[type-abstract]
+                             isolate=True)
+    except PluginError as exc:
+        return [Check("devices", "fail", str(exc), fix="load only one of the two plugins")]
+    # The server's rule: simulated backends serve in mock mode, real ones otherwise.
+    active = {b.device: plugin for plugin, b in found if b.simulated == (not real)}
+    if not active:
+        fix = ("install a device backend plugin (pip install npu-proxy-openvino-cpu "
+               "npu-proxy-openvino-gpu npu-proxy-openvino-npu) or set "
+               "NPU_PROXY_REAL_INFERENCE=0 for the mock backend") if real else (
+               "install and load the mock plugin (npu-proxy-mock)")
+        return [Check("devices", "fail" if real else "warn",
+                      f"no device backend is loaded for {mode}", fix=fix)]
+    listed = ", ".join(f"{device} ({plugin})" for device, plugin in active.items())
+    checks = [Check("devices", "ok", f"device backends for {mode}: {listed}",
+                    details={"backends": active})]
+    if not real:
+        return checks  # a simulated backend stands in for every device
+    wanted = {settings.device: "NPU_PROXY_DEVICE",
+              settings.embedding_device: "NPU_PROXY_EMBEDDING_DEVICE"}
+    for device, variable in wanted.items():
+        if device not in active:
+            checks.append(Check(
+                "devices", "warn",
+                f"no loaded backend drives {device} ({variable}): requests go to the "
+                "fallback device",
+                fix=f"install and load the backend plugin for {device}, or set {variable} "
+                    f"to one of: {', '.join(active)}",
+            ))
+    return checks
 
-        return getpass.getuser()
-    except Exception:
-        return "$USER"
+
+# --- the plugins' checks --------------------------------------------------------------
+
+
+def plugin_checks(settings: Settings, host: PluginHost) -> list[Check]:
+    """Run every check the plugins register; each finding carries its plugin's name.
+
+    A plugin whose hook or check raises gets a ``fail`` finding of its own; the other
+    plugins' checks still run.
+    """
+    from .plugins import PluginError
+
+    try:
+        registered = host.collect(HOOK, DoctorCheck, settings, isolate=True)
+    except PluginError as exc:  # two plugins registered one name, or a wrong type
+        return [Check("plugins", "fail", str(exc),
+                      fix="load only one of the two plugins, or report it to their authors")]
+    findings = [
+        Check("plugins", "fail", f"plugin {record.name!r} could not register its checks: "
+              + record.error.removeprefix(HOOK + ": "), plugin=record.name,
+              fix=f"reinstall {record.distribution or record.name}, or report it to its "
+                  "authors")
+        for record in host.records if record.error and record.error.startswith(HOOK + ":")
+    ]
+    for plugin, check in registered:
+        try:
+            found = list(check.run(settings))
+        except Exception as exc:  # a broken check is a finding, never the doctor's crash
+            found = [Check(
+                check.area, "fail",
+                f"the check {check.name!r} failed: {type(exc).__name__}: {exc}",
+                fix=f"report it to the authors of {plugin!r}, or leave the plugin out of "
+                    "--plugins / NPU_PROXY_PLUGINS",
+            )]
+        findings += [dataclasses.replace(finding, plugin=plugin) for finding in found]
+    return findings
 
 
 # --- the model store ------------------------------------------------------------------
@@ -272,9 +227,9 @@ def check_model_store(settings: Settings, server_running: bool) -> list[Check]:
     checks: list[Check] = []
     if not os.access(root, os.W_OK | os.X_OK):
         checks.append(Check(
-            "models", "fail", f"the model store {root} is not writable by {_user()}: "
+            "models", "fail", f"the model store {root} is not writable by {current_user()}: "
             "pulls, deletes and the compiled-model cache will fail",
-            fix=f"sudo chown -R {_user()} '{root}', or point {hint} at a writable directory",
+            fix=f"sudo chown -R {current_user()} '{root}', or point {hint} at a writable directory",
         ))
     models, broken, leftovers = read_store(root)
     size = tree_size(root)
@@ -500,14 +455,17 @@ def _networks(values: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6N
 # --- running it -----------------------------------------------------------------------
 
 
-def run_checks(overrides: dict[str, Any]) -> list[Check]:
-    """Every check, in the order they are shown."""
+def run_checks(overrides: dict[str, Any], host: PluginHost | None = None) -> list[Check]:
+    """Every check, in the order they are shown: the core's, with the plugins' after
+    the device backends. ``host`` replaces loading the plugins (tests, embedding)."""
     settings, checks = check_configuration(overrides)
     if settings is None:
         return checks
-    checks += check_plugins(settings)
-    checks += check_devices(settings, probe_openvino())
-    checks += check_device_nodes(settings)
+    host, found = check_plugins(settings, host)
+    checks += found
+    if host is not None:
+        checks += check_backends(settings, host)
+        checks += plugin_checks(settings, host)
     server = probe_port(settings.host, settings.port)
     checks += check_model_store(settings, server_running=server.state == "npu-proxy")
     checks += check_network(settings, server)
@@ -521,11 +479,12 @@ _MARK = {"ok": "ok  ", "info": "info", "warn": "WARN", "fail": "FAIL"}
 def render(checks: list[Check]) -> str:
     lines = [f"npu-proxy doctor {__version__} (Python {platform.python_version()}, "
              f"{platform.system()})"]
-    area = ""
+    section: tuple[str, str] | None = None
     for check in checks:
-        if check.area != area:
-            area = check.area
-            lines.append(f"\n{area}")
+        if (check.area, check.plugin) != section:
+            section = (check.area, check.plugin)
+            lines.append(f"\n{check.area}" + (f" (plugin {check.plugin})" if check.plugin
+                                                else ""))
         lines.append(f"  {_MARK[check.status]}  {check.message}")
         if check.fix and check.status in ("warn", "fail"):
             lines.append(f"        fix: {check.fix}")
@@ -548,10 +507,10 @@ def doctor(as_json: bool, env_file: Path | None) -> None:
     overrides: dict[str, Any] = {}
     if env_file is not None:
         overrides.update(read_env_file(env_file))
-    parent = click.get_current_context().find_object(dict)
-    if parent and parent.get("plugins"):  # npu-proxy --plugins a,b doctor
+    parent = click.get_current_context().find_object(dict) or {}
+    if parent.get("plugins"):  # npu-proxy --plugins a,b doctor
         overrides["plugins"] = parent["plugins"]
-    checks = run_checks(overrides)
+    checks = run_checks(overrides, parent.get(HOST_KEY))
     if as_json:
         click.echo(json.dumps({
             "version": __version__,

@@ -11,8 +11,6 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from starlette.responses import Response
 
 from .api import ApiDialect
 from .context import ServerContext
@@ -71,7 +69,8 @@ def health_report(ctx: ServerContext) -> dict[str, Any]:
 
 
 class HealthApi(ApiDialect):
-    """The core's own endpoints; errors under them use a plain ``{"error": ...}`` body."""
+    """The core's own endpoints; errors under them use the default plain
+    ``{"error": ...}`` body of :meth:`ApiDialect.error_response`."""
 
     name = "health"
     prefixes = ("/health",)
@@ -100,13 +99,3 @@ class HealthApi(ApiDialect):
             }
 
         return router
-
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -242,14 +242,18 @@ class PluginHost:
 
     # --- registration hooks ----------------------------------------------------------
 
-    def collect(self, hook: str, expected: type[T], settings: Any) -> list[tuple[str, T]]:
+    def collect(
+        self, hook: str, expected: type[T], settings: Any, *, isolate: bool = False
+    ) -> list[tuple[str, T]]:
         """Call ``hook`` on each plugin with a ``register`` callback; return (plugin, object).
 
         Objects must be ``expected`` instances with a unique ``name``; a duplicate is a
         :class:`PluginError` naming both plugins. A plugin whose hook raises is fatal if
         it was asked for by name (or is built in), otherwise skipped and recorded; a
         :class:`~npu_proxy.settings.SettingsError` (an invalid variable of the plugin's
-        own settings) is always fatal, as an invalid core variable is.
+        own settings) is always fatal, as an invalid core variable is; with ``isolate``
+        (the doctor, which reports rather than stops) a failure is always skipped and
+        recorded in its :attr:`PluginRecord.error`.
         """
         collected: list[tuple[str, T]] = []
         owners: dict[str, str] = {}
@@ -288,9 +292,12 @@ class PluginHost:
                 # and fatal as an invalid core variable is, whoever loaded the plugin.
                 fatal = isinstance(exc, SettingsError) or plugin_name in self.requested or (
                     record is not None and record.builtin)
-                if fatal:
+                if fatal and not isolate:
                     raise PluginError(f"plugin {plugin_name!r} failed in {hook}: {exc}") from exc
-                log.exception("plugin %r failed in %s; skipping it", plugin_name, hook)
+                if isolate:  # the caller reports it; a traceback would read as a crash
+                    log.debug("plugin %r failed in %s", plugin_name, hook, exc_info=True)
+                else:
+                    log.exception("plugin %r failed in %s; skipping it", plugin_name, hook)
                 if record is not None:
                     record.error = f"{hook}: {type(exc).__name__}: {exc}"
         return collected
@@ -311,8 +318,3 @@ class PluginHost:
 
     def names(self) -> list[str]:
         return [r.name for r in self.records if r.error is None]
-
-
-def register_callback(store: list[T]) -> Callable[[T], None]:
-    """A ``register`` callback that appends to ``store`` (for tests of a single plugin)."""
-    return store.append

@@ -102,11 +102,9 @@ class Settings(BaseSettings):
         5, ge=0, description="Seconds a stopping server lets streams in progress finish "
         "before it ends them."
     )
-    token_limit: int = Field(
-        1800, ge=1, description="Prompts above this many tokens go to the fallback device."
-    )
     embedding_model: str = Field(
-        "all-minilm:latest", description="Embedding model used when a request names none."
+        "all-minilm:latest", description="Embedding model used when a request names none "
+        "(where the API allows that) and warmed at startup with NPU_PROXY_WARMUP."
     )
     embedding_device: str = Field("CPU", description="Preferred device for embeddings.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
@@ -124,7 +122,8 @@ class Settings(BaseSettings):
         "smollm2:135m", description="Model loaded by warm-up and suggested by the docs."
     )
     warmup: bool = Field(
-        False, description="Load the default model and generate 16 tokens at startup."
+        False, description="Load the default model and generate 16 tokens at startup, "
+        "and load the embedding model with one embedding."
     )
     routing: str = Field("token_threshold", description="Routing policy to use, by name.")
     plugins: Annotated[list[str] | None, NoDecode] = Field(

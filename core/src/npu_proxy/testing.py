@@ -1,14 +1,15 @@
-"""Test support for npu-proxy and its plugin authors (also a pytest plugin).
+"""Test support for npu-proxy and its plugin authors.
 
-- :func:`make_host` / :func:`make_app`: an app with chosen plugins plus inline ones.
+- :func:`make_host` / :func:`make_app`: an app with chosen plugins plus inline ones;
+  :func:`served_paths`: every route it serves; :func:`assert_routes_need_key`.
+- :class:`RecordingSink`: a metrics sink that keeps every event, for assertions.
 - :class:`LiveServer`: the app served by a real uvicorn on a free loopback port, so the
   official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it.
 - :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
   plugin's tests to prove the plugin keeps the core's contracts.
 
-Fixtures (available wherever npu-proxy is installed): ``npu_settings`` (mock mode, a
-temporary model store) and ``mock_server`` (a live server with every installed dialect
-and the mock backend).
+Nothing here imports or needs a plugin: the core's own tests run with only the core
+installed, composing their apps from inline plugins.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import uvicorn
@@ -29,6 +30,7 @@ import uvicorn
 from .app import create_app
 from .engine.backend import Backend, LoadedModel
 from .engine.errors import PromptTooLongError
+from .engine.events import MetricsSink
 from .engine.routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
 from .engine.types import (
     DeviceInfo,
@@ -44,9 +46,11 @@ from .hookspecs import hookimpl
 from .plugins import PluginHost
 from .settings import Settings
 
+E = TypeVar("E")
+
 
 def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings for tests: mock mode, a private model store, no warm-up."""
+    """Settings for tests: simulated mode, a private model store, no warm-up."""
     values: dict[str, Any] = {
         "real_inference": False,
         "model_path": tmp_path / "models",
@@ -98,6 +102,60 @@ def make_app(
     return create_app(settings, make_host(plugins, inline))
 
 
+def served_paths(app: Any) -> list[tuple[str, str]]:
+    """Every (method, concrete path) ``app`` serves, path parameters filled in; for
+    tests that probe every route (that each needs the API key, for one)."""
+    found: list[tuple[str, str]] = []
+    for route in app.routes:
+        included = getattr(route, "original_router", None)  # FastAPI >= 0.165 nests them
+        if included is not None:
+            found += served_paths(included)
+            continue
+        path = getattr(route, "path", None)
+        if path is None:
+            continue
+        concrete = path.replace("{", "").replace("}", "").replace(":path", "")
+        for method in sorted(getattr(route, "methods", None) or {"GET"}):
+            found.append((method, concrete))
+    return found
+
+
+def assert_routes_need_key(server: LiveServer, key: str) -> list[tuple[str, str]]:
+    """Assert that every route ``server`` serves but ``/health`` refuses a request
+    without the API key (401, the key never echoed); returns the routes it tried."""
+    import httpx
+
+    routes = served_paths(server.app)
+    for method, path in routes:
+        response = httpx.request(method, server.url + path, content=b"{}")
+        if path == "/health":
+            assert response.status_code == 200
+            continue
+        assert response.status_code == 401, (method, path, response.status_code)
+        assert key not in response.text
+    return routes
+
+
+class RecordingSink(MetricsSink):
+    """A metrics sink that keeps every event it is handed (``events``), in order."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def handle(self, event: Any) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        """The recorded events of type ``kind``."""
+        return [event for event in self.events if isinstance(event, kind)]
+
+    def plugin(self) -> Any:
+        """An inline plugin that registers this sink."""
+        return inline_plugin(npu_proxy_register_metrics_sinks=lambda register: register(self))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -142,22 +200,6 @@ class LiveServer:
         """Run ``coro`` on the server's event loop (to inspect engine state safely)."""
         loop = self.ctx.engine.loop
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-
-# --- pytest fixtures -----------------------------------------------------------------
-
-
-@pytest.fixture
-def npu_settings(tmp_path: Path) -> Settings:
-    """Mock-mode settings with a temporary model store."""
-    return test_settings(tmp_path)
-
-
-@pytest.fixture
-def mock_server(npu_settings: Settings) -> Iterator[LiveServer]:
-    """Every installed plugin, in mock mode, behind a real uvicorn server."""
-    with LiveServer(make_app(npu_settings)) as server:
-        yield server
 
 
 # --- contract tests ------------------------------------------------------------------
@@ -249,8 +291,7 @@ def routing_context(
     token_count: int = 10,
     preferred: str = "NPU",
     fallback: str | None = None,
-    token_limit: int = 1800,
-    excluded: Mapping[str, str] | None = None,
+    excluded: Mapping[str, RouteReason] | None = None,
 ) -> RoutingContext:
     """A RoutingContext from short device descriptions, e.g. ``{"NPU": {"present": False}}``."""
     model = ModelInfo(name="m:latest", format="mock", family="m", capabilities=frozenset(),
@@ -273,7 +314,6 @@ def routing_context(
         token_count=token_count,
         preferred_device=preferred,
         fallback_device=fallback,
-        token_limit=token_limit,
         devices=states,
         excluded=dict(excluded or {}),
     )

@@ -20,6 +20,17 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 
 from .testing import LiveServer
 
+#: The root of the hub's JSON API (``HfApi.model_info`` asks ``{HUB_API}/models/...``);
+#: a path of the Hugging Face hub protocol, not of any API dialect this server speaks.
+HUB_API = "/api"
+#: Where the hub lists a repository, with or without a revision.
+MODEL_INFO_PATHS = (
+    f"{HUB_API}/models/{{org}}/{{name}}/revision/{{revision}}",
+    f"{HUB_API}/models/{{org}}/{{name}}",
+)
+#: Where the hub serves one file of a repository at a revision.
+RESOLVE_PATH = "/{org}/{name}/resolve/{revision}/{path:path}"
+
 
 @dataclass
 class HubFile:
@@ -72,8 +83,8 @@ class FakeHub:
             response: Response = await call_next(request)
             return response
 
-        @app.get("/api/models/{org}/{name}/revision/{revision}")
-        @app.get("/api/models/{org}/{name}")
+        @app.get(MODEL_INFO_PATHS[0])
+        @app.get(MODEL_INFO_PATHS[1])
         async def model_info(org: str, name: str, revision: str = "main") -> Response:
             repo = hub.repos.get(f"{org}/{name}")
             if repo is None:
@@ -90,7 +101,7 @@ class FakeHub:
             return JSONResponse({"id": f"{org}/{name}", "modelId": f"{org}/{name}",
                                  "sha": hub.commit, "siblings": siblings, "private": False})
 
-        @app.get("/{org}/{name}/resolve/{revision}/{path:path}")
+        @app.get(RESOLVE_PATH)
         async def resolve(org: str, name: str, revision: str, path: str,
                           request: Request) -> Response:
             repo = hub.repos.get(f"{org}/{name}")

@@ -1,5 +1,7 @@
-"""Helpers every dialect needs: reading a JSON body, validating it, and noticing when
-the client has gone while a request waits for a device.
+"""Helpers every dialect needs: reading a JSON body, validating it, noticing when the
+client has gone while a request waits for a device (answered with the one
+:data:`CLIENT_CLOSED` status), and :class:`HttpError` for errors the web layer raises
+itself. Streaming and collecting generations are in :mod:`npu_proxy.streaming`.
 
 Dialects parse their own bodies (instead of FastAPI's body parameters) so that every
 error, validation included, is rendered in the dialect's own shape.
@@ -9,20 +11,52 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from .engine.errors import InvalidRequestError
+from .engine.errors import EngineError, InvalidRequestError
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
+#: The status of a request the client abandoned (nginx's and Ollama's "client closed
+#: request"); nobody reads it, but the access log and the metrics show why it ended.
+CLIENT_CLOSED = 499
+
+
 class ClientDisconnected(Exception):
-    """The client closed the connection before the response began."""
+    """The client closed the connection before the response began (answered with
+    :data:`CLIENT_CLOSED` by the app)."""
+
+
+class HttpError(EngineError):
+    """An error the web layer answers by itself (401, 403, 404, 405, 413, 500, ...),
+    rendered like an engine error by the dialect that owns the path.
+
+    ``code`` may be empty: the error has no engine code, and a dialect that needs one
+    derives it from the status.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self._headers = dict(headers or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
 
 
 async def read_json(request: Request) -> Any:

@@ -49,8 +49,12 @@ def test_load_is_counted_per_parallel_slot(policy: LeastLoadedPolicy) -> None:
     assert policy.choose(ctx).device == "CPU"
 
 
-def test_token_limit_does_not_matter(policy: LeastLoadedPolicy) -> None:
-    ctx = routing_context({"NPU": {}, "CPU": {"in_flight": 1}}, token_count=5000, token_limit=10)
+def test_token_limit_does_not_matter(
+    policy: LeastLoadedPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NPU_PROXY_TOKEN_LIMIT belongs to the token_threshold policy, not to this one
+    monkeypatch.setenv("NPU_PROXY_TOKEN_LIMIT", "10")
+    ctx = routing_context({"NPU": {}, "CPU": {"in_flight": 1}}, token_count=5000)
     assert policy.choose(ctx).device == "NPU"
 
 

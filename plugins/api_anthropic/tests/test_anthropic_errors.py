@@ -11,7 +11,9 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+from npu_proxy.engine.errors import BusyError
 from npu_proxy.testing import LiveServer, make_app, test_settings
+from npu_proxy.web import HttpError
 from npu_proxy_anthropic.plugin import AnthropicApi
 from npu_proxy_mock.backend import MockBackend
 
@@ -266,9 +268,16 @@ def test_prompt_beyond_the_model_context(server: LiveServer) -> None:
 def test_error_response_mapping(status: int, code: str, wire: int, kind: str) -> None:
     # 401/403/413 come from the core security middleware through this method (see
     # test_anthropic_security.py for them over HTTP).
-    response = AnthropicApi().error_response(status, "why", code=code,
-                                             headers={"Retry-After": "2"})
+    error = HttpError(status, "why", code=code, headers={"Retry-After": "2"})
+    response = AnthropicApi().error_response(error)
     assert response.status_code == wire
     assert json.loads(bytes(response.body)) == {"type": "error",
                                                 "error": {"type": kind, "message": "why"}}
     assert response.headers["retry-after"] == "2"
+
+
+def test_engine_error_brings_its_retry_after() -> None:
+    response = AnthropicApi().error_response(BusyError("the queue is full", retry_after=7))
+    assert (response.status_code, response.headers["retry-after"]) == (529, "7")
+    assert json.loads(bytes(response.body))["error"] == {"type": "overloaded_error",
+                                                          "message": "the queue is full"}

@@ -23,13 +23,23 @@ def device_plugin(backend: Backend) -> Any:
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """Start a server: ``start(backend=None, **settings)``; stopped after the test."""
+    """Start a server: ``start(backend=None, formats=False, **settings)``; stopped after the test.
+
+    With ``formats``, the OpenVINO plugin's model formats are loaded (GGUF, IR, ONNX),
+    so ``create`` and ``pull`` can read real model files; the simulated device serves them.
+    """
     servers: list[LiveServer] = []
 
-    def run(backend: MockBackend | None = None, **overrides: Any) -> LiveServer:
+    def run(backend: MockBackend | None = None, formats: bool = False,
+            **overrides: Any) -> LiveServer:
         backend = backend or MockBackend(token_delay=0.001)
         settings = test_settings(tmp_path, **overrides)
-        app = make_app(settings, plugins=["ollama"], inline={"device": device_plugin(backend)})
+        inline: dict[str, Any] = {"device": device_plugin(backend)}
+        if formats:
+            from npu_proxy_openvino import formats as openvino_formats
+
+            inline["formats"] = openvino_formats
+        app = make_app(settings, plugins=["ollama"], inline=inline)
         server = LiveServer(app).__enter__()
         servers.append(server)
         return server

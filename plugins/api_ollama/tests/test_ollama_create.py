@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def gguf(tmp_path: Path) -> Path:
         "tokenizer.ggml.tokens": [f"tok{i}" for i in range(100)],
     }
     return write_gguf(tmp_path / "outside" / "tiny.gguf", metadata, [(64, 1000), (64,)])
+
+
+@pytest.fixture
+def server(start: Callable[..., LiveServer]) -> LiveServer:
+    """A simulated device, with the OpenVINO plugin's formats to read model files."""
+    return start(formats=True)
 
 
 @pytest.fixture(autouse=True)

@@ -188,6 +188,28 @@ def test_embed_and_legacy_embeddings(server: LiveServer) -> None:
     assert response.headers["x-npu-proxy-device"] == "MOCK"
 
 
+def test_embed_without_a_model_uses_the_default_embedding_model(
+    start: Callable[..., LiveServer],
+) -> None:
+    server = start(embedding_model="mock-embed")  # NPU_PROXY_EMBEDDING_MODEL
+    url = server.url
+    named = httpx.post(f"{url}/api/embed", json={"model": "mock-embed", "input": ["a text"]})
+    default = httpx.post(f"{url}/api/embed", json={"input": ["a text"]})
+    assert default.status_code == 200, default.text
+    assert default.json()["model"] == "mock-embed:latest"
+    assert default.json()["embeddings"] == named.json()["embeddings"]
+    legacy = httpx.post(f"{url}/api/embeddings", json={"prompt": "a text"})
+    assert legacy.json()["embedding"] == pytest.approx(named.json()["embeddings"][0])
+    loaded = httpx.post(f"{url}/api/embed", json={})  # no input: load the default only
+    assert loaded.json() == {"model": "mock-embed:latest", "embeddings": []}
+
+
+def test_embed_without_a_model_names_a_missing_default(server: LiveServer) -> None:
+    response = httpx.post(f"{server.url}/api/embed", json={"input": "x"})
+    assert response.status_code == 404
+    assert "all-minilm" in response.json()["error"]  # the default NPU_PROXY_EMBEDDING_MODEL
+
+
 def test_embed_with_a_chat_model_is_400(server: LiveServer) -> None:
     client = ollama.Client(host=server.url)
     with pytest.raises(ollama.ResponseError) as caught:

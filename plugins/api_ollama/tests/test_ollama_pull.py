@@ -47,9 +47,9 @@ def hub() -> Iterator[ServedHub]:
 @pytest.fixture
 def hub_server(start: Callable[..., LiveServer], hub: ServedHub) -> LiveServer:
     """A server whose puller downloads from ``hub``."""
-    server = start()
+    server = start(formats=True)
     ctx = server.ctx
-    ctx.puller = Puller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)
+    ctx.puller = Puller(ctx.store, endpoint=hub.url)
     return server
 
 
@@ -183,7 +183,7 @@ def test_a_client_that_leaves_cancels_the_download(
     wait_for: Callable[[Callable[[], bool], str], None],
 ) -> None:
     ctx = hub_server.ctx
-    watched = WatchedPuller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)
+    watched = WatchedPuller(ctx.store, endpoint=hub.url)
     ctx.puller = watched
     release = threading.Event()
     # The hub holds the first file until the server has seen the client go, so the
@@ -210,7 +210,7 @@ def test_a_client_that_leaves_cancels_the_download(
     assert "org/tiny-ov:latest" not in names
     # The lock is free again: the next pull completes.
     hub.on_file = None
-    ctx.puller = Puller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)
+    ctx.puller = Puller(ctx.store, endpoint=hub.url)
     assert ollama.Client(host=hub_server.url).pull("org/tiny-ov").status == "success"
 
 

@@ -9,22 +9,10 @@ from typing import Any
 import httpx
 import pytest
 from npu_proxy.app import StartupError
-from npu_proxy.engine.events import MetricEvent, MetricsSink, QueueChanged
+from npu_proxy.engine.events import QueueChanged
 from npu_proxy.engine.types import GenerationRequest, Message
-from npu_proxy.testing import LiveServer, inline_plugin, make_app, test_settings
+from npu_proxy.testing import LiveServer, RecordingSink, make_app, test_settings
 from npu_proxy_jsonl import JsonlSink, event_record
-
-
-class RecordingSink(MetricsSink):
-    """Keeps every event, to compare with what the file says."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.events: list[MetricEvent] = []
-
-    def handle(self, event: MetricEvent) -> None:
-        self.events.append(event)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -50,8 +38,7 @@ def test_every_event_of_a_live_server_becomes_one_line(
     app = make_app(
         test_settings(tmp_path),
         ["mock", "jsonl"],
-        inline={"recording": inline_plugin(
-            npu_proxy_register_metrics_sinks=lambda register: register(recording))},
+        inline={"recording": recording.plugin()},
     )
     with LiveServer(app) as server:
         assert httpx.get(f"{server.url}/health").status_code == 200

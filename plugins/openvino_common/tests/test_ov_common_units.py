@@ -11,11 +11,13 @@ from pathlib import Path
 import openvino_genai
 import pytest
 from npu_proxy.engine.errors import InvalidRequestError
+from npu_proxy.engine.formats import ModelFormat
 from npu_proxy.engine.types import Capability, ModelInfo, ResponseFormat, SamplingOptions
 from npu_proxy.settings import Settings
 from npu_proxy_openvino import OpenVINOSettings, plugin
 from npu_proxy_openvino.chat import ToolCallFilter, parse_tool_calls
 from npu_proxy_openvino.files import DigestCache
+from npu_proxy_openvino.formats import GGUFFormat
 from npu_proxy_openvino.options import apply_options, response_schema, validate_options
 from npu_proxy_openvino.stops import StopStringFilter
 
@@ -170,8 +172,13 @@ def test_device_plugins_register_their_backends(tmp_path: Path) -> None:
         ("openvino-gpu", "GPU", 6, None),
         ("openvino-npu", "NPU", 1, 1),
     ]
-    # What GenAI's GGUF reader builds (gguf_modeling.cpp); the puller refuses the rest.
-    assert {b.gguf_architectures for b in found} == {frozenset({"llama", "qwen2", "qwen3"})}
+    # What GenAI's GGUF reader builds (gguf_modeling.cpp); the GGUF format the plugin
+    # registers refuses to pull the rest.
+    formats: list[ModelFormat] = []
+    plugin.npu_proxy_register_model_formats(formats.append)
+    assert [f.name for f in formats] == ["ir", "onnx", "gguf"]
+    assert isinstance(formats[2], GGUFFormat)
+    assert formats[2].architectures == frozenset({"llama", "qwen2", "qwen3"})
 
 
 def test_stop_filter_cuts_at_the_earliest_stop_across_pieces() -> None:

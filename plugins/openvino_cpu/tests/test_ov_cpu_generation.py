@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from npu_proxy.engine.backend import LoadedModel
 from npu_proxy.engine.errors import CapabilityError, PromptTooLongError
+from npu_proxy.engine.events import EmbeddingFinished, GenerationFinished
 from npu_proxy.engine.types import (
     Done,
     EmbeddingRequest,
@@ -24,7 +27,13 @@ from npu_proxy.engine.types import (
     ToolSpec,
 )
 from npu_proxy.settings import Settings
-from npu_proxy.testing import BackendContract
+from npu_proxy.testing import (
+    BackendContract,
+    LiveServer,
+    RecordingSink,
+    backend_plugin,
+    make_app,
+)
 from npu_proxy_openvino import OpenVINOLanguageModel
 from npu_proxy_openvino.options import apply_options
 from npu_proxy_openvino.runner import LLMPipelineGenerator
@@ -295,6 +304,29 @@ async def test_images_and_suffix_are_refused(lm: OpenVINOLanguageModel) -> None:
     )
     with pytest.raises(CapabilityError):
         await run(lm, image)
+
+
+def test_warm_up_generates_sixteen_tokens_and_embeds(
+    ov_settings: Settings, backend: CpuBackend
+) -> None:
+    """The server's warm-up (NPU_PROXY_WARMUP), on the real models: the default model
+    generates 16 tokens, the default embedding model embeds once; both stay loaded."""
+    sink = RecordingSink()
+    settings = ov_settings.model_copy(update={"warmup": True, "device": "CPU",
+                                              "embedding_device": "CPU"})
+    inline = {"cpu": backend_plugin(backend), "sink": sink.plugin()}
+    with LiveServer(make_app(settings, ["openvino"], inline)) as server:
+        deadline = time.monotonic() + 120
+        while not sink.of(EmbeddingFinished):
+            assert time.monotonic() < deadline, "the warm-up did not finish"
+            time.sleep(0.05)
+        models = httpx.get(server.url + "/health").json()["models"]
+    generated = sink.of(GenerationFinished)
+    assert [(e.model, e.completion_tokens) for e in generated] == [("smollm2:135m", 16)]
+    embedded = sink.of(EmbeddingFinished)
+    assert [(e.model, e.inputs) for e in embedded] == [("all-minilm:latest", 1)]
+    assert sorted((m["name"], m["state"]) for m in models) == [
+        ("all-minilm:latest", "loaded"), ("smollm2:135m", "loaded")]
 
 
 def test_the_cpu_s_own_parallelism_overrides_the_global_one(

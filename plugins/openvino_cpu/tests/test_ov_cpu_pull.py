@@ -20,14 +20,15 @@ import numpy as np
 import ollama
 import pytest
 from npu_proxy.engine.errors import InvalidRequestError
-from npu_proxy.engine.store import STAGING_PREFIX
+from npu_proxy.engine.store import STAGING_PREFIX, ModelStore
 from npu_proxy.engine.types import EmbeddingRequest, ModelInfo
 from npu_proxy.hub import pull as hub_pull
-from npu_proxy.hub.pull import Puller, PullError, PullProgress
+from npu_proxy.hub.pull import Puller, PullError, PullPhase, PullProgress
 from npu_proxy.settings import Settings
 from npu_proxy.testing import LiveServer, make_app, test_settings
 from npu_proxy.testing_hub import FakeHub, HubFile
 from npu_proxy_openvino.files import package_dir
+from npu_proxy_openvino.formats import EmbeddingDetails
 from npu_proxy_openvino.models import ModelPreparer
 from npu_proxy_openvino_cpu import CpuBackend
 
@@ -105,7 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, hub: Any) -> Iterator[LiveS
     app = make_app(settings, plugins=["openvino", "openvino-cpu", "ollama"])
     with LiveServer(app) as live:
         ctx = live.ctx
-        ctx.puller = Puller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)
+        ctx.puller = Puller(ctx.store, endpoint=hub.url)
         yield live
 
 
@@ -130,8 +131,8 @@ def staging_leftovers(server: LiveServer) -> list[str]:
 
 
 def test_pulled_gguf_answers_like_the_bundled_model(server: LiveServer) -> None:
-    statuses = [event.status for event in pull(server, GGUF_NAME)]
-    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    phases = [event.phase for event in pull(server, GGUF_NAME)]
+    assert phases[0] == PullPhase.LISTING and phases[-1] == PullPhase.DONE
     info = server.ctx.store.resolve(GGUF_NAME)
     assert (info.format, info.family, info.quantization_level) == ("gguf", "llama", "Q4_1")
     assert info.path.name == "SmolLM2-135M-Instruct-Q4_1.gguf"
@@ -143,7 +144,7 @@ def test_pulled_gguf_answers_like_the_bundled_model(server: LiveServer) -> None:
 
 
 def test_pulled_ir_repository_answers_like_the_bundled_model(server: LiveServer) -> None:
-    assert [event.status for event in pull(server, IR_NAME)][-1] == "success"
+    assert [event.phase for event in pull(server, IR_NAME)][-1] == PullPhase.DONE
     info = server.ctx.store.resolve(IR_NAME)
     assert info.format == "ir" and info.context_length == 8192
     assert (info.path / "openvino_model.xml").is_file()
@@ -153,10 +154,10 @@ def test_pulled_ir_repository_answers_like_the_bundled_model(server: LiveServer)
 def test_pulled_onnx_export_is_converted_and_embeds_like_the_bundled_model(
     server: LiveServer,
 ) -> None:
-    assert [event.status for event in pull(server, ONNX_NAME)][-1] == "success"
+    assert [event.phase for event in pull(server, ONNX_NAME)][-1] == PullPhase.DONE
     info = server.ctx.store.resolve(ONNX_NAME)
-    assert info.format == "ir"
-    assert (info.extra["pooling"], info.extra["normalize"]) == ("mean", True)
+    assert info.format == "ir" and isinstance(info.details, EmbeddingDetails)
+    assert (info.details.pooling, info.details.normalize) == ("mean", True)
     assert info.context_length == 256  # sentence-transformers' max_seq_length
     for name in ("openvino_model.xml", "openvino_tokenizer.xml", "onnx/model.onnx"):
         assert (info.path / name).is_file()
@@ -166,10 +167,10 @@ def test_pulled_onnx_export_is_converted_and_embeds_like_the_bundled_model(
     assert pulled.shape == (2, 384)
     np.testing.assert_allclose(pulled, bundled, atol=1e-4)
     # The store keeps the conversion: a fresh scan lists it as IR with its pooling.
-    fresh = type(server.ctx.store)(server.ctx.store.root)
+    fresh = ModelStore(server.ctx.store.root, formats=server.ctx.store.formats)
     fresh.scan()
     assert fresh.resolve(ONNX_NAME).format == "ir"
-    assert fresh.resolve(ONNX_NAME).extra["pooling"] == "mean"
+    assert fresh.resolve(ONNX_NAME).details == info.details
 
 
 async def test_pooling_and_normalisation_follow_the_model(
@@ -181,7 +182,9 @@ async def test_pooling_and_normalisation_follow_the_model(
     request = EmbeddingRequest(model=ONNX_NAME, inputs=tuple(TEXTS))
     vectors: dict[str, np.ndarray] = {}
     for pooling, normalize in (("mean", True), ("cls", False)):
-        variant = replace(info, extra={**info.extra, "pooling": pooling, "normalize": normalize})
+        assert isinstance(info.details, EmbeddingDetails)
+        details = info.details.model_copy(update={"pooling": pooling, "normalize": normalize})
+        variant = replace(info, details=details)
         loaded = await CpuBackend(ov_settings).load(variant)
         try:
             vectors[pooling] = np.array((await loaded.embed(request)).vectors)
@@ -266,4 +269,4 @@ def test_a_disk_that_fills_mid_file_cleans_up_and_spares_earlier_models(
     assert SPARE_GGUF_NAME.lower() not in listed and IR_NAME + ":latest" in listed
     assert {p.name: p.stat().st_size for p in earlier.path.iterdir()} == files_before
     # Space again: the same pull now succeeds.
-    assert [event.status for event in pull(server, SPARE_GGUF_NAME)][-1] == "success"
+    assert [event.phase for event in pull(server, SPARE_GGUF_NAME)][-1] == PullPhase.DONE

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from .errors import CapabilityError
 from .types import (
@@ -74,9 +73,6 @@ class Backend(abc.ABC):
     max_loaded_models: int | None = None
     #: simulated backends serve when ``NPU_PROXY_REAL_INFERENCE=0``, real ones otherwise
     simulated: bool = False
-    #: GGUF architectures (``general.architecture``) this backend can load; a pull of
-    #: any other GGUF is refused before the download
-    gguf_architectures: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     async def probe(self) -> DeviceInfo:
@@ -88,7 +84,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def supports(self, model: ModelInfo) -> bool:
-        """Whether this backend can load ``model`` (by format and capabilities)."""
+        """Whether this backend can load ``model`` (by format and capabilities).
+
+        What a model file is, which files a pull fetches and how they are converted is
+        the model format's business (``npu_proxy_register_model_formats``), not the
+        backend's.
+        """
 
     def prompt_limit(self, model: ModelInfo) -> int | None:
         """The most prompt tokens this device accepts for ``model``; ``None``: the context.
@@ -115,15 +116,6 @@ class Backend(abc.ABC):
         Raises :class:`~npu_proxy.engine.errors.ModelLoadError` with a message safe to
         show a client (no paths) when the model cannot be loaded here.
         """
-
-    async def prepare_model(self, folder: Path, model: ModelInfo) -> ModelInfo | None:
-        """Make freshly pulled files in ``folder`` loadable, or return None if not ours.
-
-        Called once per pull, before the model is listed; e.g. convert an ONNX
-        embedding export to IR in place and return the updated ModelInfo. Blocking
-        work must run in a thread.
-        """
-        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release backend-wide resources at shutdown."""

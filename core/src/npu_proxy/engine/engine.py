@@ -39,7 +39,7 @@ from .events import (
     RouteDecided,
 )
 from .history import fit_history
-from .lifecycle import ModelLifecycle, Residency
+from .lifecycle import ModelLifecycle, Residency, ResidencyState
 from .routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
 from .scheduler import DeviceQueue, Ticket
 from .store import ModelStore
@@ -66,13 +66,13 @@ class Route:
     """Where a request runs and why: the ``X-NPU-Proxy-*`` headers."""
 
     device: str
-    reason: str
+    reason: RouteReason | str
     token_count: int
 
     def headers(self) -> dict[str, str]:
         return {
             "X-NPU-Proxy-Device": self.device,
-            "X-NPU-Proxy-Route-Reason": self.reason,
+            "X-NPU-Proxy-Route-Reason": str(self.reason),
             "X-NPU-Proxy-Token-Count": str(self.token_count),
         }
 
@@ -308,7 +308,7 @@ class Engine:
 
     def _states(self, model: ModelInfo) -> dict[str, DeviceState]:
         states = {}
-        loaded = {r.device for r in self.lifecycle.find(model.name) if r.state == "loaded"}
+        loaded = {r.device for r in self.lifecycle.find(model.name) if r.is_loaded}
         for device, backend in self.backends.items():
             info = self.devices.get(device)
             queue = self.queues[device]
@@ -357,14 +357,13 @@ class Engine:
     ) -> tuple[Route, Ticket, LoadedModel, int]:
         """Route, queue and load, falling back past full queues and failed loads."""
         await self._probed.wait()
-        excluded: dict[str, str] = {}
+        excluded: dict[str, RouteReason] = {}
         while True:
             ctx = RoutingContext(
                 model=model,
                 token_count=token_count,
                 preferred_device=preferred,
                 fallback_device=self.settings.fallback_device,
-                token_limit=self.settings.token_limit,
                 devices=self._states(model),
                 excluded=dict(excluded),
             )
@@ -395,7 +394,7 @@ class Engine:
             self.bus.emit(RouteDecided(model.name, device, reason, token_count))
             return route, ticket, loaded, load_ns
 
-    def _no_route(self, ctx: RoutingContext, reason: str) -> EngineError:
+    def _no_route(self, ctx: RoutingContext, reason: RouteReason | str) -> EngineError:
         if RouteReason.QUEUE_FULL in ctx.excluded.values():
             retry = max(1, min(60, max(q.waiting for q in self.queues.values()) // 4))
             return BusyError("server busy: every device queue is full", retry_after=retry)
@@ -492,10 +491,18 @@ class Engine:
                  "of %d tokens", len(request.messages) - len(fitted), model.name, limit)
         return replace(request, messages=fitted), counts[fitted]
 
+    def embedding_model(self, name: str | None = None) -> ModelInfo:
+        """The embedding model called ``name``; ``None``: the server's default
+        (``NPU_PROXY_EMBEDDING_MODEL``), for dialects whose requests may name none."""
+        return self.resolve(name or self.settings.embedding_model, Capability.EMBEDDING)
+
     async def embed(self, request: EmbeddingRequest) -> Embedding:
-        """Embed ``request.inputs`` on the embedding device (or its fallback)."""
+        """Embed ``request.inputs`` on the embedding device (or its fallback).
+
+        ``request.model`` None embeds with :meth:`embedding_model`'s default.
+        """
         started = time.perf_counter_ns()
-        model = self.resolve(request.model, Capability.EMBEDDING)
+        model = self.embedding_model(request.model)
         if request.dimensions is not None and not (
             0 < request.dimensions <= (model.embedding_length or request.dimensions)
         ):
@@ -525,7 +532,6 @@ class Engine:
                 len(request.inputs),
                 result.prompt_tokens,
                 total / 1e9,
-                cache_hits=0,
             )
         )
         return Embedding(model, route, result)
@@ -550,7 +556,7 @@ class Engine:
 
     def running(self) -> list[Residency]:
         """Resident models (loaded or loading), for ``/api/ps``."""
-        return [r for r in self.lifecycle.residents() if r.state != "failed"]
+        return [r for r in self.lifecycle.residents() if r.state is not ResidencyState.FAILED]
 
     async def close(self) -> None:
         if self._probe_task is not None and not self._probe_task.done():

@@ -12,10 +12,19 @@ class EngineError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    #: the request parameter the error concerns, when there is one
+    param: str | None = None
+    #: seconds after which the same request may succeed, when that is known
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the error response carries (``Retry-After`` when it is known)."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class InvalidRequestError(EngineError):
@@ -68,12 +77,6 @@ class BusyError(EngineError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class ModelLoadingError(BusyError):
-    """The model is still loading and the request could not wait for it."""
-
-    code = "loading"
 
 
 class NoDeviceError(EngineError):

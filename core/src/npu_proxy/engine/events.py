@@ -66,7 +66,6 @@ class EmbeddingFinished:
     inputs: int
     prompt_tokens: int
     duration: float
-    cache_hits: int
 
 
 @dataclass(frozen=True, slots=True)

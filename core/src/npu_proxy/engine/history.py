@@ -2,9 +2,11 @@
 
 Ollama's chat keeps working when a conversation outgrows the model's context: it drops
 the oldest messages (never the system prompt, never the newest message) until the
-prompt fits. A backend that honours :attr:`GenerationRequest.truncate` calls
-:func:`fit_history` with its own measure of "fits" (it renders the chat template and
-counts with the model's tokenizer); the choice of what to drop lives here, once.
+prompt fits. For a request with :attr:`GenerationRequest.truncate` set, the engine
+(``Engine._fit_context``) calls :func:`fit_history` with its measure of "fits": the
+backend's ``count_tokens``, which renders the chat template and counts with the
+model's tokenizer, plus room for the answer. The choice of what to drop lives here,
+once; how to measure lives with the backend.
 """
 
 from __future__ import annotations

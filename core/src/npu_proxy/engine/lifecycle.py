@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Coroutine
@@ -27,13 +28,21 @@ log = logging.getLogger(__name__)
 FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
 
 
+class ResidencyState(enum.StrEnum):
+    """Where a model stands on a device; the values are shown in /health and /api/ps."""
+
+    LOADING = "loading"
+    LOADED = "loaded"
+    FAILED = "failed"
+
+
 @dataclass(eq=False)
 class Residency:
-    """A model on a device: ``loading``, ``loaded`` or ``failed`` (with ``error``)."""
+    """A model on a device: loading, loaded or failed (with ``error``)."""
 
     info: ModelInfo
     device: str
-    state: str = "loading"
+    state: ResidencyState = ResidencyState.LOADING
     loaded: LoadedModel | None = None
     error: str = ""
     users: int = 0
@@ -44,6 +53,11 @@ class Residency:
     timer: asyncio.TimerHandle | None = None
     unload_pending: bool = False  # unload as soon as the last user is done
     loading_since: float | None = None  # monotonic time the current load began
+
+    @property
+    def is_loaded(self) -> bool:
+        # A method, not an inline comparison: the state changes across awaits.
+        return self.state is ResidencyState.LOADED
 
     @property
     def size(self) -> int:
@@ -77,24 +91,26 @@ class ModelLifecycle:
         start = time.perf_counter_ns()
         while True:
             res = self._residents.get(key)
-            if res is None or res.state == "failed":
+            if res is None or res.state is ResidencyState.FAILED:
                 res = Residency(info=info, device=device)
                 self._residents[key] = res
                 res.users += 1
                 await self._load(res)
                 return self._ready(res), time.perf_counter_ns() - start
             res.users += 1
-            if res.state == "loaded":
+            if res.is_loaded:
                 return self._ready(res), 0
             try:
                 await res.ready.wait()
             except asyncio.CancelledError:
                 res.users -= 1
                 raise
-            if res.state == "loaded":
+            if res.is_loaded:
                 return self._ready(res), time.perf_counter_ns() - start
             res.users -= 1
-            if self._residents.get(key) is res:  # failed: try once more with a fresh load
+            # The load we waited for failed: share its error. A load that was withdrawn
+            # (its starter was cancelled) is gone from the table: loop and load it anew.
+            if self._residents.get(key) is res:
                 raise ModelLoadError(res.error)
 
     def _ready(self, res: Residency) -> LoadedModel:
@@ -117,7 +133,7 @@ class ModelLifecycle:
             started = time.perf_counter_ns()
             res.loaded = await backend.load(res.info)
             res.load_duration = time.perf_counter_ns() - started
-            res.state = "loaded"
+            res.state = ResidencyState.LOADED
             self._bus.emit(
                 ModelLoaded(res.info.name, res.device, res.load_duration / 1e9, res.size)
             )
@@ -126,7 +142,7 @@ class ModelLifecycle:
             )
         except BaseException as exc:
             res.users -= 1
-            res.state = "failed"
+            res.state = ResidencyState.FAILED
             res.error = (
                 exc.message
                 if isinstance(exc, EngineError)
@@ -150,11 +166,11 @@ class ModelLifecycle:
         while True:
             others = [
                 r for (dev, _), r in self._residents.items() if dev == res.device and r is not res
-                and r.state != "failed"
+                and r.state is not ResidencyState.FAILED
             ]
             if len(others) < limit:
                 return
-            idle = [r for r in others if r.users == 0 and r.state == "loaded"]
+            idle = [r for r in others if r.users == 0 and r.is_loaded]
             if idle:
                 victim = min(idle, key=lambda r: r.last_used)
                 await self._unload(victim, "swap")
@@ -177,12 +193,6 @@ class ModelLifecycle:
             seconds, res.unload_pending = 0, False
         self._schedule(res, seconds)
         self._notify()
-
-    def set_keep_alive(self, device: str, name: str, keep_alive: float | None) -> None:
-        res = self._residents.get((device, name))
-        if res is not None and res.users == 0:
-            seconds = self._default_keep_alive if keep_alive is None else keep_alive
-            self._schedule(res, seconds)
 
     def _schedule(self, res: Residency, seconds: float) -> None:
         if res.timer is not None:

@@ -2,6 +2,8 @@
 
 A policy is a pure function of a :class:`RoutingContext`: it sees every device's state
 and the request's token count, and names one device with a machine-readable reason.
+A policy's own knobs are its own settings (``TokenThresholdSettings`` for the built-in
+one), read from the environment when its plugin registers it, not context fields.
 The engine calls it again, with the failed device excluded, when the chosen device's
 queue is full or the model fails to load there; the reasons of those exclusions are in
 :attr:`RoutingContext.excluded`.
@@ -10,17 +12,25 @@ queue is full or the model fails to load there; the reasons of those exclusions 
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
+from ..settings import PluginSettings
 from .types import ModelInfo
 
 #: Fallback order when no fallback device is configured.
 DEVICE_PREFERENCE = ("NPU", "GPU", "CPU")
 
 
-class RouteReason:
-    """The machine-readable reasons a route carries (``X-NPU-Proxy-Route-Reason``)."""
+class RouteReason(enum.StrEnum):
+    """The core's machine-readable route reasons (``X-NPU-Proxy-Route-Reason``).
+
+    The values are wire values (headers, metrics labels) and never change. A policy
+    may give reasons of its own (any short string); the engine's exclusions are these.
+    """
 
     PREFERRED = "preferred_device"
     OVER_TOKEN_LIMIT = "token_limit_exceeded"
@@ -60,9 +70,8 @@ class RoutingContext:
     token_count: int
     preferred_device: str
     fallback_device: str | None
-    token_limit: int
     devices: Mapping[str, DeviceState]
-    excluded: Mapping[str, str] = field(default_factory=dict)
+    excluded: Mapping[str, RouteReason] = field(default_factory=dict)
 
     def usable(self, device: str) -> bool:
         """Present, able to load the model, not excluded, and the prompt fits."""
@@ -76,10 +85,13 @@ class RoutingContext:
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """The chosen device and why. ``device=None`` means nothing can serve the request."""
+    """The chosen device and why. ``device=None`` means nothing can serve the request.
+
+    ``reason`` is a :class:`RouteReason` or a policy's own short, fixed string.
+    """
 
     device: str | None
-    reason: str
+    reason: RouteReason | str
 
 
 class RoutingPolicy(abc.ABC):
@@ -97,7 +109,7 @@ class RoutingPolicy(abc.ABC):
         """Pick a usable device (see :meth:`RoutingContext.usable`) or return device None."""
 
 
-def why_not(ctx: RoutingContext, device: str) -> str:
+def why_not(ctx: RoutingContext, device: str) -> RouteReason:
     """The reason ``device`` is not usable, as a :class:`RouteReason` value."""
     if device in ctx.excluded:
         return ctx.excluded[device]
@@ -119,21 +131,33 @@ def fallback_order(ctx: RoutingContext) -> list[str]:
     return order
 
 
+class TokenThresholdSettings(PluginSettings):
+    """The ``token_threshold`` policy's own variable (read with ``load_plugin_settings``)."""
+
+    token_limit: int = Field(
+        1800, ge=1, description="Prompts above this many tokens go to the fallback device "
+        "(the token_threshold routing policy)."
+    )
+
+
 class TokenThresholdPolicy(RoutingPolicy):
     """Short prompts go to the preferred device, long ones (and refusals) to the fallback.
 
-    Up to ``token_limit`` prompt tokens: the preferred device, when usable. Otherwise
-    the first usable of the fallback order; the reason names why the preferred device
-    was passed over (over the token limit, absent, over its compiled prompt length,
-    queue full, load failed).
+    Up to ``settings.token_limit`` prompt tokens (``NPU_PROXY_TOKEN_LIMIT``): the
+    preferred device, when usable. Otherwise the first usable of the fallback order;
+    the reason names why the preferred device was passed over (over the token limit,
+    absent, over its compiled prompt length, queue full, load failed).
     """
 
     name = "token_threshold"
     description = "prompts up to NPU_PROXY_TOKEN_LIMIT tokens to the preferred device"
 
+    def __init__(self, settings: TokenThresholdSettings | None = None) -> None:
+        self.settings = settings or TokenThresholdSettings()
+
     def choose(self, ctx: RoutingContext) -> RouteDecision:
         preferred = ctx.preferred_device
-        over_limit = ctx.token_count > ctx.token_limit
+        over_limit = ctx.token_count > self.settings.token_limit
         if not over_limit and ctx.usable(preferred):
             return RouteDecision(preferred, RouteReason.PREFERRED)
         reason = RouteReason.OVER_TOKEN_LIMIT if over_limit else why_not(ctx, preferred)

@@ -25,7 +25,6 @@ class Ticket:
     def __init__(self, queue: DeviceQueue) -> None:
         self._queue = queue
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.holding = False
         self._done = False
 
     async def acquire(self) -> None:
@@ -35,7 +34,6 @@ class Ticket:
         except asyncio.CancelledError:
             self.release()
             raise
-        self.holding = True
 
     def release(self) -> None:
         """Free the slot (or the queue place). Idempotent."""

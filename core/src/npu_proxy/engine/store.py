@@ -10,12 +10,14 @@ worker thread) and written only through this class, which keeps the index curren
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +25,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .errors import ModelNotFoundError, ModelStoreError
+from .errors import InvalidRequestError, ModelNotFoundError, ModelStoreError
+from .formats import ModelFormatError, ModelFormats
 from .names import parse_model_name
-from .types import Capability, ModelInfo
+from .types import Capability, ModelInfo, PulledFile, PulledFrom
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,20 @@ MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
 
 
+#: Keys of the loose ``extra`` mapping that manifests written before typed details
+#: carried: the hub's provenance and what ``/api/create`` stored. Whatever else an old
+#: ``extra`` held belonged to the model's format and is handed to it as its details.
+_LEGACY_PULL_KEYS = ("repo", "revision", "files")
+_LEGACY_USER_KEYS = ("system", "license", "parameters")
+
+
 def info_to_manifest(info: ModelInfo, folder: Path) -> dict[str, Any]:
-    """The JSON form of ``info``; a path inside ``folder`` is stored relative to it."""
-    data = asdict(info)
+    """The JSON form of ``info``; a path inside ``folder`` is stored relative to it.
+
+    ``details`` are stored in their JSON form; ``format`` says which format reads them.
+    """
+    data = asdict(replace(info, details=None))
+    data["details"] = info.details.model_dump(mode="json") if info.details else None
     data["capabilities"] = sorted(c.value for c in info.capabilities)
     data["modified_at"] = (info.modified_at or datetime.now(UTC)).isoformat()
     if info.path is not None:
@@ -45,8 +59,27 @@ def info_to_manifest(info: ModelInfo, folder: Path) -> dict[str, Any]:
     return data
 
 
-def manifest_to_info(data: dict[str, Any], folder: Path) -> ModelInfo:
-    """Read a manifest written by :func:`info_to_manifest`; raises ``ValueError`` if bad."""
+def _pulled_from(data: Any) -> PulledFrom | None:
+    if not isinstance(data, dict) or not data.get("repo"):
+        return None
+    files = tuple(
+        PulledFile(str(f["path"]), int(f.get("size", 0)), f.get("sha256"))
+        for f in data.get("files") or ()
+        if isinstance(f, dict) and "path" in f
+    )
+    return PulledFrom(str(data["repo"]), str(data.get("revision", "")), files)
+
+
+def manifest_to_info(
+    data: dict[str, Any], folder: Path, formats: ModelFormats | None = None
+) -> ModelInfo:
+    """Read a manifest written by :func:`info_to_manifest`; raises ``ValueError`` if bad.
+
+    Manifests written before details were typed carry one loose ``extra`` mapping;
+    its hub and ``create`` keys become the typed fields and the rest goes to the
+    model's format as its details, so existing stores keep working.
+    """
+    formats = formats or ModelFormats()
     fields = dict(data)
     fields["capabilities"] = frozenset(Capability(c) for c in fields.get("capabilities", []))
     if fields.get("path"):
@@ -54,17 +87,55 @@ def manifest_to_info(data: dict[str, Any], folder: Path) -> ModelInfo:
         fields["path"] = path if path.is_absolute() else folder / path
     if fields.get("modified_at"):
         fields["modified_at"] = datetime.fromisoformat(fields["modified_at"])
+    details = fields.get("details")
+    legacy = fields.pop("extra", None)
+    if isinstance(legacy, dict):
+        legacy = dict(legacy)
+        pulled = {k: legacy.pop(k) for k in _LEGACY_PULL_KEYS if k in legacy}
+        fields.setdefault("pulled", pulled)
+        for key in _LEGACY_USER_KEYS:
+            if key in legacy:
+                fields.setdefault(key, legacy.pop(key))
+        if details is None:
+            details = legacy
+    fields["pulled"] = _pulled_from(fields.get("pulled"))
+    fields["details"] = formats.read_details(str(fields.get("format", "")), details or {})
     known = set(ModelInfo.__dataclass_fields__)
     fields = {k: v for k, v in fields.items() if k in known}
     fields["builtin"] = False
     return ModelInfo(**fields)
 
 
-class ModelStore:
-    """Name -> :class:`ModelInfo`, backed by plugin registrations and the store folder."""
+def tree_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file, or of a folder's files (each name and digest, in
+    name order). Reads every byte: call in a worker thread."""
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+        return "sha256:" + digest.hexdigest()
+    tree = hashlib.sha256()
+    for child in sorted(p for p in path.iterdir() if p.is_file()):
+        tree.update(child.name.encode() + b"\0" + tree_digest(child).encode() + b"\n")
+    return "sha256:" + tree.hexdigest()
 
-    def __init__(self, root: Path, registered: dict[str, ModelInfo] | None = None) -> None:
+
+class ModelStore:
+    """Name -> :class:`ModelInfo`, backed by plugin registrations and the store folder.
+
+    ``formats`` are the registered model formats: they describe imported files, read
+    the details in manifests, and validate every model registered or written.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        registered: dict[str, ModelInfo] | None = None,
+        formats: ModelFormats | None = None,
+    ) -> None:
         self.root = root
+        self.formats = formats or ModelFormats()
         self._registered: dict[str, ModelInfo] = dict(registered or {})
         self._stored: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
@@ -90,8 +161,9 @@ class ModelStore:
         return sorted(merged.values(), key=lambda m: m.name)
 
     def register(self, info: ModelInfo) -> None:
-        """Add a plugin-shipped model (startup only)."""
+        """Add a plugin-shipped model (startup only); ModelFormatError if its format refuses it."""
         key = str(parse_model_name(info.name))
+        self.formats.validate(info)
         with self._lock:
             self._registered[key] = replace(info, name=key, builtin=True)
 
@@ -114,7 +186,9 @@ class ModelStore:
                 if not manifest.is_file():
                     continue
                 try:
-                    info = manifest_to_info(json.loads(manifest.read_text("utf-8")), entry)
+                    info = manifest_to_info(
+                        json.loads(manifest.read_text("utf-8")), entry, self.formats
+                    )
                     found[str(parse_model_name(info.name))] = info
                 except (ValueError, TypeError, KeyError, OSError) as exc:
                     log.warning("skipping unreadable manifest in %s: %s", entry.name, exc)
@@ -143,6 +217,7 @@ class ModelStore:
         """Write ``info``'s manifest atomically into its folder and index it."""
         parsed = parse_model_name(info.name)
         info = replace(info, name=str(parsed), builtin=False)
+        self.formats.validate(info)
         folder = self.root / parsed.folder
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / (MANIFEST + ".tmp")
@@ -175,6 +250,7 @@ class ModelStore:
         parsed = parse_model_name(info.name)
         final = self.root / parsed.folder
         info = replace(info, name=str(parsed), builtin=False)
+        self.formats.validate(info)
         tmp = staging / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(info_to_manifest(info, staging), indent=2), "utf-8")
         os.replace(tmp, staging / MANIFEST)
@@ -190,6 +266,40 @@ class ModelStore:
         with self._lock:
             self._stored[info.name] = info
         return info
+
+    def import_path(
+        self,
+        path: Path,
+        name: str,
+        adjust: Callable[[ModelInfo], ModelInfo] | None = None,
+    ) -> ModelInfo:
+        """Store the model at ``path`` (a file or folder left where it is) as ``name``.
+
+        The registered formats describe it; the store adds its size, digest and time,
+        applies ``adjust`` (what the caller sets: a template, a system prompt) and
+        writes its manifest. Deleting the model never deletes the files.
+        Raises InvalidRequestError (a ModelFormatError when no format reads the files)
+        with a message that names no path. Blocking: reads every byte for the digest.
+        """
+        key = str(parse_model_name(name))
+        try:
+            path = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise InvalidRequestError("the model files do not exist on the server") from None
+        try:
+            info = self.formats.describe(path, key)
+            files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
+            info = replace(
+                info,
+                path=info.path or path,
+                size=info.size or sum(p.stat().st_size for p in files),
+                digest=info.digest or tree_digest(path),
+                modified_at=info.modified_at or datetime.now(UTC),
+                source=info.source or ("local file" if path.is_file() else "local folder"),
+            )
+        except OSError:
+            raise ModelFormatError("the model files cannot be read") from None
+        return self.write(adjust(info) if adjust is not None else info)
 
     def copy(self, source: str, destination: str) -> ModelInfo:
         """Make ``destination`` another name for ``source`` (files are shared, not copied)."""
@@ -234,3 +344,11 @@ class ModelStore:
 
     async def awrite(self, info: ModelInfo) -> ModelInfo:
         return await asyncio.to_thread(self.write, info)
+
+    async def aimport_path(
+        self,
+        path: Path,
+        name: str,
+        adjust: Callable[[ModelInfo], ModelInfo] | None = None,
+    ) -> ModelInfo:
+        return await asyncio.to_thread(self.import_path, path, name, adjust)

@@ -11,7 +11,13 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .formats import FormatDetails
+
+#: The context a model is given when its files declare none (every format uses it).
+DEFAULT_CONTEXT_LENGTH = 2048
 
 
 class Capability(enum.StrEnum):
@@ -31,7 +37,24 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_tokens or the context ran out
     TOOL_CALLS = "tool_calls"  # the model answered with tool calls
-    CANCELLED = "cancelled"  # the client went away
+
+
+@dataclass(frozen=True, slots=True)
+class PulledFile:
+    """One file a pull downloaded: its path in the repository, size and LFS SHA-256."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PulledFrom:
+    """Where a pulled model came from: the hub repository, the commit, the files."""
+
+    repo: str
+    revision: str
+    files: tuple[PulledFile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +62,17 @@ class ModelInfo:
     """One model the server can serve: the single source of truth for its metadata.
 
     ``name`` is the canonical Ollama-style ``model:tag`` (always with a tag).
-    ``path`` is the GGUF file or IR folder (``None`` for simulated models).
+    ``format`` is the name of the registered :class:`~npu_proxy.engine.formats.ModelFormat`
+    that describes its files (``"gguf"``, ``"ir"``, ``"onnx"``, the mock's ``"mock"``):
+    a plugin can add formats, so it is checked by the host against the registered
+    formats, not by a closed enumeration. ``path`` is the GGUF file or IR folder
+    (``None`` for simulated models). ``details`` are the format's own typed facts.
+    Facts the files do not state are empty strings (never guessed), except a missing
+    context length, which is :data:`DEFAULT_CONTEXT_LENGTH`.
     """
 
     name: str
-    format: str  # "gguf", "ir", "onnx" or "mock"
+    format: str
     family: str
     capabilities: frozenset[Capability]
     context_length: int
@@ -57,8 +86,15 @@ class ModelInfo:
     source: str = ""  # where it came from: a package, a repository, a local file
     builtin: bool = False  # shipped with a plugin; cannot be deleted
     embedding_length: int = 0
-    template: str = ""  # the chat template as the model declares it
-    extra: dict[str, Any] = field(default_factory=dict)
+    template: str = ""  # the chat template as the model declares it or a user set it
+    details: FormatDetails | None = None  # owned and defined by the model's format
+    pulled: PulledFrom | None = None  # set for models pulled from a hub
+    system: str = ""  # a system prompt a user stored with the model (create)
+    license: str = ""  # license text a user stored with the model (create)
+    #: request options a user stored with the model, under the names of the dialect
+    #: that stored them (Ollama's ``/api/create`` ``parameters``: ``num_ctx``, ``stop``
+    #: ...); that dialect validates them when storing and reads them back.
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     def can(self, capability: Capability) -> bool:
         return capability in self.capabilities
@@ -169,11 +205,12 @@ class GenerationRequest:
 class EmbeddingRequest:
     """Embed each of ``inputs``. ``truncate`` cuts inputs to the context instead of failing.
 
+    ``model`` None means the server's default embedding model (``NPU_PROXY_EMBEDDING_MODEL``).
     ``dimensions`` asks for vectors cut to that length (then re-normalised); ``None``
     keeps the model's own size.
     """
 
-    model: str
+    model: str | None
     inputs: tuple[str, ...]
     truncate: bool = True
     dimensions: int | None = None

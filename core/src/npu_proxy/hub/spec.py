@@ -1,48 +1,41 @@
-"""What a pull name means: a catalog alias, an OpenVINO IR repository, or a GGUF file.
+"""What a pull name means: an alias a format registered, a repository, or a GGUF file.
 
-- ``tinyllama`` / ``tinyllama:1.1b``: an alias from :mod:`npu_proxy.hub.catalog`.
+- ``tinyllama`` / ``tinyllama:1.1b``: an alias (:class:`~npu_proxy.engine.formats.HubAlias`)
+  that a registered model format offers.
 - ``org/repo`` (tag ``latest`` = the ``main`` revision, any other tag = that revision):
-  a repository holding OpenVINO IR, or an ONNX embedding export.
-- ``hf.co/org/repo:QUANT`` (or ``huggingface.co/...``): the GGUF file of that
-  quantisation in the repository (``latest`` picks Q4_K_M, as Ollama does).
+  a repository; the registered formats decide from its files what it holds.
+- ``hf.co/org/repo:QUANT`` (or ``huggingface.co/...``): Ollama's spelling for the GGUF
+  file of that quantisation in the repository (``latest`` asks for Q4_K_M, as Ollama
+  does); the format registered as ``gguf`` picks the file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from ..engine.errors import InvalidRequestError
+from ..engine.formats import HubAlias, HubRequest
 from ..engine.names import DEFAULT_TAG, parse_model_name
-from .catalog import CATALOG, CatalogEntry, Kind
 
 GGUF_HOSTS = ("hf.co", "huggingface.co")
+#: The format an ``hf.co/org/repo:QUANT`` name asks for, and its default quantisation.
+GGUF_FORMAT = "gguf"
 DEFAULT_QUANT = "Q4_K_M"
 
 
-@dataclass(frozen=True, slots=True)
-class PullSpec:
-    """A resolved pull: the local ``name``, the ``repo`` and ``revision``, what to fetch."""
-
-    name: str
-    repo: str
-    revision: str
-    kind: Kind | None  # None: decided from the repository's files
-    quant: str | None = None
-    entry: CatalogEntry | None = None
-
-
-def resolve_pull_name(name: object) -> PullSpec:
+def resolve_pull_name(name: object, aliases: Mapping[str, HubAlias]) -> HubRequest:
     """Resolve ``name`` (validated like every model name); InvalidRequestError if unusable."""
     parsed = parse_model_name(name)
     canonical = str(parsed)
-    entry = CATALOG.get(canonical)
-    if entry is not None:
-        return PullSpec(canonical, entry.repo, "main", entry.kind, entry=entry)
+    alias = aliases.get(canonical)
+    if alias is not None:
+        return HubRequest(alias.name, alias.repo, "main", alias.format, alias=alias)
     if parsed.namespace is None:
-        known = sorted({e.name.split(":")[0] for e in CATALOG.values()})
+        known = sorted({a.name.split(":")[0] for a in aliases.values()})
+        choices = f"an alias ({', '.join(known)}), " if known else ""
         raise InvalidRequestError(
-            f"unknown model '{name}': use an alias ({', '.join(known)}), an OpenVINO "
-            "repository as org/repo, or a GGUF repository as hf.co/org/repo:QUANT",
+            f"unknown model '{name}': use {choices}a repository as org/repo, or a GGUF "
+            "repository as hf.co/org/repo:QUANT",
             param="model",
         )
     # Repository ids keep their case on the hub; the local name is lower case.
@@ -58,6 +51,6 @@ def resolve_pull_name(name: object) -> PullSpec:
     repo = "/".join(parts[-2:])
     if host is not None:
         quant = DEFAULT_QUANT if parsed.tag == DEFAULT_TAG else parsed.tag.upper()
-        return PullSpec(canonical, repo, "main", "gguf", quant=quant)
+        return HubRequest(canonical, repo, "main", GGUF_FORMAT, variant=quant)
     revision = "main" if parsed.tag == DEFAULT_TAG else parsed.tag
-    return PullSpec(canonical, repo, revision, None)
+    return HubRequest(canonical, repo, revision)

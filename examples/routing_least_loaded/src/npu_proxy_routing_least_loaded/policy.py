@@ -8,6 +8,7 @@ device by name), which favours the accelerator when nothing else distinguishes t
 
 from __future__ import annotations
 
+import enum
 from fractions import Fraction
 
 from npu_proxy.engine.routing import (
@@ -21,7 +22,7 @@ from npu_proxy.engine.routing import (
 )
 
 
-class LeastLoadedReason:
+class LeastLoadedReason(enum.StrEnum):
     """The machine-readable reasons this policy gives (``X-NPU-Proxy-Route-Reason``)."""
 
     #: the chosen device had strictly the lowest load of the usable devices
@@ -29,9 +30,9 @@ class LeastLoadedReason:
     #: several devices shared the lowest load; the device order picked this one
     TIE = "least_loaded_tie"
     #: only one device could serve the request at all
-    ONLY_DEVICE = RouteReason.ONLY_DEVICE
+    ONLY_DEVICE = RouteReason.ONLY_DEVICE.value
     #: every usable device's queue was full; the engine answers 503 with Retry-After
-    ALL_QUEUES_FULL = RouteReason.QUEUE_FULL
+    ALL_QUEUES_FULL = RouteReason.QUEUE_FULL.value
 
 
 def load_of(state: DeviceState) -> Fraction:

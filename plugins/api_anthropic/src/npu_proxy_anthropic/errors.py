@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from npu_proxy.engine.errors import EngineError
 from starlette.responses import JSONResponse
 
 OVERLOADED_STATUS = 529
@@ -43,12 +44,17 @@ def error_type(status: int) -> str:
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
+    """The error object for a (wire) ``status``."""
     return {"type": "error", "error": {"type": error_type(status), "message": message}}
 
 
-def error_response(
-    status: int, message: str, *, code: str = "", headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The JSON error response for an engine/HTTP ``status`` and engine ``code``."""
-    status = wire_status(status, code)
-    return JSONResponse(error_body(status, message), status_code=status, headers=headers)
+def error_event(error: EngineError) -> dict[str, Any]:
+    """The body, or the ``error`` stream event, for an engine or web-layer error."""
+    return error_body(wire_status(error.status, error.code), error.message)
+
+
+def error_response(error: EngineError) -> JSONResponse:
+    """The JSON error response for ``error``, with the status Anthropic clients expect."""
+    status = wire_status(error.status, error.code)
+    return JSONResponse(error_body(status, error.message), status_code=status,
+                        headers=error.headers)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from npu_proxy.api import ApiDialect
+from npu_proxy.engine.errors import EngineError
 from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
 from starlette.responses import Response
@@ -36,15 +37,8 @@ class AnthropicApi(ApiDialect):
     def router(self, ctx: ServerContext) -> APIRouter:
         return build_router(ctx, self.settings)
 
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        return error_response(status, message, code=code, headers=headers)
+    def error_response(self, error: EngineError) -> Response:
+        return error_response(error)
 
 
 @hookimpl

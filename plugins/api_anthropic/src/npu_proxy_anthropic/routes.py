@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request
 from npu_proxy.engine.engine import Generation
 from npu_proxy.engine.types import GenerationRequest
-from npu_proxy.web import ClientDisconnected, read_json, until_disconnected
+from npu_proxy.streaming import admit, generate_whole, stream_response
+from npu_proxy.web import read_json
 from starlette.responses import JSONResponse, Response
 
 from .convert import generation_request
@@ -24,13 +25,10 @@ from .encoder import MessageEncoder
 from .models import ModelResolver
 from .schemas import MessagesRequest, PromptParams, parse
 from .settings import AnthropicSettings
-from .streaming import ClosingStreamingResponse, message_stream
+from .streaming import MessageStream
 
 if TYPE_CHECKING:
     from npu_proxy.context import ServerContext
-
-# 499: the client closed the request (nobody reads it; metrics see why it ended).
-CLIENT_CLOSED = 499
 
 
 def new_message_id() -> str:
@@ -51,38 +49,24 @@ def build_router(ctx: ServerContext, settings: AnthropicSettings) -> APIRouter:
     async def create_message(request: Request) -> Response:
         body = parse(MessagesRequest, await read_json(request))
         engine_request = generation_request(body, resolver.resolve(body.model))
-        encoder_args = (new_message_id(), body.model)
+
+        def encoder_for(generation: Generation) -> MessageEncoder:
+            return MessageEncoder(new_message_id(), body.model, generation.route.token_count,
+                                  engine_request.options.stop)
+
         if body.stream:
-            try:
-                generation = await until_disconnected(
-                    request, ctx.engine.generate(engine_request)
-                )
-            except ClientDisconnected:
-                return Response(status_code=CLIENT_CLOSED)
-            encoder = MessageEncoder(*encoder_args, generation.route.token_count,
-                                     engine_request.options.stop)
-            return ClosingStreamingResponse(
-                message_stream(generation, encoder, settings.ping_interval),
-                media_type="text/event-stream",
+            generation = await admit(ctx.engine, request, engine_request)
+            return await stream_response(
+                request, generation,
+                MessageStream(encoder_for(generation), settings.ping_interval),
+                close=generation.aclose,
                 headers={**headers(generation), "Cache-Control": "no-cache"},
             )
-
-        async def complete() -> tuple[MessageEncoder, dict[str, str]]:
-            generation = await ctx.engine.generate(engine_request)
-            async with generation:
-                encoder = MessageEncoder(*encoder_args, generation.route.token_count,
-                                         engine_request.options.stop)
-                async for event in generation:
-                    encoder.feed(event)
-            return encoder, headers(generation)
-
-        # The whole generation runs under the disconnect watch: a client that gives up
-        # on a non-streaming request stops it too.
-        try:
-            encoder, reply_headers = await until_disconnected(request, complete())
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(encoder.message(), headers=reply_headers)
+        generation, reply = await generate_whole(ctx.engine, request, engine_request)
+        encoder = encoder_for(generation)
+        for event in reply.events:
+            encoder.feed(event)
+        return JSONResponse(encoder.message(), headers=headers(generation))
 
     @router.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:

@@ -1,18 +1,17 @@
-"""``POST /api/create``: register a local GGUF file or OpenVINO IR folder, or derive a model.
+"""``POST /api/create``: register a local model file or folder, or derive a model.
 
 ``from`` names either an existing model (the new one shares its files and overrides
-``template``, ``system`` and ``parameters``) or an absolute path on this machine: a
-``.gguf`` file or a folder holding ``openvino_model.xml``. Ollama's ``files`` mapping is
-accepted when its values are such paths; blob digests need ``/api/blobs``, which this
-server does not offer. The files stay where they are: the store records the path, and
-deleting the model never deletes them. Error messages never echo a path.
+``template``, ``system`` and ``parameters``) or an absolute path on this machine, which
+the model store imports: the registered model formats say what it is (with the
+OpenVINO plugin, a ``.gguf`` file or a folder holding OpenVINO IR). Ollama's ``files``
+mapping is accepted when its values are such paths; blob digests need ``/api/blobs``,
+which this server does not offer. The files stay where they are: the store records the
+path, and deleting the model never deletes them. Error messages never echo a path.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,21 +21,17 @@ from typing import Any
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError, ModelNotFoundError
-from npu_proxy.engine.gguf import FILE_TYPES, GGUFError, parameter_size, read_header
+from npu_proxy.engine.formats import ModelFormatError
 from npu_proxy.engine.names import canonical
-from npu_proxy.engine.types import Capability, ModelInfo
+from npu_proxy.engine.types import ModelInfo
+from npu_proxy.streaming import NDJSON, ClosingStreamResponse
 from npu_proxy.web import read_json, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .options import model_field, parse_options
 from .schemas import StrictBody
-from .wire import NDJSONResponse, line
-
-IR_XML = "openvino_model.xml"
-_CHUNK = 1024 * 1024
-#: IR architectures (``config.json``) that produce embeddings rather than text.
-_ENCODERS = ("BertModel", "XLMRobertaModel", "MPNetModel", "NomicBertModel", "RobertaModel")
+from .wire import line
 
 
 class CreateBody(StrictBody):
@@ -57,169 +52,51 @@ class CreateBody(StrictBody):
 
 def _bad_path() -> InvalidRequestError:
     return InvalidRequestError(
-        "from must name a model, a .gguf file or a folder with openvino_model.xml "
-        "(an absolute path on the server)",
+        "from must name a model, or a model file or folder on the server (an absolute path)",
         param="from",
     )
 
 
 def _source_path(body: CreateBody) -> Path | None:
-    """The local path the request points at, or ``None`` when ``from`` is not a path."""
+    """The local path the request points at, or ``None`` when ``from`` is not a path.
+
+    A ``files`` mapping of one entry names that file; of several, the folder they share.
+    """
     if body.files:
         paths = []
-        for filename, value in body.files.items():
+        for value in body.files.values():
             if value.startswith("sha256:") or not Path(value).is_absolute():
                 raise InvalidRequestError(
                     "files must map names to absolute paths on the server: blob uploads "
                     "are not supported",
                     param="files",
                 )
-            paths.append((filename, Path(value)))
-        for filename, path in paths:
-            if filename.endswith(".gguf"):
-                return path
-        for filename, path in paths:
-            if Path(filename).name == IR_XML:
-                return path.parent
-        raise InvalidRequestError(
-            "files must include a .gguf file or openvino_model.xml", param="files"
-        )
+            paths.append(Path(value))
+        if len(paths) == 1:
+            return paths[0]
+        folder = Path(os.path.commonpath(paths))
+        if any(p.parent != folder for p in paths):
+            raise InvalidRequestError(
+                "files must be one model file, or the files of one folder", param="files"
+            )
+        return folder
     if body.from_ and Path(body.from_).is_absolute():
         return Path(body.from_)
     return None
 
 
-def _sha256(paths: list[Path]) -> str:
-    if len(paths) == 1:
-        digest = hashlib.sha256()
-        with paths[0].open("rb") as stream:
-            while chunk := stream.read(_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
-    # A folder: the digest of each file's name and digest, in name order.
-    tree = hashlib.sha256()
-    for path in sorted(paths):
-        tree.update(path.name.encode() + b"\0" + _sha256([path]).encode() + b"\n")
-    return tree.hexdigest()
-
-
-def _template_capabilities(template: str) -> set[Capability]:
-    return {Capability.TOOLS} if "tools" in template else set()
-
-
-def inspect_gguf(path: Path, name: str) -> ModelInfo:
-    """A ModelInfo from the GGUF header (blocking: run in a worker thread)."""
-    try:
-        header = read_header(path)
-    except OSError:
-        raise InvalidRequestError("the GGUF file cannot be read", param="from") from None
-    except GGUFError as exc:
-        raise InvalidRequestError(str(exc), param="from") from None
-    meta = header.metadata
-    arch = str(meta.get("general.architecture", "")) or "unknown"
-    template = str(meta.get("tokenizer.chat_template", ""))
-    embedding = arch in ("bert", "nomic-bert", "jina-bert-v2") or meta.get("general.type") == (
-        "embedding"
-    )
-    capabilities = {Capability.EMBEDDING} if embedding else {Capability.COMPLETION}
-    if not embedding:
-        capabilities |= _template_capabilities(template)
-    file_type = meta.get("general.file_type")
-    return ModelInfo(
-        name=name,
-        format="gguf",
-        family=arch,
-        capabilities=frozenset(capabilities),
-        context_length=int(meta.get(f"{arch}.context_length", 0) or 0),
-        size=path.stat().st_size,
-        digest=_sha256([path]),
-        path=path,
-        parameter_size=str(meta.get("general.size_label", ""))
-        or parameter_size(header.parameter_count),
-        quantization_level=FILE_TYPES.get(file_type, "") if isinstance(file_type, int) else "",
-        architecture=arch,
-        modified_at=datetime.now(UTC),
-        source="local file",
-        embedding_length=int(meta.get(f"{arch}.embedding_length", 0) or 0) if embedding else 0,
-        template=template,
-        extra={
-            "model_info": {
-                k: v
-                for k, v in meta.items()
-                if not k.startswith("tokenizer.") and not isinstance(v, list)
-            }
-            | {"general.parameter_count": header.parameter_count},
-        },
-    )
-
-
-def _json_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def inspect_ir(folder: Path, name: str) -> ModelInfo:
-    """A ModelInfo from an OpenVINO IR folder and its Hugging Face config files."""
-    config = _json_file(folder / "config.json")
-    tokenizer = _json_file(folder / "tokenizer_config.json")
-    architectures = config.get("architectures") or []
-    arch = str(config.get("model_type", "")) or "unknown"
-    embedding = any(a in _ENCODERS for a in architectures)
-    template = tokenizer.get("chat_template", "")
-    template = template if isinstance(template, str) else ""
-    capabilities = {Capability.EMBEDDING} if embedding else {Capability.COMPLETION}
-    if not embedding:
-        capabilities |= _template_capabilities(template)
-    files = [p for p in folder.iterdir() if p.is_file()]
-    weights = [p for p in files if p.suffix in (".xml", ".bin")]
-    quant = config.get("quantization_config")
-    bits = quant.get("bits") if isinstance(quant, dict) else None
-    return ModelInfo(
-        name=name,
-        format="ir",
-        family=arch,
-        capabilities=frozenset(capabilities),
-        context_length=int(config.get("max_position_embeddings", 0) or 0),
-        size=sum(p.stat().st_size for p in files),
-        digest=_sha256(weights),
-        path=folder,
-        quantization_level=f"INT{bits}" if isinstance(bits, int) else "",
-        architecture=arch,
-        modified_at=datetime.now(UTC),
-        source="local folder",
-        embedding_length=int(config.get("hidden_size", 0) or 0) if embedding else 0,
-        template=template,
-    )
-
-
-def inspect_path(path: Path, name: str) -> ModelInfo:
-    """The ModelInfo of a local model (blocking). Raises InvalidRequestError if unusable."""
-    try:
-        path = path.resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise _bad_path() from None
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return inspect_gguf(path, name)
-    if path.is_dir() and (path / IR_XML).is_file():
-        return inspect_ir(path, name)
-    raise _bad_path()
-
-
-def _stored_extras(info: ModelInfo, body: CreateBody) -> dict[str, Any]:
-    extra = dict(info.extra)
+def _customised(info: ModelInfo, body: CreateBody) -> ModelInfo:
+    """``info`` with what the request sets: template, system prompt, parameters, license."""
+    if body.template is not None:
+        info = replace(info, template=body.template)
     if body.system is not None:
-        extra["system"] = body.system
+        info = replace(info, system=body.system)
     if body.parameters is not None:
-        parse_options(body.parameters)  # refuse a wrong type now, not at every request
-        extra["parameters"] = body.parameters
+        info = replace(info, parameters=dict(body.parameters))
     if body.license is not None:
-        extra["license"] = (
-            body.license if isinstance(body.license, str) else "\n".join(body.license)
-        )
-    return extra
+        text = body.license if isinstance(body.license, str) else "\n".join(body.license)
+        info = replace(info, license=text)
+    return info
 
 
 async def _progress(digest: str) -> AsyncIterator[bytes]:
@@ -249,24 +126,32 @@ def create_routes(ctx: ServerContext) -> APIRouter:
                 raise InvalidRequestError(f"{what} are not supported by create", param=field)
         if not body.from_ and not body.files:
             raise InvalidRequestError(
-                "from is required: a model name or a local .gguf file or IR folder",
+                "from is required: a model name, or a model file or folder on the server",
                 param="from",
             )
+        if body.parameters is not None:
+            parse_options(body.parameters)  # refuse a wrong type now, not at every request
         path = _source_path(body)
         if path is not None:
-            info = await asyncio.to_thread(inspect_path, path, name)
+            try:
+                info = await ctx.store.aimport_path(
+                    path, name, adjust=lambda found: _customised(found, body)
+                )
+            except ModelFormatError as exc:  # files no format reads, or unusable ones
+                raise InvalidRequestError(exc.message, param="from") from None
+            except InvalidRequestError:  # no such file or folder
+                raise _bad_path() from None
         else:
             try:
                 parent = ctx.store.resolve(body.from_)
             except ModelNotFoundError:
                 raise _bad_path() from None
             info = replace(parent, name=name, modified_at=datetime.now(UTC), source=parent.name)
-        if body.template is not None:
-            info = replace(info, template=body.template)
-        info = replace(info, extra=_stored_extras(info, body))
-        info = await ctx.store.awrite(info)
+            info = await ctx.store.awrite(_customised(info, body))
         if body.stream is False:
             return JSONResponse({"status": "success"})
-        return NDJSONResponse(_progress(info.digest.removeprefix("sha256:")))
+        return ClosingStreamResponse(
+            _progress(info.digest.removeprefix("sha256:")), media_type=NDJSON
+        )
 
     return router

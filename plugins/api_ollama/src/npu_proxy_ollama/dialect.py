@@ -1,18 +1,20 @@
-"""The Ollama dialect: its routes under ``/api`` (plus ``GET|HEAD /``) and its error shape."""
+"""The Ollama dialect: its routes under ``/api`` (plus ``GET|HEAD /``).
+
+Ollama's error shape is ``{"error": message}`` with no code on the wire: the default of
+:meth:`ApiDialect.error_response`.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from npu_proxy.api import ApiDialect
 from npu_proxy.context import ServerContext
-from starlette.responses import Response
 
 from .create import create_routes
 from .embeddings import embedding_routes
 from .inference import inference_routes
 from .management import management_routes
 from .pull import pull_routes
-from .wire import error_json
 
 
 class OllamaApi(ApiDialect):
@@ -36,14 +38,3 @@ class OllamaApi(ApiDialect):
         ):
             router.include_router(part)
         return router
-
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        """``{"error": message}`` with ``status`` (Ollama has no error codes on the wire)."""
-        return error_json(status, message, headers)

@@ -2,43 +2,58 @@
 
 ``/api/embed`` takes a string or a list of strings and returns every vector with
 measured durations; no input just loads the model (Ollama's behaviour). The legacy
-endpoint takes one ``prompt`` and returns ``{"embedding": [...]}``.
+endpoint takes one ``prompt`` and returns ``{"embedding": [...]}``. A request that names
+no model uses the server's default embedding model (``NPU_PROXY_EMBEDDING_MODEL``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import EmbeddingRequest
-from npu_proxy.web import ClientDisconnected, read_json, until_disconnected, validate
+from npu_proxy.web import read_json, until_disconnected, validate
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .options import model_field, parse_keep_alive, parse_options
-from .running import CLIENT_CLOSED
+from .running import load_model
 from .schemas import StrictBody
 
 
-class EmbedBody(StrictBody):
+class _ModelBody(StrictBody):
     model: str | None = None
     name: str | None = None
+    options: Any = None
+    keep_alive: Any = None
+
+
+class EmbedBody(_ModelBody):
     input: Any = None
     truncate: bool | None = None
     dimensions: int | None = Field(None, gt=0)
-    options: Any = None
-    keep_alive: Any = None
 
 
-class EmbeddingsBody(StrictBody):
-    model: str | None = None
-    name: str | None = None
+class EmbeddingsBody(_ModelBody):
     prompt: str | None = None
-    options: Any = None
-    keep_alive: Any = None
+
+
+B = TypeVar("B", bound=_ModelBody)
+
+
+async def _read(request: Request, schema: type[B]) -> tuple[B, str | None, float | None]:
+    """The body, the model it names (None: the default embedding model) and its keep_alive."""
+    data = await read_json(request)
+    body = validate(schema, data)
+    name = None if data.get("model") in (None, "") and data.get("name") in (None, "") else (
+        model_field(data)
+    )
+    keep_alive = parse_keep_alive(body.keep_alive)
+    parse_options(body.options)  # validated for type errors; nothing applies to embeddings
+    return body, name, keep_alive
 
 
 def _inputs(raw: Any) -> tuple[str, ...]:
@@ -55,46 +70,28 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
     """The embedding endpoints, closed over ``ctx``."""
     router = APIRouter()
 
-    async def run(request: Request, embedding: EmbeddingRequest) -> Any:
-        try:
-            return await until_disconnected(request, ctx.engine.embed(embedding))
-        except ClientDisconnected:
-            return None
-
-    async def load(request: Request, name: str, keep_alive: float | None) -> dict[str, str]:
-        if keep_alive == 0:
-            await ctx.engine.unload(name)
-            return {}
-        _, route, _ = await until_disconnected(request, ctx.engine.load(name, keep_alive))
-        return route.headers()
+    async def load_only(request: Request, name: str, keep_alive: float | None,
+                        payload: dict[str, Any]) -> Response:
+        """No input: load (or unload) the model, as Ollama does."""
+        ctx.store.resolve(name)
+        headers = await load_model(ctx, request, name, keep_alive)
+        return JSONResponse(payload, headers=headers)
 
     @router.post("/api/embed")
     async def embed(request: Request) -> Response:
-        data = await read_json(request)
-        body = validate(EmbedBody, data)
-        name = model_field(data)
-        keep_alive = parse_keep_alive(body.keep_alive)
-        parse_options(body.options)  # validated for type errors; nothing applies to embeddings
+        body, named, keep_alive = await _read(request, EmbedBody)
+        name = named or ctx.engine.embedding_model().name
         inputs = _inputs(body.input)
         if not inputs:
-            ctx.store.resolve(name)
-            try:
-                headers = await load(request, name, keep_alive)
-            except ClientDisconnected:
-                return Response(status_code=CLIENT_CLOSED)
-            return JSONResponse({"model": name, "embeddings": []}, headers=headers)
-        result = await run(
-            request,
-            EmbeddingRequest(
-                model=name,
-                inputs=inputs,
-                truncate=body.truncate is not False,
-                dimensions=body.dimensions,
-                keep_alive=keep_alive,
-            ),
+            return await load_only(request, name, keep_alive, {"model": name, "embeddings": []})
+        work = EmbeddingRequest(
+            model=name,
+            inputs=inputs,
+            truncate=body.truncate is not False,
+            dimensions=body.dimensions,
+            keep_alive=keep_alive,
         )
-        if result is None:
-            return Response(status_code=CLIENT_CLOSED)
+        result = await until_disconnected(request, ctx.engine.embed(work))
         payload = {
             "model": name,
             "embeddings": result.result.vectors,
@@ -106,23 +103,12 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
 
     @router.post("/api/embeddings")
     async def embeddings(request: Request) -> Response:
-        data = await read_json(request)
-        body = validate(EmbeddingsBody, data)
-        name = model_field(data)
-        keep_alive = parse_keep_alive(body.keep_alive)
-        parse_options(body.options)
+        body, named, keep_alive = await _read(request, EmbeddingsBody)
+        name = named or ctx.engine.embedding_model().name
         if not body.prompt:
-            ctx.store.resolve(name)
-            try:
-                headers = await load(request, name, keep_alive)
-            except ClientDisconnected:
-                return Response(status_code=CLIENT_CLOSED)
-            return JSONResponse({"embedding": []}, headers=headers)
-        result = await run(
-            request, EmbeddingRequest(model=name, inputs=(body.prompt,), keep_alive=keep_alive)
-        )
-        if result is None:
-            return Response(status_code=CLIENT_CLOSED)
+            return await load_only(request, name, keep_alive, {"embedding": []})
+        work = EmbeddingRequest(model=name, inputs=(body.prompt,), keep_alive=keep_alive)
+        result = await until_disconnected(request, ctx.engine.embed(work))
         return JSONResponse({"embedding": result.result.vectors[0]}, headers=result.route.headers())
 
     return router

@@ -1,26 +1,47 @@
 """Engine events -> Ollama response objects, for /api/generate and /api/chat.
 
-An encoder turns each event of a generation into the chunks Ollama streams, and a
+An encoder turns each event of a generation into the chunks Ollama streams (one NDJSON
+line each, through the core's :func:`~npu_proxy.streaming.stream_response`), and a
 whole generation into the one object ``stream: false`` returns. Each tool call is
-sent whole, in its own chunk, with its arguments as a JSON object.
+sent whole, in its own chunk, with its arguments as a JSON object. A failure after the
+first line ends the stream with one ``{"error": ...}`` line.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from typing import Any
 
+from npu_proxy.engine.errors import EngineError
 from npu_proxy.engine.types import Done, GenerationEvent, TextDelta, ToolCall, ToolCallDelta
+from npu_proxy.streaming import NDJSON, Collected, StreamEncoder
 
-from .wire import done_reason, now_rfc3339, statistics
+from .wire import done_reason, line, now_rfc3339, statistics
 
 
-class Encoder(abc.ABC):
+class Encoder(StreamEncoder[GenerationEvent]):
     """Shared by both endpoints; subclasses say where the text goes."""
+
+    media_type = NDJSON
 
     def __init__(self, model: str) -> None:
         self.model = model
         self._calls = 0
+        self._ended = False
+
+    def encode(self, event: GenerationEvent) -> Iterable[bytes]:
+        self._ended = isinstance(event, Done)
+        payload = self.chunk(event)
+        return () if payload is None else (line(payload),)
+
+    def closing(self) -> Iterable[bytes]:
+        if self._ended:
+            return ()
+        return (line({"error": "the generation ended without a result"}),)
+
+    def failure(self, error: EngineError) -> Iterable[bytes]:
+        return (line({"error": error.message}),)
 
     def _head(self) -> dict[str, Any]:
         return {"model": self.model, "created_at": now_rfc3339()}
@@ -45,7 +66,7 @@ class Encoder(abc.ABC):
         """The streamed object for ``event`` (``None``: nothing to send)."""
 
     @abc.abstractmethod
-    def whole(self, text: str, calls: list[ToolCall], done: Done) -> dict[str, Any]:
+    def whole(self, reply: Collected) -> dict[str, Any]:
         """The single object of a non-streamed response."""
 
 
@@ -61,8 +82,8 @@ class GenerateEncoder(Encoder):
             return {**self._head(), "response": "", **self._final(event)}
         return None  # /api/generate takes no tools, so no call can arrive
 
-    def whole(self, text: str, calls: list[ToolCall], done: Done) -> dict[str, Any]:
-        return {**self._head(), "response": text, **self._final(done)}
+    def whole(self, reply: Collected) -> dict[str, Any]:
+        return {**self._head(), "response": reply.text, **self._final(reply.done)}
 
 
 class ChatEncoder(Encoder):
@@ -83,5 +104,6 @@ class ChatEncoder(Encoder):
             return {**self._head(), "message": self._message("", [event.call]), "done": False}
         return {**self._head(), "message": self._message(""), **self._final(event)}
 
-    def whole(self, text: str, calls: list[ToolCall], done: Done) -> dict[str, Any]:
-        return {**self._head(), "message": self._message(text, calls), **self._final(done)}
+    def whole(self, reply: Collected) -> dict[str, Any]:
+        message = self._message(reply.text, list(reply.calls))
+        return {**self._head(), "message": message, **self._final(reply.done)}

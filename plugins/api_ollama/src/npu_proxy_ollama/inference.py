@@ -7,7 +7,8 @@ backend applies the model's own chat template, and Go templates are not executed
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
@@ -17,23 +18,26 @@ from npu_proxy.engine.types import (
     GenerationRequest,
     Message,
     ModelInfo,
+    ResponseFormat,
+    SamplingOptions,
     ToolCall,
     ToolSpec,
 )
-from npu_proxy.web import read_json, validate
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .encoders import ChatEncoder, GenerateEncoder
 from .options import (
     decode_images,
-    model_field,
     parse_format,
     parse_keep_alive,
     parse_options,
+    read_named,
 )
 from .running import load_or_unload, respond
 from .schemas import ChatBody, ChatMessage, CommonBody, GenerateBody
+
+B = TypeVar("B", bound=CommonBody)
 
 
 def _check_features(info: ModelInfo, body: CommonBody) -> None:
@@ -45,13 +49,11 @@ def _check_features(info: ModelInfo, body: CommonBody) -> None:
 
 
 def _defaults(info: ModelInfo) -> dict[str, Any]:
-    stored = info.extra.get("parameters")
-    return stored if isinstance(stored, dict) else {}
+    return dict(info.parameters)
 
 
 def _stored_system(info: ModelInfo) -> str | None:
-    system = info.extra.get("system")
-    return system if isinstance(system, str) and system else None
+    return info.system or None
 
 
 def _message(index: int, message: ChatMessage) -> Message:
@@ -73,23 +75,55 @@ def _message(index: int, message: ChatMessage) -> Message:
     )
 
 
+@dataclass(frozen=True)
+class _Common:
+    """What /api/generate and /api/chat read alike, in the order Ollama checks it."""
+
+    name: str
+    info: ModelInfo
+    keep_alive: float | None
+    options: SamplingOptions
+    response_format: ResponseFormat | None
+
+    def request(
+        self,
+        *,
+        messages: tuple[Message, ...] | None = None,
+        prompt: str | None = None,
+        suffix: str | None = None,
+        tools: tuple[ToolSpec, ...] = (),
+        truncate: bool = False,
+    ) -> GenerationRequest:
+        """The GenerationRequest of these settings for ``messages`` or a raw ``prompt``."""
+        return GenerationRequest(
+            model=self.name, messages=messages, prompt=prompt, suffix=suffix, tools=tools,
+            options=self.options, response_format=self.response_format,
+            keep_alive=self.keep_alive, truncate=truncate,
+        )
+
+
+async def _read(
+    ctx: ServerContext, request: Request, schema: type[B]
+) -> tuple[B, _Common]:
+    body, name = await read_named(request, schema)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    info = ctx.store.resolve(name)
+    options = parse_options(body.options, _defaults(info))
+    return body, _Common(name, info, keep_alive, options, parse_format(body.format))
+
+
 def inference_routes(ctx: ServerContext) -> APIRouter:
     """The two generation endpoints, closed over ``ctx``."""
     router = APIRouter()
 
     @router.post("/api/generate")
     async def generate(request: Request) -> Response:
-        data = await read_json(request)
-        body = validate(GenerateBody, data)
-        name = model_field(data)
-        keep_alive = parse_keep_alive(body.keep_alive)
-        info = ctx.store.resolve(name)
-        options = parse_options(body.options, _defaults(info))
-        response_format = parse_format(body.format)
+        body, common = await _read(ctx, request, GenerateBody)
+        name, info = common.name, common.info
         images = decode_images(body.images)
         _check_features(info, body)
         if not body.prompt:
-            return await load_or_unload(ctx, request, name, keep_alive, {"response": ""})
+            return await load_or_unload(ctx, request, name, common.keep_alive, {"response": ""})
         if body.raw:
             if images:
                 if not info.can(Capability.VISION):
@@ -98,45 +132,26 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
                         param="images",
                     )
                 raise InvalidRequestError("images cannot be combined with raw", param="raw")
-            generation = GenerationRequest(
-                model=name,
-                prompt=body.prompt,
-                suffix=body.suffix or None,
-                options=options,
-                response_format=response_format,
-                keep_alive=keep_alive,
-            )
+            generation = common.request(prompt=body.prompt, suffix=body.suffix or None)
         else:
             if body.suffix and not info.can(Capability.INSERT):
                 raise CapabilityError(f'"{info.name}" does not support insert', param="suffix")
             system = body.system if body.system is not None else _stored_system(info)
             turns = [Message(role="system", content=system)] if system else []
             turns.append(Message(role="user", content=body.prompt, images=images))
-            generation = GenerationRequest(
-                model=name,
-                messages=tuple(turns),
-                suffix=body.suffix or None,
-                options=options,
-                response_format=response_format,
-                keep_alive=keep_alive,
-            )
+            generation = common.request(messages=tuple(turns), suffix=body.suffix or None)
         encoder = GenerateEncoder(name)
         return await respond(ctx, request, generation, encoder, body.stream is not False)
 
     @router.post("/api/chat")
     async def chat(request: Request) -> Response:
-        data = await read_json(request)
-        body = validate(ChatBody, data)
-        name = model_field(data)
-        keep_alive = parse_keep_alive(body.keep_alive)
-        info = ctx.store.resolve(name)
-        options = parse_options(body.options, _defaults(info))
-        response_format = parse_format(body.format)
+        body, common = await _read(ctx, request, ChatBody)
+        name, info = common.name, common.info
         _check_features(info, body)
         messages = [_message(i, m) for i, m in enumerate(body.messages or ())]
         if not messages:
             shape = {"message": {"role": "assistant", "content": ""}}
-            return await load_or_unload(ctx, request, name, keep_alive, shape)
+            return await load_or_unload(ctx, request, name, common.keep_alive, shape)
         tools = tuple(
             ToolSpec(
                 name=t.function.name,
@@ -150,13 +165,9 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
         system = _stored_system(info)
         if system and not any(m.role == "system" for m in messages):
             messages.insert(0, Message(role="system", content=system))
-        generation = GenerationRequest(
-            model=name,
+        generation = common.request(
             messages=tuple(messages),
             tools=tools,
-            options=options,
-            response_format=response_format,
-            keep_alive=keep_alive,
             # Ollama drops the oldest messages of a conversation that outgrew the
             # context unless the client asks for an error instead (truncate: false).
             truncate=body.truncate is not False,

@@ -13,11 +13,16 @@ import binascii
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import ResponseFormat, SamplingOptions
 from npu_proxy.settings import parse_duration
+from npu_proxy.web import read_json, validate
+from pydantic import BaseModel
+from starlette.requests import Request
+
+B = TypeVar("B", bound=BaseModel)
 
 
 def _integer(key: str, value: Any) -> int:
@@ -212,3 +217,9 @@ def model_field(body: Mapping[str, Any]) -> str:
     if not isinstance(value, str):
         raise InvalidRequestError("model must be a string", param="model")
     return value.strip()
+
+
+async def read_named(request: Request, schema: type[B]) -> tuple[B, str]:
+    """The request's body as ``schema`` and the model it names; a 400 for either."""
+    data = await read_json(request)
+    return validate(schema, data), model_field(data)

@@ -23,24 +23,49 @@ from typing import Any
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import EngineError, InvalidRequestError, ModelNotFoundError
+from npu_proxy.engine.formats import RemoteFile
 from npu_proxy.engine.names import parse_model_name
 from npu_proxy.engine.types import ModelInfo
-from npu_proxy.hub.pull import PullProgress, describe_progress
-from npu_proxy.hub.spec import resolve_pull_name
+from npu_proxy.hub.pull import PullPhase, PullProgress
+from npu_proxy.streaming import NDJSON, ClosingStreamResponse
 from npu_proxy.web import read_json, until_disconnected, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .options import model_field
 from .schemas import StrictBody
-from .wire import NDJSONResponse, digest_hex, line
+from .wire import digest_hex, line
 
 log = logging.getLogger(__name__)
 
 Progress = AsyncGenerator[PullProgress, None]
 
-#: Statuses sent before the hub has answered; the route holds them back until then.
-_BEFORE_LISTING = frozenset({"pulling manifest"})
+#: Phases sent before the hub has answered; the route holds them back until then.
+_BEFORE_LISTING = frozenset({PullPhase.LISTING})
+#: Ollama's status line for each phase of a pull (downloads name their layer instead).
+_STATUS = {
+    PullPhase.LISTING: "pulling manifest",
+    PullPhase.VERIFYING: "verifying sha256 digest",
+    PullPhase.INSTALLING: "writing manifest",
+    PullPhase.DONE: "success",
+}
+
+
+def describe_progress(progress: PullProgress) -> dict[str, Any]:
+    """The Ollama JSON form of a progress message (absent fields omitted).
+
+    A download is ``pulling <first 12 hex digits of its digest>`` with ``digest``,
+    ``total`` and ``completed``; every other phase is a bare ``status``.
+    """
+    remote = progress.file
+    if progress.phase is not PullPhase.DOWNLOADING or remote is None:
+        return {"status": _STATUS[progress.phase]}
+    return {
+        "status": f"pulling {remote.digest.split(':', 1)[1][:12]}",
+        "digest": remote.digest,
+        "total": remote.size,
+        "completed": progress.completed or 0,
+    }
 
 
 class UnknownModelError(EngineError):
@@ -137,25 +162,26 @@ class PullLines:
 
 
 async def stored_progress(info: ModelInfo) -> Progress:
-    """Ollama's messages for a model that is already complete in the store."""
-    yield PullProgress("pulling manifest")
+    """The progress of a pull of a model that is already complete in the store."""
+    yield PullProgress(PullPhase.LISTING)
     if info.digest:
-        hexdigest = digest_hex(info)
-        yield PullProgress(f"pulling {hexdigest[:12]}", f"sha256:{hexdigest}", info.size, info.size)
-    yield PullProgress("verifying sha256 digest")
-    yield PullProgress("writing manifest")
-    yield PullProgress("success")
+        layer = RemoteFile(info.name, info.size, digest_hex(info), "")
+        yield PullProgress(PullPhase.DOWNLOADING, layer, info.size)
+    yield PullProgress(PullPhase.VERIFYING)
+    yield PullProgress(PullPhase.INSTALLING)
+    yield PullProgress(PullPhase.DONE)
 
 
 def start_pull(ctx: ServerContext, name: str) -> Progress:
     """The progress of pulling ``name``: from the hub, or of a stored model it cannot provide.
 
     Raises InvalidRequestError for a bad name and UnknownModelError (404) for a plain
-    name that is neither a catalog alias nor in the store.
+    name that is neither a pull alias nor in the store.
     """
     parsed = parse_model_name(name)  # refuse unsafe names before anything else
     try:
-        resolve_pull_name(name)
+        if ctx.puller is not None:
+            ctx.puller.resolve(name)
     except InvalidRequestError as exc:
         try:
             return stored_progress(ctx.store.resolve(name))
@@ -180,7 +206,7 @@ async def until_listed(stream: PullStream) -> PullLines:
     """
     head: list[PullProgress] = []
     try:
-        while not head or head[-1].status in _BEFORE_LISTING:
+        while not head or head[-1].phase in _BEFORE_LISTING:
             event = await stream.next()
             if event is None:
                 break
@@ -214,6 +240,6 @@ def pull_routes(ctx: ServerContext) -> APIRouter:
         if body.stream is False:
             return JSONResponse(await until_disconnected(request, run_to_end(stream)))
         lines = await until_disconnected(request, until_listed(stream))
-        return NDJSONResponse(lines)
+        return ClosingStreamResponse(lines, media_type=NDJSON)
 
     return router

@@ -1,36 +1,26 @@
-"""Running a generation for Ollama: admission, streaming, collection, load and unload.
+"""Running a generation for Ollama: streamed or whole, and Ollama's load and unload.
 
-Contract: the device slot is always released. A client that leaves while queued never
-reaches the device; one that leaves mid-stream (or during a non-streamed generation)
-cancels the generation at its next token. Errors before the first byte get a status
-code; an error after streaming began ends the stream with one ``{"error": ...}`` line.
+Streaming and collecting are the core's (:mod:`npu_proxy.streaming`): the device slot is
+always released, a client that leaves while queued never reaches the device, and one
+that leaves mid-stream (or during a reply that is not streamed) cancels the generation
+at its next token. Ollama waits for the first event before sending headers, so errors
+before the first byte get a status code; an error after streaming began ends the
+stream with one ``{"error": ...}`` line.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from npu_proxy.context import ServerContext
-from npu_proxy.engine.engine import Generation
-from npu_proxy.engine.errors import BackendError, EngineError
-from npu_proxy.engine.types import (
-    Done,
-    GenerationEvent,
-    GenerationRequest,
-    TextDelta,
-    ToolCall,
-    ToolCallDelta,
-)
-from npu_proxy.web import ClientDisconnected, until_disconnected
+from npu_proxy.engine.types import GenerationRequest
+from npu_proxy.streaming import admit, generate_whole, stream_response
+from npu_proxy.web import until_disconnected
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .encoders import Encoder
-from .wire import NDJSONResponse, line, now_rfc3339
-
-#: The status nginx and Ollama log for a request the client abandoned; nobody reads it.
-CLIENT_CLOSED = 499
+from .wire import now_rfc3339
 
 
 async def respond(
@@ -41,66 +31,14 @@ async def respond(
     stream: bool,
 ) -> Response:
     """Run ``generation_request`` and answer as Ollama: NDJSON chunks or one object."""
-    try:
-        generation = await until_disconnected(request, ctx.engine.generate(generation_request))
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED)
-    headers = generation.route.headers()
     if not stream:
-        try:
-            payload = await until_disconnected(request, _collect(generation, encoder))
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
-        finally:
-            await generation.aclose()
-        return JSONResponse(payload, headers=headers)
-    events = aiter(generation)
-    try:
-        # Wait for the first event before sending headers, so a failure in prefill
-        # (a prompt the device refuses, a backend error) still gets a real status.
-        first = await until_disconnected(request, anext(events))
-    except ClientDisconnected:
-        await generation.aclose()
-        return Response(status_code=CLIENT_CLOSED)
-    except BaseException:
-        await generation.aclose()
-        raise
-    return NDJSONResponse(_stream(generation, events, first, encoder), headers=headers)
-
-
-async def _collect(generation: Generation, encoder: Encoder) -> dict[str, Any]:
-    text: list[str] = []
-    calls: list[ToolCall] = []
-    async for event in generation:
-        if isinstance(event, TextDelta):
-            text.append(event.text)
-        elif isinstance(event, ToolCallDelta):
-            calls.append(event.call)
-        else:
-            return encoder.whole("".join(text), calls, event)
-    raise BackendError("the generation ended without a result")
-
-
-async def _stream(
-    generation: Generation,
-    events: AsyncIterator[GenerationEvent],
-    first: GenerationEvent,
-    encoder: Encoder,
-) -> AsyncIterator[bytes]:
-    async with generation:
-        event = first
-        try:
-            while True:
-                payload = encoder.chunk(event)
-                if payload is not None:
-                    yield line(payload)
-                if isinstance(event, Done):
-                    return
-                event = await anext(events)
-        except StopAsyncIteration:
-            yield line({"error": "the generation ended without a result"})
-        except EngineError as exc:
-            yield line({"error": exc.message})
+        generation, reply = await generate_whole(ctx.engine, request, generation_request)
+        return JSONResponse(encoder.whole(reply), headers=generation.route.headers())
+    generation = await admit(ctx.engine, request, generation_request)
+    return await stream_response(
+        request, generation, encoder, close=generation.aclose,
+        headers=generation.route.headers(), wait_first=True,
+    )
 
 
 async def load_or_unload(
@@ -115,22 +53,26 @@ async def load_or_unload(
     ``shape`` is the empty reply field of the endpoint (``response`` or ``message``).
     Ollama answers with one object whether or not the request asked for a stream.
     """
-    headers: dict[str, str] = {}
-    if keep_alive == 0:
-        await ctx.engine.unload(name)
-        reason = "unload"
-    else:
-        try:
-            _, route, _ = await until_disconnected(request, ctx.engine.load(name, keep_alive))
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
-        headers = route.headers()
-        reason = "load"
+    headers = await load_model(ctx, request, name, keep_alive)
     payload = {
         "model": name,
         "created_at": now_rfc3339(),
         **shape,
         "done": True,
-        "done_reason": reason,
+        "done_reason": "unload" if keep_alive == 0 else "load",
     }
     return JSONResponse(payload, headers=headers)
+
+
+async def load_model(
+    ctx: ServerContext, request: Request, name: str, keep_alive: float | None
+) -> dict[str, str]:
+    """Load ``name`` for ``keep_alive`` (unload it when 0); the route headers of a load.
+
+    A client that leaves while the model loads ends the request (499).
+    """
+    if keep_alive == 0:
+        await ctx.engine.unload(name)
+        return {}
+    _, route, _ = await until_disconnected(request, ctx.engine.load(name, keep_alive))
+    return route.headers()

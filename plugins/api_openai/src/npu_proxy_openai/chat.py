@@ -8,30 +8,29 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.engine import Generation
+from npu_proxy.engine.errors import EngineError
 from npu_proxy.engine.types import (
-    Done,
     GenerationEvent,
     TextDelta,
     ToolCall,
     ToolCallDelta,
     Usage,
 )
+from npu_proxy.streaming import EVENT_STREAM, Collected, StreamEncoder, admit, stream_response
 from npu_proxy.web import read_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import stream_failure_body
+from .errors import error_body
 from .running import (
     Choices,
     Envelope,
-    Reply,
-    admit,
     choices_usage,
     finish_reason,
     new_id,
@@ -39,7 +38,7 @@ from .running import (
     usage_body,
 )
 from .schemas import ChatCompletionRequest, parse
-from .streaming import DONE, EventStreamResponse, sse
+from .streaming import DONE, STREAM_HEADERS, sse
 from .translate import chat_request, choice_requests
 
 
@@ -58,16 +57,17 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
     works = choice_requests(chat_request(body), body.n or 1)
     envelope = Envelope(new_id("chatcmpl"), int(time.time()), body.model)
     if body.stream:
-        first = await admit(ctx, request, works[0])
+        first = await admit(ctx.engine, request, works[0])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events: AsyncIterable[tuple[int, GenerationEvent]]
         if len(works) == 1:
             events, close = _single(first), first.aclose
         else:
             choices = Choices(ctx, first, works)
             events, close = choices.events(), choices.aclose
-        return EventStreamResponse(
-            stream_chat(events, len(works), envelope, include_usage), close,
-            headers=first.route.headers(),
+        return await stream_response(
+            request, events, ChatChunks(len(works), envelope, include_usage), close=close,
+            headers={**STREAM_HEADERS, **first.route.headers()},
         )
     generation, replies = await run_all(ctx, request, works)
     return JSONResponse(
@@ -81,7 +81,6 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
                     "finish_reason": finish_reason(reply.done, bool(reply.calls)),
                 }
                 for index, reply in enumerate(replies)
-                if reply.done is not None
             ],
             "usage": usage_body(choices_usage([reply.usage for reply in replies])),
         },
@@ -89,7 +88,7 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
     )
 
 
-def _message(reply: Reply) -> dict[str, Any]:
+def _message(reply: Collected) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         # OpenAI sends null content when the model answered only with tool calls.
@@ -107,45 +106,51 @@ async def _single(generation: Generation) -> AsyncIterator[tuple[int, Generation
             yield 0, event
 
 
-async def stream_chat(
-    events: AsyncIterator[tuple[int, GenerationEvent]], n: int, envelope: Envelope,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
+class ChatChunks(StreamEncoder[tuple[int, GenerationEvent]]):
     """The SSE body of a streamed chat completion with ``n`` choices, from ``(choice
     index, event)`` pairs: each choice's role first, its finish reason last, then the
-    usage of all of them. A failure ends the stream with an error event."""
+    usage of all of them and ``[DONE]``. A failure ends the stream with an error event."""
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    media_type = EVENT_STREAM
+
+    def __init__(self, n: int, envelope: Envelope, include_usage: bool) -> None:
+        self.n = n
+        self.envelope = envelope
+        self.include_usage = include_usage
+        self._calls = [0] * n
+        self._usages: list[Usage] = []
+
+    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         data = {
-            **envelope.head("chat.completion.chunk"),
+            **self.envelope.head("chat.completion.chunk"),
             "choices": [
                 {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             ],
         }
-        if include_usage:
+        if self.include_usage:
             data["usage"] = None  # OpenAI marks every chunk but the last one this way
         return sse(data)
 
-    for index in range(n):
-        yield chunk(index, {"role": "assistant", "content": ""})
-    calls = [0] * n
-    usages: list[Usage] = []
-    try:
-        async for index, event in events:
-            if isinstance(event, TextDelta):
-                if event.text:
-                    yield chunk(index, {"content": event.text})
-            elif isinstance(event, ToolCallDelta):
-                yield chunk(index, {"tool_calls": [{"index": calls[index],
-                                                    **tool_call_body(event.call)}]})
-                calls[index] += 1
-            elif isinstance(event, Done):
-                usages.append(event.usage)
-                yield chunk(index, {}, finish_reason(event, calls[index] > 0))
-    except Exception as exc:
-        yield sse(stream_failure_body(exc, "a chat completion"))
-        return
-    if include_usage and usages:
-        yield sse({**envelope.head("chat.completion.chunk"), "choices": [],
-                   "usage": usage_body(choices_usage(usages))})
-    yield DONE
+    def opening(self) -> Iterable[bytes]:
+        return [self._chunk(index, {"role": "assistant", "content": ""}) for index in range(self.n)]
+
+    def encode(self, event: tuple[int, GenerationEvent]) -> Iterable[bytes]:
+        index, item = event
+        if isinstance(item, TextDelta):
+            return [self._chunk(index, {"content": item.text})] if item.text else []
+        if isinstance(item, ToolCallDelta):
+            call = {"index": self._calls[index], **tool_call_body(item.call)}
+            self._calls[index] += 1
+            return [self._chunk(index, {"tool_calls": [call]})]
+        self._usages.append(item.usage)
+        return [self._chunk(index, {}, finish_reason(item, self._calls[index] > 0))]
+
+    def closing(self) -> Iterable[bytes]:
+        frames = []
+        if self.include_usage and self._usages:
+            frames.append(sse({**self.envelope.head("chat.completion.chunk"), "choices": [],
+                               "usage": usage_body(choices_usage(self._usages))}))
+        return [*frames, DONE]
+
+    def failure(self, error: EngineError) -> Iterable[bytes]:
+        return [sse(error_body(error))]

@@ -8,22 +8,30 @@ each choice's text. Token-id prompts are refused: the engine takes text only.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.engine import Generation
-from npu_proxy.engine.errors import CapabilityError, InvalidRequestError
-from npu_proxy.engine.types import Capability, Done, GenerationRequest, TextDelta, Usage
+from npu_proxy.engine.errors import CapabilityError, EngineError, InvalidRequestError
+from npu_proxy.engine.types import (
+    Capability,
+    Done,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    Usage,
+)
+from npu_proxy.streaming import EVENT_STREAM, StreamEncoder, admit, generate_whole, stream_response
 from npu_proxy.web import read_json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import stream_failure_body
-from .running import Envelope, admit, finish_reason, new_id, run, usage_body
+from .errors import error_body
+from .running import Envelope, finish_reason, new_id, usage_body
 from .schemas import CompletionRequest, parse
-from .streaming import DONE, EventStreamResponse, sse
+from .streaming import DONE, STREAM_HEADERS, sse
 from .translate import sampling_options
 
 
@@ -75,19 +83,18 @@ async def create_completion(ctx: ServerContext, request: Request) -> Response:
     works = completion_requests(ctx, body)
     envelope = Envelope(new_id("cmpl"), int(time.time()), body.model)
     if body.stream:
-        first = await admit(ctx, request, works[0])
+        first = await admit(ctx.engine, request, works[0])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(
-            stream_completion(ctx, first, works, envelope, body.echo, include_usage),
-            first.aclose,
-            headers=first.route.headers(),
+        return await stream_response(
+            request, _prompts(ctx, first, works),
+            CompletionChunks(works, envelope, body.echo, include_usage),
+            close=first.aclose, headers={**STREAM_HEADERS, **first.route.headers()},
         )
     choices: list[dict[str, Any]] = []
     usages: list[Usage] = []
     headers: dict[str, str] = {}
     for index, work in enumerate(works):
-        generation, reply = await run(ctx, request, work)
-        assert reply.done is not None
+        generation, reply = await generate_whole(ctx.engine, request, work)
         headers = headers or generation.route.headers()
         usages.append(reply.usage)
         choices.append(
@@ -113,47 +120,61 @@ def _total(usages: list[Usage]) -> dict[str, int]:
     )
 
 
-async def stream_completion(
-    ctx: ServerContext,
-    first: Generation,
-    works: list[GenerationRequest],
-    envelope: Envelope,
-    echo: bool,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    """The SSE body: each prompt's chunks in turn; a failure ends it with an error event.
+async def _prompts(
+    ctx: ServerContext, first: Generation, works: list[GenerationRequest]
+) -> AsyncIterator[tuple[int, GenerationEvent | None]]:
+    """Each prompt's events in turn, as ``(prompt index, event)``; ``None`` marks the
+    start of a prompt. ``first`` is already admitted (so its errors got a proper HTTP
+    status); the other prompts queue for a device as their turn comes."""
+    generation = first
+    for index, work in enumerate(works):
+        if index:
+            generation = await ctx.engine.generate(work)
+        async with generation:
+            yield index, None
+            async for event in generation:
+                yield index, event
 
-    ``first`` is already admitted (so its errors got a proper HTTP status); the other
-    prompts queue for a device as their turn comes.
-    """
 
-    def chunk(index: int, text: str, finish: str | None = None) -> bytes:
+class CompletionChunks(StreamEncoder[tuple[int, GenerationEvent | None]]):
+    """The SSE body: each prompt's chunks in turn (after its echo), the usage, ``[DONE]``;
+    a failure ends it with an error event."""
+
+    media_type = EVENT_STREAM
+
+    def __init__(self, works: list[GenerationRequest], envelope: Envelope, echo: bool,
+                 include_usage: bool) -> None:
+        self.works = works
+        self.envelope = envelope
+        self.echo = echo
+        self.include_usage = include_usage
+        self._usages: list[Usage] = []
+
+    def _chunk(self, index: int, text: str, finish: str | None = None) -> bytes:
         data: dict[str, Any] = {
-            **envelope.head("text_completion"),
+            **self.envelope.head("text_completion"),
             "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}],
         }
-        if include_usage:
+        if self.include_usage:
             data["usage"] = None
         return sse(data)
 
-    usages: list[Usage] = []
-    generation = first
-    try:
-        for index, work in enumerate(works):
-            if index:
-                generation = await ctx.engine.generate(work)
-            async with generation:
-                if echo and work.prompt:
-                    yield chunk(index, work.prompt)
-                async for event in generation:
-                    if isinstance(event, TextDelta) and event.text:
-                        yield chunk(index, event.text)
-                    elif isinstance(event, Done):
-                        usages.append(event.usage)
-                        yield chunk(index, "", finish_reason(event, False))
-    except Exception as exc:
-        yield sse(stream_failure_body(exc, "a text completion"))
-        return
-    if include_usage:
-        yield sse({**envelope.head("text_completion"), "choices": [], "usage": _total(usages)})
-    yield DONE
+    def encode(self, event: tuple[int, GenerationEvent | None]) -> Iterable[bytes]:
+        index, item = event
+        if item is None:
+            prompt = self.works[index].prompt
+            return [self._chunk(index, prompt)] if self.echo and prompt else []
+        if isinstance(item, TextDelta):
+            return [self._chunk(index, item.text)] if item.text else []
+        if isinstance(item, Done):
+            self._usages.append(item.usage)
+            return [self._chunk(index, "", finish_reason(item, False))]
+        return []  # a raw prompt offers no tools, so no call can arrive
+
+    def closing(self) -> Iterable[bytes]:
+        frames = [sse({**self.envelope.head("text_completion"), "choices": [],
+                       "usage": _total(self._usages)})] if self.include_usage else []
+        return [*frames, DONE]
+
+    def failure(self, error: EngineError) -> Iterable[bytes]:
+        return [sse(error_body(error))]

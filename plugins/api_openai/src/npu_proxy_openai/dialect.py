@@ -1,46 +1,25 @@
 """The OpenAI dialect: its routes under ``/v1`` and its error shape for every error there.
 
 Handlers read and validate their own bodies, so validation errors come out in OpenAI's
-shape too. Engine errors are rendered here rather than by the app's generic handler,
-because OpenAI's error object names the offending parameter and the generic handler
-does not carry it.
+shape too. Every error under ``/v1`` (the engine's, with the parameter it concerns, and
+the web layer's) is rendered by :meth:`OpenAIApi.error_response`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from npu_proxy.api import ApiDialect
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import EngineError
-from npu_proxy.web import ClientDisconnected
 from starlette.requests import Request
 from starlette.responses import Response
 
 from . import chat, completions, embeddings, models
-from .errors import engine_error_response, error_response
+from .errors import error_response
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-# A status no client will see (the connection is gone); nginx's name for it.
-CLIENT_CLOSED_REQUEST = 499
-
-
-def answering_errors(handler: Handler) -> Handler:
-    """Wrap a route so engine errors become OpenAI errors, keeping their ``param``."""
-
-    @functools.wraps(handler)
-    async def route(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except EngineError as exc:
-            return engine_error_response(exc)
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-    return route
 
 
 class OpenAIApi(ApiDialect):
@@ -76,15 +55,8 @@ class OpenAIApi(ApiDialect):
             ("GET", "/v1/models/{model_id:path}", retrieve_model),
         ]
         for method, path, handler in routes:
-            router.add_api_route(path, answering_errors(handler), methods=[method])
+            router.add_api_route(path, handler, methods=[method])
         return router
 
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        return error_response(status, message, code=code, headers=headers)
+    def error_response(self, error: EngineError) -> Response:
+        return error_response(error)

@@ -8,14 +8,11 @@ client mistakes are ``invalid_request_error`` (a missing model too, with code
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from npu_proxy.engine.errors import BackendError, EngineError
+from npu_proxy.engine.errors import EngineError
 from starlette.responses import Response
-
-log = logging.getLogger(__name__)
 
 # Engine codes whose OpenAI spelling differs; the rest pass through unchanged.
 _CODES: dict[str, str | None] = {
@@ -27,7 +24,8 @@ _CODES: dict[str, str | None] = {
     "too_large": "request_too_large",
 }
 
-# Codes for errors the core raises without an engine code (auth, host check, size).
+# Codes for errors the web layer raises without an engine code (an HttpError: auth,
+# host check, size, unknown route).
 _STATUS_CODES: dict[int, str] = {
     401: "invalid_api_key",
     403: "forbidden",
@@ -49,63 +47,29 @@ def error_type(status: int) -> str:
     return "invalid_request_error"
 
 
-def error_body(
-    status: int, message: str, *, code: str = "", param: str | None = None
-) -> dict[str, Any]:
-    """The JSON body of an error (also sent as the last event of a failed stream)."""
-    mapped = _CODES.get(code, code) if code else _STATUS_CODES.get(status)
+def error_body(error: EngineError) -> dict[str, Any]:
+    """The JSON body of ``error`` (also the last event of a stream it broke)."""
+    code = _CODES.get(error.code, error.code) if error.code else _STATUS_CODES.get(error.status)
     return {
         "error": {
-            "message": message,
-            "type": error_type(status),
-            "param": param,
-            "code": mapped,
+            "message": error.message,
+            "type": error_type(error.status),
+            "param": _param(error),
+            "code": code,
         }
     }
 
 
-def error_response(
-    status: int,
-    message: str,
-    *,
-    code: str = "",
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """An error response in OpenAI's shape."""
-    return JSONResponse(
-        error_body(status, message, code=code, param=param),
-        status_code=status,
-        headers=headers,
-    )
+def error_response(error: EngineError) -> Response:
+    """``error`` in OpenAI's shape, keeping the parameter it concerns; a 503 always
+    says when to retry (``Retry-After``, one second unless the error knows better)."""
+    headers = error.headers
+    if error.status == 503:
+        headers.setdefault("Retry-After", "1")
+    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
 
 
-def engine_error_body(exc: EngineError) -> dict[str, Any]:
-    """The body for an engine error, keeping the parameter it concerns."""
-    return error_body(exc.status, exc.message, code=exc.code, param=_param(exc))
-
-
-def stream_failure_body(exc: Exception, what: str) -> dict[str, Any]:
-    """The error event that ends a stream ``what`` (e.g. "a chat completion") broken by
-    ``exc``: an engine error as it is; anything else logged and told only as failed."""
-    if isinstance(exc, EngineError):
-        return engine_error_body(exc)
-    log.error("streaming %s failed", what, exc_info=exc)
-    return engine_error_body(BackendError("the stream failed"))
-
-
-def engine_error_response(exc: EngineError) -> Response:
-    """The response for an engine error; a busy server adds ``Retry-After``."""
-    headers = None
-    if exc.status == 503:
-        headers = {"Retry-After": str(getattr(exc, "retry_after", 1))}
-    return error_response(
-        exc.status, exc.message, code=exc.code, param=_param(exc), headers=headers
-    )
-
-
-def _param(exc: EngineError) -> str | None:
-    param = getattr(exc, "param", None)
-    if param is None and exc.code == "model_not_found":
+def _param(error: EngineError) -> str | None:
+    if error.param is None and error.code == "model_not_found":
         return "model"
-    return param if isinstance(param, str) else None
+    return error.param

@@ -1,7 +1,10 @@
-"""Running generations for the routes: admission, whole replies, and what they report.
+"""Running generations for the routes: ``n`` choices at once, and what they report.
 
-Every path holds the generation in ``async with`` so its device slot is freed however
-the request ends; :func:`admit` and :func:`run` give up as soon as the client leaves.
+Admission, streaming and collecting one generation are the core's
+(:mod:`npu_proxy.streaming`); what is OpenAI's own is running the ``n`` choices of
+one request together, whole (:func:`run_all`) or streamed (:class:`Choices`). Every
+path frees each device slot however the request ends, and gives up as soon as the
+client leaves.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from npu_proxy.context import ServerContext
@@ -19,11 +22,9 @@ from npu_proxy.engine.types import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    TextDelta,
-    ToolCall,
-    ToolCallDelta,
     Usage,
 )
+from npu_proxy.streaming import Collected, collect
 from npu_proxy.web import until_disconnected
 from starlette.requests import Request
 
@@ -45,20 +46,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-@dataclass
-class Reply:
-    """A finished generation: its text, the tool calls it made, and how it ended."""
-
-    text: str = ""
-    calls: list[ToolCall] = field(default_factory=list)
-    done: Done | None = None
-
-    @property
-    def usage(self) -> Usage:
-        assert self.done is not None, "the reply is complete once run() returns"
-        return self.done.usage
-
-
 def finish_reason(done: Done, made_calls: bool) -> str:
     """OpenAI's ``finish_reason``: ``tool_calls`` whenever calls were made."""
     if made_calls:
@@ -75,48 +62,19 @@ def usage_body(usage: Usage) -> dict[str, int]:
     }
 
 
-async def admit(ctx: ServerContext, request: Request, work: GenerationRequest) -> Generation:
-    """Queue ``work`` for a device; withdrawn if the client leaves while it waits."""
-    return await until_disconnected(request, ctx.engine.generate(work))
-
-
-async def collect(generation: Generation) -> Reply:
-    """Run an admitted generation to its end and close it."""
-    reply = Reply()
-    texts: list[str] = []
-    async with generation:
-        async for event in generation:
-            if isinstance(event, TextDelta):
-                texts.append(event.text)
-            elif isinstance(event, ToolCallDelta):
-                reply.calls.append(event.call)
-            elif isinstance(event, Done):
-                reply.done = event
-    reply.text = "".join(texts)
-    return reply
-
-
-async def run(
-    ctx: ServerContext, request: Request, work: GenerationRequest
-) -> tuple[Generation, Reply]:
-    """Admit and run ``work`` whole; the generation is cancelled if the client leaves."""
-    generation, [reply] = await run_all(ctx, request, [work])
-    return generation, reply
-
-
 async def run_all(
     ctx: ServerContext, request: Request, works: list[GenerationRequest]
-) -> tuple[Generation, list[Reply]]:
+) -> tuple[Generation, list[Collected]]:
     """Admit and run every request of ``works`` whole, concurrently (a device with free
     slots batches them; one with a single slot serves them in turn). The first
     generation comes back for its route headers. The first failure cancels the others
     and is raised; so does the client leaving."""
 
-    async def one(work: GenerationRequest) -> tuple[Generation, Reply]:
+    async def one(work: GenerationRequest) -> tuple[Generation, Collected]:
         generation = await ctx.engine.generate(work)
         return generation, await collect(generation)
 
-    async def every() -> list[tuple[Generation, Reply]]:
+    async def every() -> list[tuple[Generation, Collected]]:
         tasks = [asyncio.ensure_future(one(work)) for work in works]
         try:
             return list(await asyncio.gather(*tasks))

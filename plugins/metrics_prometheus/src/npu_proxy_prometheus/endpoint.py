@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from npu_proxy.api import ApiDialect
 from npu_proxy.context import ServerContext
 from prometheus_client.exposition import choose_encoder
@@ -23,7 +22,8 @@ def sink_of(ctx: ServerContext) -> PrometheusSink:
 
 
 class MetricsApi(ApiDialect):
-    """Serves ``GET /metrics``; errors under ``/metrics`` are ``{"error": message}``.
+    """Serves ``GET /metrics``; errors under ``/metrics`` are ``{"error": message}``
+    (the default of :meth:`ApiDialect.error_response`).
 
     ``router(ctx)`` binds the app's sink to ``ctx`` (known models and devices bound the
     label values) and serves that sink's registry, never the process-global one.
@@ -47,13 +47,3 @@ class MetricsApi(ApiDialect):
             return Response(encoder(sink.registry), media_type=content_type)
 
         return router
-
-    def error_response(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> Response:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)

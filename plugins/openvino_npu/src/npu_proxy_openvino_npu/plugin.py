@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from npu_proxy.checks import DoctorCheck
 from npu_proxy.engine.backend import Backend
 from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings, load_plugin_settings
@@ -18,3 +19,12 @@ def npu_proxy_register_backends(register: Callable[[Backend], None], settings: S
     Reads :class:`NpuSettings`: an invalid ``NPU_PROXY_MAX_PROMPT_LEN`` stops startup.
     """
     register(NpuBackend(settings, npu_settings=load_plugin_settings(NpuSettings)))
+
+
+@hookimpl
+def npu_proxy_register_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
+    """Register the NPU checks of ``npu-proxy doctor`` (driver advice, device files)."""
+    from .doctor import doctor_checks
+
+    for check in doctor_checks():
+        register(check)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
-from npu_proxy.client_cli import (
+from npu_proxy_ollama.cli_format import (
     PullDisplay,
     human_ago,
     human_bytes,

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
-from npu_proxy import client_cli
-from npu_proxy.client_cli import COMMANDS, server_url
 from npu_proxy.hub.pull import Puller
 from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
 from npu_proxy.testing_hub import FakeHub, HubFile
+from npu_proxy_ollama import cli as ollama_cli
+from npu_proxy_ollama.cli import COMMANDS, server_url
 
 IR_REPO = {
     "openvino_model.xml": HubFile(b"<net/>" * 100, lfs=False),
@@ -61,9 +61,12 @@ def hub() -> Iterator[ServedHub]:
 @pytest.fixture
 def server(tmp_path: Path, hub: ServedHub) -> Iterator[LiveServer]:
     """Mock mode, the Ollama dialect, pulls from ``hub``."""
-    with LiveServer(make_app(test_settings(tmp_path), ["mock", "ollama"])) as live:
+    from npu_proxy_openvino import formats  # what org/tiny-ov holds: OpenVINO IR
+
+    app = make_app(test_settings(tmp_path), ["mock", "ollama"], {"formats": formats})
+    with LiveServer(app) as live:
         ctx = live.ctx
-        ctx.puller = Puller(ctx.store, list(ctx.engine.backends.values()), endpoint=hub.url)
+        ctx.puller = Puller(ctx.store, endpoint=hub.url)
         yield live
 
 
@@ -266,10 +269,10 @@ def test_the_api_key_is_sent_as_a_bearer_token(
     settings = test_settings(tmp_path, api_key="s3cret-key")
     with LiveServer(make_app(settings, ["mock", "ollama"])) as live:
         monkeypatch.delenv("NPU_PROXY_API_KEY", raising=False)
-        refused = CliRunner().invoke(client_cli.list_models, ["--url", live.url])
+        refused = CliRunner().invoke(ollama_cli.list_models, ["--url", live.url])
         assert refused.exit_code == 1
         assert "NPU_PROXY_API_KEY" in refused.stderr
         monkeypatch.setenv("NPU_PROXY_API_KEY", "s3cret-key")
-        allowed = CliRunner().invoke(client_cli.list_models, ["--url", live.url])
+        allowed = CliRunner().invoke(ollama_cli.list_models, ["--url", live.url])
         assert allowed.exit_code == 0 and "mock:latest" in allowed.output
         assert httpx.get(live.url + "/api/tags").status_code == 401

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from npu_proxy import cli as main_cli
-from npu_proxy.client_cli import run
 from npu_proxy.testing import LiveServer, make_app, test_settings
 from npu_proxy_mock.backend import MockBackend
 from npu_proxy_mock.testing import single_device_app
+from npu_proxy_ollama.cli import run
 
 
 @pytest.fixture
@@ -110,9 +109,8 @@ class Terminal:
 
 
 def _argv(model: str) -> list[str]:
-    if "run" in main_cli.main.commands:
-        return [sys.executable, "-m", "npu_proxy", "run", model]
-    return [sys.executable, "-c", "from npu_proxy.client_cli import run; run()", model]
+    """``npu-proxy run MODEL``: the core command line finds ``run`` through the plugin."""
+    return [sys.executable, "-m", "npu_proxy", "--plugins", "ollama", "run", model]
 
 
 def test_an_interactive_chat_in_a_terminal(server: LiveServer) -> None:
