@@ -20,9 +20,9 @@ def test_defaults_follow_the_specification(monkeypatch: pytest.MonkeyPatch) -> N
     assert (s.host, s.port, s.device, s.fallback_device) == ("0.0.0.0", 11435, "NPU", None)
     assert s.real_inference is True  # the deliberate change: real inference by default
     assert s.model_path == Path("~/.cache/npu-proxy/models").expanduser()
-    assert (s.inference_timeout, s.max_prompt_len) == (180, 4096)
+    assert s.inference_timeout == 180
     assert TokenThresholdSettings().token_limit == 1800  # the token_threshold policy's own
-    assert (s.embedding_device, s.embedding_cache_size, s.log_level) == ("CPU", 1000, "INFO")
+    assert (s.embedding_device, s.log_level) == ("CPU", "INFO")
     assert s.embedding_model == "all-minilm:latest"
     assert (s.max_queue, s.keep_alive) == (512, 300.0)
 

@@ -113,11 +113,12 @@ def _linux_settings() -> dict[str, str]:
 
 def test_settings_match_linux_and_core() -> None:
     windows, linux = _windows_settings(), _linux_settings()
-    # the core's settings and its built-in routing policy's
     fields = {name.upper() for cls in (Settings, TokenThresholdSettings)
               for name in cls.model_fields}
-    # MODEL_PATH is written uncommented, pointing into the installation.
-    assert set(windows) | {"MODEL_PATH"} == fields
+    # MODEL_PATH is written uncommented, pointing into the installation; the rest are the
+    # core's variables and the ones the Linux installer documents for the plugins.
+    assert fields <= set(windows) | {"MODEL_PATH"}
+    assert set(windows) | {"MODEL_PATH"} == set(linux)
     assert "NPU_PROXY_MODEL_PATH=$ModelsDir" in TEXT
     for name, value in windows.items():
         assert value == linux[name].replace("$PORT_DEFAULT", "11435"), name

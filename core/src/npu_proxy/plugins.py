@@ -21,6 +21,7 @@ from stevedore import ExtensionManager, NamedExtensionManager
 
 from . import hookspecs
 from .hookspecs import PROJECT
+from .settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +249,11 @@ class PluginHost:
 
         Objects must be ``expected`` instances with a unique ``name``; a duplicate is a
         :class:`PluginError` naming both plugins. A plugin whose hook raises is fatal if
-        it was asked for by name (or is built in), otherwise skipped and recorded; with
-        ``isolate`` (the doctor, which reports rather than stops) it is always skipped
-        and recorded in its :attr:`PluginRecord.error`.
+        it was asked for by name (or is built in), otherwise skipped and recorded; a
+        :class:`~npu_proxy.settings.SettingsError` (an invalid variable of the plugin's
+        own settings) is always fatal, as an invalid core variable is; with ``isolate``
+        (the doctor, which reports rather than stops) a failure is always skipped and
+        recorded in its :attr:`PluginRecord.error`.
         """
         collected: list[tuple[str, T]] = []
         owners: dict[str, str] = {}
@@ -285,7 +288,10 @@ class PluginHost:
                 raise
             except Exception as exc:
                 record = self.record(plugin_name)
-                fatal = plugin_name in self.requested or (record is not None and record.builtin)
+                # An invalid variable of the plugin's own settings is the user's to fix,
+                # and fatal as an invalid core variable is, whoever loaded the plugin.
+                fatal = isinstance(exc, SettingsError) or plugin_name in self.requested or (
+                    record is not None and record.builtin)
                 if fatal and not isolate:
                     raise PluginError(f"plugin {plugin_name!r} failed in {hook}: {exc}") from exc
                 if isolate:  # the caller reports it; a traceback would read as a crash

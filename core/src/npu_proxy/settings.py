@@ -102,20 +102,11 @@ class Settings(BaseSettings):
         5, ge=0, description="Seconds a stopping server lets streams in progress finish "
         "before it ends them."
     )
-    max_prompt_len: int = Field(
-        4096, ge=64, description="Prompt tokens the NPU is compiled for (MAX_PROMPT_LEN)."
-    )
-    min_response_len: int = Field(
-        128, ge=1, description="Response tokens the NPU is compiled for (MIN_RESPONSE_LEN)."
-    )
     embedding_model: str = Field(
         "all-minilm:latest", description="Embedding model used when a request names none "
         "(where the API allows that) and warmed at startup with NPU_PROXY_WARMUP."
     )
     embedding_device: str = Field("CPU", description="Preferred device for embeddings.")
-    embedding_cache_size: int = Field(
-        1000, ge=0, description="Embeddings kept in the LRU cache (0 disables it)."
-    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging verbosity."
     )

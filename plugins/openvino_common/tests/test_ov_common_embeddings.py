@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 from npu_proxy.engine.errors import CapabilityError, PromptTooLongError
 from npu_proxy.engine.types import EmbeddingRequest, GenerationRequest, ModelInfo
-from npu_proxy.settings import Settings
-from npu_proxy_openvino import OpenVINOBackend, OpenVINOEmbeddingModel
+from npu_proxy.settings import Settings, SettingsError
+from npu_proxy_openvino import OpenVINOBackend, OpenVINOEmbeddingModel, OpenVINOSettings
+
+
+class CpuEmbeddings(OpenVINOBackend):
+    """The shared backend on the CPU, as a device plugin declares one."""
+
+    name = "openvino-test"
+    device = "CPU"
 
 
 @pytest.fixture
 def backend(ov_settings: Settings) -> OpenVINOBackend:
-    return OpenVINOBackend(ov_settings, name="openvino-test", device="CPU")
+    return CpuEmbeddings(ov_settings)
 
 
 @pytest.fixture
@@ -64,3 +71,26 @@ async def test_embedding_model_does_not_generate(embedder: OpenVINOEmbeddingMode
         async for _ in embedder.generate(GenerationRequest(model="all-minilm:latest",
                                                            prompt="hi")):
             pass
+
+
+async def test_the_cache_size_is_the_plugin_s_own_variable(
+    ov_settings: Settings, minilm: ModelInfo, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "embedding_cache_size" not in Settings.model_fields
+    field = OpenVINOSettings.model_fields["embedding_cache_size"]
+    assert (field.default, field.description) == (
+        1000, "Embeddings kept in the LRU cache (0 disables it).")
+    monkeypatch.setenv("NPU_PROXY_EMBEDDING_CACHE_SIZE", "0")
+    uncached = await CpuEmbeddings(ov_settings).load(minilm)
+    assert isinstance(uncached, OpenVINOEmbeddingModel)
+    await uncached.embed(request("twice"))
+    await uncached.embed(request("twice"))
+    assert uncached._cache.hits == 0 and uncached._cache.misses == 2
+
+
+def test_an_invalid_cache_size_names_its_variable(
+    ov_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_EMBEDDING_CACHE_SIZE", "-1")
+    with pytest.raises(SettingsError, match="NPU_PROXY_EMBEDDING_CACHE_SIZE"):
+        CpuEmbeddings(ov_settings)

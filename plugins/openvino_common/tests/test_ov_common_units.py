@@ -14,7 +14,7 @@ from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.formats import ModelFormat
 from npu_proxy.engine.types import Capability, ModelInfo, ResponseFormat, SamplingOptions
 from npu_proxy.settings import Settings
-from npu_proxy_openvino import plugin
+from npu_proxy_openvino import OpenVINOSettings, plugin
 from npu_proxy_openvino.chat import ToolCallFilter, parse_tool_calls
 from npu_proxy_openvino.files import DigestCache
 from npu_proxy_openvino.formats import GGUFFormat
@@ -199,3 +199,12 @@ def test_stop_filter_releases_a_near_miss() -> None:
     assert miss.feed("the EN") == "the "
     assert miss.feed("ding") == "ENding"
     assert miss.feed(" E") == " " and miss.finish() == "E" and miss.hit is None
+
+
+def test_every_openvino_variable_is_documented_with_its_owners() -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in docs.splitlines()
+            if line.startswith("| `NPU_PROXY_")}
+    for name in OpenVINOSettings.model_fields:
+        owners = rows[f"`NPU_PROXY_{name.upper()}`"].split("|")[2]
+        assert "openvino-cpu" in owners or "openvino-gpu" in owners, name

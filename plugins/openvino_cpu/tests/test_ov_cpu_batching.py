@@ -38,9 +38,13 @@ from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
 from npu_proxy.testing import LiveServer, make_app
 from npu_proxy_openvino import ContinuousBatchingGenerator, OpenVINOLanguageModel
-from npu_proxy_openvino.batching import IncrementalDetokenizer
+from npu_proxy_openvino.batching_worker import IncrementalDetokenizer
 from npu_proxy_openvino.models import IR_MODEL, ModelPreparer
-from npu_proxy_openvino.testing import shared_batching_factory, shared_pipeline_factory
+from npu_proxy_openvino.testing import (
+    shared_batching_factory,
+    shared_pipeline_factory,
+    stepping_here,
+)
 from npu_proxy_openvino_cpu import CpuBackend
 
 Result = tuple[str, Done]
@@ -48,7 +52,8 @@ Result = tuple[str, Done]
 
 @pytest.fixture
 def backend(ov_settings: Settings, cpu_llm_pipeline: Any, cpu_batching_pipeline: Any) -> CpuBackend:
-    return CpuBackend(ov_settings, pipeline_factory=shared_pipeline_factory(cpu_llm_pipeline),
+    return CpuBackend(ov_settings, ov_settings=stepping_here(),
+                      pipeline_factory=shared_pipeline_factory(cpu_llm_pipeline),
                       batching_factory=shared_batching_factory(cpu_batching_pipeline))
 
 
@@ -57,6 +62,7 @@ async def lm(backend: CpuBackend, smollm2: ModelInfo) -> OpenVINOLanguageModel:
     loaded = await backend.load(smollm2)
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, ContinuousBatchingGenerator)
+    assert loaded._generator.placement == "thread"
     return loaded
 
 
@@ -279,7 +285,8 @@ def server(ov_settings: Settings, cpu_llm_pipeline: Any,
     sink = PeakInFlight()
 
     def make(settings: Settings) -> Backend:
-        return CpuBackend(settings, pipeline_factory=shared_pipeline_factory(cpu_llm_pipeline),
+        return CpuBackend(settings, ov_settings=stepping_here(),
+                          pipeline_factory=shared_pipeline_factory(cpu_llm_pipeline),
                           batching_factory=shared_batching_factory(cpu_batching_pipeline))
 
     settings = ov_settings.model_copy(update={"device": "CPU", "max_parallel": 4})

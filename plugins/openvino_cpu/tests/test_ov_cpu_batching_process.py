@@ -31,8 +31,9 @@ from npu_proxy.engine.types import (
     TextDelta,
 )
 from npu_proxy.settings import Settings
-from npu_proxy_openvino import OpenVINOLanguageModel
-from npu_proxy_openvino.batching_process import ProcessBatchingGenerator, WorkerSpec
+from npu_proxy_openvino import ContinuousBatchingGenerator, OpenVINOLanguageModel
+from npu_proxy_openvino.batching_process import worker_process
+from npu_proxy_openvino.batching_worker import WorkerSpec
 from npu_proxy_openvino.testing import shared_pipeline_factory
 from npu_proxy_openvino_cpu import CpuBackend
 
@@ -88,7 +89,8 @@ async def lm(
     loaded = await backend.load(smollm2)
     assert isinstance(loaded, OpenVINOLanguageModel)
     generator = loaded._generator
-    assert isinstance(generator, ProcessBatchingGenerator)
+    assert isinstance(generator, ContinuousBatchingGenerator)
+    assert generator.placement == "process"
     pid = generator.worker_pid
     assert pid is not None and pid != os.getpid()
     yield loaded
@@ -156,7 +158,7 @@ async def test_cancelling_one_of_four_frees_its_sequence_at_once(
     lm: OpenVINOLanguageModel,
 ) -> None:
     generator = lm._generator
-    assert isinstance(generator, ProcessBatchingGenerator)
+    assert isinstance(generator, ContinuousBatchingGenerator)
     requests = [chat(p, temperature=0, max_tokens=48) for p in PROMPTS]
     others = [asyncio.create_task(run(lm, requests[i])) for i in (0, 2, 3)]
     pieces = 0
@@ -208,7 +210,7 @@ async def test_a_killed_worker_ends_the_stream_with_an_error_and_the_next_reques
     lm: OpenVINOLanguageModel,
 ) -> None:
     generator = lm._generator
-    assert isinstance(generator, ProcessBatchingGenerator)
+    assert isinstance(generator, ContinuousBatchingGenerator)
     pid = generator.worker_pid
     assert pid is not None
     pieces = 0
@@ -235,7 +237,7 @@ async def test_the_worker_leaves_sigint_and_sigterm_to_the_server(
     # A terminal's Ctrl-C and a service manager's stop signal every process of the
     # group; the worker stays until the server shuts it down in order.
     generator = lm._generator
-    assert isinstance(generator, ProcessBatchingGenerator)
+    assert isinstance(generator, ContinuousBatchingGenerator)
     pid = generator.worker_pid
     assert pid is not None
     os.kill(pid, signal.SIGINT)
@@ -252,5 +254,5 @@ def test_a_worker_that_cannot_load_fails_the_start_and_leaves_nothing(
 ) -> None:
     spec = WorkerSpec(str(tmp_path / "missing"), "CPU", 2, 0, {})
     with pytest.raises(RuntimeError):
-        ProcessBatchingGenerator.start(spec)
+        ContinuousBatchingGenerator.start(worker_process(spec), "process")
     assert not multiprocessing.active_children()

@@ -37,14 +37,19 @@ from npu_proxy.testing import (
 from npu_proxy_openvino import OpenVINOLanguageModel
 from npu_proxy_openvino.options import apply_options
 from npu_proxy_openvino.runner import LLMPipelineGenerator
-from npu_proxy_openvino.testing import shared_batching_factory, shared_pipeline_factory
+from npu_proxy_openvino.testing import (
+    shared_batching_factory,
+    shared_pipeline_factory,
+    stepping_here,
+)
 from npu_proxy_openvino_cpu import CpuBackend
 from pydantic import BaseModel
 
 
 @pytest.fixture
 def backend(ov_settings: Settings, cpu_llm_pipeline: Any, cpu_batching_pipeline: Any) -> CpuBackend:
-    return CpuBackend(ov_settings, pipeline_factory=shared_pipeline_factory(cpu_llm_pipeline),
+    return CpuBackend(ov_settings, ov_settings=stepping_here(),
+                      pipeline_factory=shared_pipeline_factory(cpu_llm_pipeline),
                       batching_factory=shared_batching_factory(cpu_batching_pipeline))
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
 import pytest
 from npu_proxy.engine.errors import ModelLoadError
-from npu_proxy.engine.types import ModelInfo
-from npu_proxy.settings import Settings
+from npu_proxy.engine.types import Done, GenerationRequest, Message, ModelInfo, SamplingOptions
+from npu_proxy.settings import Settings, SettingsError, load_plugin_settings
 from npu_proxy.testing import BackendContract
 from npu_proxy_openvino import ContinuousBatchingGenerator, OpenVINOLanguageModel, OpenVINOSettings
 from npu_proxy_openvino.runner import LLMPipelineGenerator
-from npu_proxy_openvino.testing import BatchingImitation, DeviceImitation, FakeCore
+from npu_proxy_openvino.testing import BatchingImitation, DeviceImitation, FakeCore, stepping_here
 from npu_proxy_openvino_gpu import GpuBackend
 
 
@@ -29,8 +30,8 @@ def batching(cpu_batching_pipeline: Any) -> BatchingImitation:
 @pytest.fixture
 def backend(ov_settings: Settings, imitation: DeviceImitation,
             batching: BatchingImitation) -> GpuBackend:
-    return GpuBackend(ov_settings, pipeline_factory=imitation, batching_factory=batching,
-                      core_factory=lambda: FakeCore(["CPU", "GPU.0"]))
+    return GpuBackend(ov_settings, ov_settings=stepping_here(), pipeline_factory=imitation,
+                      batching_factory=batching, core_factory=lambda: FakeCore(["CPU", "GPU.0"]))
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ async def test_compiles_a_batching_pipeline_with_a_cache_dir(
     assert scheduler.dynamic_split_fuse
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, ContinuousBatchingGenerator)
+    assert loaded._generator.placement == "thread"
     assert backend.prompt_limit(model) is None
     assert backend.context_limit(model) == model.context_length
     await loaded.unload()
@@ -67,7 +69,8 @@ async def test_kv_cache_budget_reaches_the_scheduler(
     ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
     model: ModelInfo,
 ) -> None:
-    backend = GpuBackend(ov_settings, ov_settings=OpenVINOSettings(kv_cache_gb=6),
+    backend = GpuBackend(ov_settings,
+                         ov_settings=OpenVINOSettings(kv_cache_gb=6, batching_process=False),
                          pipeline_factory=imitation, batching_factory=batching,
                          core_factory=lambda: FakeCore(["GPU"]))
     await (await backend.load(model)).unload()
@@ -128,6 +131,7 @@ async def test_the_gpu_s_own_parallelism_overrides_the_global_one(
     monkeypatch.setenv("NPU_PROXY_GPU_MAX_PARALLEL", "8")
     monkeypatch.setenv("NPU_PROXY_CPU_MAX_PARALLEL", "2")
     backend = GpuBackend(ov_settings.model_copy(update={"max_parallel": 4}),
+                         ov_settings=stepping_here(),
                          pipeline_factory=imitation, batching_factory=batching,
                          core_factory=lambda: FakeCore(["GPU"]))
     assert backend.max_parallel == 8
@@ -139,5 +143,36 @@ def test_a_bad_per_device_parallelism_names_its_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("NPU_PROXY_GPU_MAX_PARALLEL", "0")
-    with pytest.raises(ValueError, match="gpu_max_parallel"):
-        OpenVINOSettings()
+    with pytest.raises(SettingsError, match="NPU_PROXY_GPU_MAX_PARALLEL"):
+        load_plugin_settings(OpenVINOSettings)
+    with pytest.raises(SettingsError, match="NPU_PROXY_GPU_MAX_PARALLEL"):
+        GpuBackend(Settings())
+
+
+@pytest.mark.parametrize(("value", "placement"), [("1", "process"), ("0", "thread")])
+def test_the_batching_placement_is_the_setting(
+    ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
+    monkeypatch: pytest.MonkeyPatch, value: str, placement: str,
+) -> None:
+    # Injected factories do not change where batching runs: only the setting does.
+    monkeypatch.setenv("NPU_PROXY_BATCHING_PROCESS", value)
+    backend = GpuBackend(ov_settings, pipeline_factory=imitation, batching_factory=batching)
+    assert backend.batching_placement == placement
+
+
+async def test_an_imitated_gpu_batches_without_a_worker_process(
+    backend: GpuBackend, model: ModelInfo, batching: BatchingImitation,
+) -> None:
+    loaded = await backend.load(model)
+    assert isinstance(loaded, OpenVINOLanguageModel)
+    generator = loaded._generator
+    assert isinstance(generator, ContinuousBatchingGenerator)
+    assert generator.worker_pid is None and not multiprocessing.active_children()
+    request = GenerationRequest(model=model.name, messages=(Message("user", "Say hi."),),
+                                options=SamplingOptions(temperature=0, max_tokens=4))
+    events = [event async for event in loaded.generate(request)]
+    done = events[-1]
+    assert isinstance(done, Done) and 0 < done.usage.completion_tokens <= 4
+    assert not multiprocessing.active_children()
+    await loaded.unload()
+    assert generator.active == 0 and len(batching.calls) == 1

@@ -23,9 +23,9 @@ from npu_proxy_openvino_npu import NpuBackend, NpuSettings
 
 
 @pytest.fixture
-def npu_settings(ov_settings: Settings) -> Settings:
+def limits() -> NpuSettings:
     # The smallest compiled prompt the settings allow keeps refusals cheap to provoke.
-    return ov_settings.model_copy(update={"max_prompt_len": 64, "min_response_len": 32})
+    return NpuSettings(max_prompt_len=64, min_response_len=32)
 
 
 @pytest.fixture
@@ -34,8 +34,8 @@ def imitation(cpu_llm_pipeline: Any) -> DeviceImitation:
 
 
 @pytest.fixture
-def backend(npu_settings: Settings, imitation: DeviceImitation) -> NpuBackend:
-    return NpuBackend(npu_settings, pipeline_factory=imitation,
+def backend(ov_settings: Settings, limits: NpuSettings, imitation: DeviceImitation) -> NpuBackend:
+    return NpuBackend(ov_settings, npu_settings=limits, pipeline_factory=imitation,
                       core_factory=lambda: FakeCore(["CPU", "NPU"]))
 
 
@@ -54,7 +54,7 @@ def chat(text: str, **options: Any) -> GenerationRequest:
 
 
 async def test_compiles_with_the_npu_properties(
-    backend: NpuBackend, model: ModelInfo, imitation: DeviceImitation, npu_settings: Settings
+    backend: NpuBackend, model: ModelInfo, imitation: DeviceImitation, ov_settings: Settings
 ) -> None:
     await backend.load(model)
     [(path, device, properties)] = imitation.calls
@@ -62,14 +62,14 @@ async def test_compiles_with_the_npu_properties(
     assert (Path(path) / "openvino_model.xml").is_file()  # the converted IR, not the GGUF
     assert properties["MAX_PROMPT_LEN"] == 64
     assert properties["MIN_RESPONSE_LEN"] == 32
-    assert Path(properties["CACHE_DIR"]).is_relative_to(npu_settings.model_path)
+    assert Path(properties["CACHE_DIR"]).is_relative_to(ov_settings.model_path)
     assert properties["GENERATE_HINT"] == "BEST_PERF"
 
 
 async def test_generate_hint_is_configurable(
-    npu_settings: Settings, imitation: DeviceImitation, model: ModelInfo
+    ov_settings: Settings, imitation: DeviceImitation, model: ModelInfo
 ) -> None:
-    backend = NpuBackend(npu_settings, npu_settings=NpuSettings(generate_hint="FAST_COMPILE"),
+    backend = NpuBackend(ov_settings, npu_settings=NpuSettings(npu_generate_hint="FAST_COMPILE"),
                          pipeline_factory=imitation, core_factory=lambda: FakeCore(["NPU"]))
     await backend.load(model)
     assert imitation.calls[0][2]["GENERATE_HINT"] == "FAST_COMPILE"
@@ -100,13 +100,13 @@ async def test_long_prompt_refused_before_the_device(
 
 
 async def test_device_refusal_is_reported_as_prompt_too_long(
-    npu_settings: Settings, imitation: DeviceImitation, model: ModelInfo
+    ov_settings: Settings, limits: NpuSettings, imitation: DeviceImitation, model: ModelInfo
 ) -> None:
     class Unchecked(NpuBackend):
         def prompt_limit(self, model: ModelInfo) -> int | None:
             return None  # let the prompt reach the imitation, as a miscount would
 
-    backend = Unchecked(npu_settings, pipeline_factory=imitation,
+    backend = Unchecked(ov_settings, npu_settings=limits, pipeline_factory=imitation,
                         core_factory=lambda: FakeCore(["NPU"]))
     loaded = await backend.load(model)
     # Still inside the context (96) but over MAX_PROMPT_LEN (64): OpenVINO refuses.
@@ -159,9 +159,10 @@ async def test_imitation_refuses_a_concurrent_generate(imitation: DeviceImitatio
 
 
 async def test_absent_npu_is_reported_and_load_fails_cleanly(
-    npu_settings: Settings, imitation: DeviceImitation, model: ModelInfo
+    ov_settings: Settings, limits: NpuSettings, imitation: DeviceImitation, model: ModelInfo
 ) -> None:
-    backend = NpuBackend(npu_settings, pipeline_factory=imitation)  # the real openvino.Core
+    backend = NpuBackend(ov_settings, npu_settings=limits,
+                         pipeline_factory=imitation)  # the real openvino.Core
     info = await backend.probe()
     assert not info.present
     assert info.error == "NPU not found; OpenVINO sees: CPU"

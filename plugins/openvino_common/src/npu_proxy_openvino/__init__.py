@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .backend import (
-        BatchingPipelineFactory,
+        BackendOptions,
         EmbeddingPipelineFactory,
         OpenVINOBackend,
         PipelineFactory,
-        openvino_batching_pipeline,
         openvino_embedding_pipeline,
         openvino_llm_pipeline,
     )
-    from .batching import ContinuousBatchingGenerator
+    from .batching import BatchingPlacement, ContinuousBatchingGenerator
+    from .batching_worker import BatchingPipelineFactory, openvino_batching_pipeline
     from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel
     from .language import OpenVINOLanguageModel
     from .models import EMBEDDING_NAME, LLM_NAME, embedded_models
@@ -30,14 +30,16 @@ if TYPE_CHECKING:
 #: batching worker process that imports one submodule does not pay for the others
 #: (the settings, the engine, pydantic) before it can start compiling.
 _EXPORTS = {
-    "BatchingPipelineFactory": "backend",
+    "BackendOptions": "backend",
     "EmbeddingPipelineFactory": "backend",
     "OpenVINOBackend": "backend",
     "PipelineFactory": "backend",
-    "openvino_batching_pipeline": "backend",
     "openvino_embedding_pipeline": "backend",
     "openvino_llm_pipeline": "backend",
+    "BatchingPlacement": "batching",
     "ContinuousBatchingGenerator": "batching",
+    "BatchingPipelineFactory": "batching_worker",
+    "openvino_batching_pipeline": "batching_worker",
     "EmbeddingCache": "embeddings",
     "OpenVINOEmbeddingModel": "embeddings",
     "OpenVINOLanguageModel": "language",
@@ -57,7 +59,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "EMBEDDING_NAME",
     "LLM_NAME",
+    "BackendOptions",
     "BatchingPipelineFactory",
+    "BatchingPlacement",
     "ContinuousBatchingGenerator",
     "EmbeddingCache",
     "EmbeddingPipelineFactory",

@@ -1,8 +1,11 @@
 """The OpenVINO GenAI backend, parametrised by device; the device plugins subclass it.
 
-A subclass chooses the device name, its concurrency, the properties the pipeline is
+A subclass states what its device does differently and nothing else: its names and
+abilities as class attributes (:attr:`OpenVINOBackend.device`,
+:attr:`OpenVINOBackend.continuous_batching`, ...), the properties the pipeline is
 compiled with (:meth:`OpenVINOBackend.pipeline_properties`) and its limits
-(:meth:`OpenVINOBackend.prompt_limit`, :meth:`OpenVINOBackend.context_limit`).
+(:meth:`OpenVINOBackend.prompt_limit`, :meth:`OpenVINOBackend.context_limit`); the
+constructor is the base class's.
 Everything that touches OpenVINO goes through injectable factories, so a device that
 is not on this machine can be tested with an imitation of OpenVINO's behaviour.
 """
@@ -13,16 +16,17 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from npu_proxy.engine.backend import Backend, LoadedModel
 from npu_proxy.engine.errors import CapabilityError, ModelLoadError
 from npu_proxy.engine.types import Capability, DeviceInfo, GenerationRequest, ModelInfo
-from npu_proxy.settings import Settings
+from npu_proxy.settings import Settings, load_plugin_settings
 
 from . import tokens
-from .batching import ContinuousBatchingGenerator, scheduler_config
-from .batching_process import ProcessBatchingGenerator, WorkerSpec
+from .batching import BatchingPlacement, ContinuousBatchingGenerator, stepping_thread
+from .batching_process import worker_process
+from .batching_worker import BatchingPipelineFactory, WorkerSpec, openvino_batching_pipeline
 from .chat import render_prompt
 from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
@@ -30,15 +34,13 @@ from .files import cache_root
 from .language import Limits, OpenVINOLanguageModel
 from .models import ModelPreparer, embedding_details
 from .runner import LLMPipelineGenerator, TextGenerator
-from .settings import OpenVINOSettings
+from .settings import OpenVINOSettings, device_parallel
 from .tokens import TokenizerCache
 
 log = logging.getLogger(__name__)
 
 #: ``(model folder, device, properties) -> LLMPipeline``-like object.
 PipelineFactory = Callable[[str, str, dict[str, Any]], Any]
-#: ``(model folder, device, SchedulerConfig, properties) -> ContinuousBatchingPipeline``-like.
-BatchingPipelineFactory = Callable[[str, str, Any, dict[str, Any]], Any]
 #: ``(model folder, device, TextEmbeddingPipeline.Config, properties) -> pipeline``.
 EmbeddingPipelineFactory = Callable[[str, str, Any, dict[str, Any]], Any]
 
@@ -48,15 +50,6 @@ def openvino_llm_pipeline(path: str, device: str, properties: dict[str, Any]) ->
     import openvino_genai
 
     return openvino_genai.LLMPipeline(path, device, **properties)
-
-
-def openvino_batching_pipeline(
-    path: str, device: str, scheduler: Any, properties: dict[str, Any]
-) -> Any:
-    """The real factory: ``openvino_genai.ContinuousBatchingPipeline``."""
-    import openvino_genai
-
-    return openvino_genai.ContinuousBatchingPipeline(path, scheduler, device, properties)
 
 
 def openvino_embedding_pipeline(
@@ -75,51 +68,66 @@ def openvino_core() -> Any:
     return openvino.Core()
 
 
+class BackendOptions(TypedDict, total=False):
+    """What a caller may give a device backend besides the core's settings: the OpenVINO
+    settings (default: read from the environment) and the factories (default: the real
+    OpenVINO ones; tests inject imitations of devices that are not here)."""
+
+    ov_settings: OpenVINOSettings
+    pipeline_factory: PipelineFactory
+    batching_factory: BatchingPipelineFactory
+    embedding_factory: EmbeddingPipelineFactory
+    core_factory: Callable[[], Any]
+
+
 class OpenVINOBackend(Backend):
     """Runs GGUF and IR language models, and ONNX/IR embedding models, on one device.
+
+    A device plugin subclasses it and states only what differs, as class attributes
+    (:attr:`name`, :attr:`device`, :attr:`continuous_batching`, :attr:`embeddings`,
+    :attr:`max_loaded_models`) and by overriding :meth:`pipeline_properties`,
+    :meth:`prompt_limit` and :meth:`context_limit`; the constructor is this one.
 
     Constructing it is cheap and touches no device (the hook's contract); the
     ``openvino.Core`` is created on the first probe, in a worker thread.
 
-    With ``batching`` (CPU, GPU) and ``NPU_PROXY_CONTINUOUS_BATCHING`` on, a language
-    model runs on a ``ContinuousBatchingPipeline`` that serves ``max_parallel`` streams
-    at once; if that pipeline cannot be built for a model, the model falls back to an
-    ``LLMPipeline`` serving one stream at a time. Otherwise ``max_parallel`` is 1.
+    With :attr:`continuous_batching` and ``NPU_PROXY_CONTINUOUS_BATCHING`` on, a
+    language model runs on a ``ContinuousBatchingPipeline`` that serves ``max_parallel``
+    streams at once (``NPU_PROXY_<DEVICE>_MAX_PARALLEL``, else ``NPU_PROXY_MAX_PARALLEL``),
+    stepped where :attr:`batching_placement` says; if that pipeline cannot be built for
+    a model, the model falls back to an ``LLMPipeline`` serving one stream at a time.
+    Otherwise ``max_parallel`` is 1.
     """
 
+    #: The backend's name (``openvino-cpu``) and OpenVINO's name of the device (``CPU``).
+    name: str
+    device: str
+    #: Whether this device can serve several streams through continuous batching.
+    continuous_batching: bool = False
     #: Whether this device runs embedding models (the NPU's static shapes do not suit them).
     embeddings: bool = True
+    #: Models resident at once (None: as many as memory allows).
+    max_loaded_models: int | None = None
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        name: str,
-        device: str,
-        max_parallel: int = 1,
-        max_loaded_models: int | None = None,
-        batching: bool = False,
-        ov_settings: OpenVINOSettings | None = None,
-        pipeline_factory: PipelineFactory | None = None,
-        batching_factory: BatchingPipelineFactory | None = None,
-        embedding_factory: EmbeddingPipelineFactory | None = None,
-        core_factory: Callable[[], Any] | None = None,
-    ) -> None:
-        self.ov_settings = ov_settings or OpenVINOSettings()
-        self.batching = batching and self.ov_settings.continuous_batching
-        self.name = name
-        self.device = device
-        self.max_parallel = max_parallel if self.batching else 1
-        self.max_loaded_models = max_loaded_models
+    def __init__(self, settings: Settings, **options: Unpack[BackendOptions]) -> None:
+        self.ov_settings = options.get("ov_settings") or load_plugin_settings(OpenVINOSettings)
+        self.batching = self.continuous_batching and self.ov_settings.continuous_batching
+        self.max_parallel = (
+            device_parallel(settings, self.ov_settings, self.device) if self.batching else 1
+        )
+        #: Where a batched model's step loop runs: ``NPU_PROXY_BATCHING_PROCESS``.
+        self.batching_placement: BatchingPlacement = (
+            "process" if self.ov_settings.batching_process else "thread"
+        )
         self.settings = settings
-        self._pipeline_factory = pipeline_factory or openvino_llm_pipeline
-        self._batching_factory = batching_factory or openvino_batching_pipeline
-        self._embedding_factory = embedding_factory or openvino_embedding_pipeline
-        self._core_factory = core_factory or openvino_core
+        self._pipeline_factory = options.get("pipeline_factory", openvino_llm_pipeline)
+        self._batching_factory = options.get("batching_factory", openvino_batching_pipeline)
+        self._embedding_factory = options.get("embedding_factory", openvino_embedding_pipeline)
+        self._core_factory = options.get("core_factory", openvino_core)
         self._core: Any = None
         self._preparer = ModelPreparer(settings.model_path)
         self._tokenizers = TokenizerCache()
-        self._embedding_cache = EmbeddingCache(settings.embedding_cache_size)
+        self._embedding_cache = EmbeddingCache(self.ov_settings.embedding_cache_size)
 
     # --- device-specific knobs (overridden by the device plugins) ---------------------
 
@@ -203,29 +211,14 @@ class OpenVINOBackend(Backend):
     ) -> tuple[TextGenerator, int]:
         """The generator for a language model and how many streams it serves at once."""
         properties = self.pipeline_properties(model)
-        name = f"npu-proxy-{self.device.lower()}-batching"
-        if self.batching and self.max_parallel > 1 and self._batching_in_process():
-            spec = WorkerSpec(str(folder), self.device, self.max_parallel,
-                              self.ov_settings.kv_cache_gb, properties)
+        if self.batching and self.max_parallel > 1:
             try:
-                process = await asyncio.to_thread(ProcessBatchingGenerator.start, spec,
-                                                  name=name)
+                generator = await asyncio.to_thread(self._start_batching, folder, properties)
             except Exception as exc:
                 log.warning("continuous batching of %s on %s failed (%s); serving one "
                             "stream at a time", model.name, self.device, exc)
             else:
-                return process, self.max_parallel
-        elif self.batching and self.max_parallel > 1:
-            scheduler = scheduler_config(self.max_parallel, self.ov_settings.kv_cache_gb)
-            try:
-                batched = await asyncio.to_thread(
-                    self._batching_factory, str(folder), self.device, scheduler, properties
-                )
-            except Exception as exc:
-                log.warning("continuous batching of %s on %s failed (%s); serving one "
-                            "stream at a time", model.name, self.device, exc)
-            else:
-                return ContinuousBatchingGenerator(batched, name=name), self.max_parallel
+                return generator, self.max_parallel
         try:
             pipeline = await asyncio.to_thread(
                 self._pipeline_factory, str(folder), self.device, properties
@@ -235,14 +228,20 @@ class OpenVINOBackend(Backend):
             raise ModelLoadError(f"{model.name} could not be loaded on {self.device}") from exc
         return LLMPipelineGenerator(pipeline), 1
 
-    def _batching_in_process(self) -> bool:
-        """Whether batched models run in a worker process.
+    def _start_batching(self, folder: Path, properties: dict[str, Any]) -> TextGenerator:
+        """Build the batching pipeline where :attr:`batching_placement` says (blocking).
 
-        Only the real factory can: an injected one (an imitation of a device that is not
-        here, a pipeline shared by tests) exists in this process only.
+        ``"process"`` calls the batching factory inside the worker process, so it must
+        be a module-level function (the real one is); an imitation or a pipeline shared
+        by tests exists in this process only and needs ``"thread"``.
         """
-        return (self.ov_settings.batching_process
-                and self._batching_factory is openvino_batching_pipeline)
+        spec = WorkerSpec(str(folder), self.device, self.max_parallel,
+                          self.ov_settings.kv_cache_gb, properties, self._batching_factory)
+        name = f"npu-proxy-{self.device.lower()}-batching"
+        launch = (worker_process(spec, name) if self.batching_placement == "process"
+                  else stepping_thread(spec.build(), name))
+        return ContinuousBatchingGenerator.start(launch, self.batching_placement,
+                                                 device=self.device)
 
     async def _load_embedding(self, model: ModelInfo, folder: Path, tokenizer: Any) -> LoadedModel:
         details = embedding_details(model, folder)

@@ -1,24 +1,27 @@
-"""Several generations at once on one device: ``ContinuousBatchingPipeline`` behind a
-single stepping thread.
+"""Several generations at once on one device: a ``ContinuousBatchingPipeline`` served by
+one step loop, in a thread of the server or in a worker process.
 
-GenAI's continuous-batching pipeline takes requests with ``add_request`` (one
-``GenerationHandle`` each) and advances every running request by one token per
-``step()``. :class:`ContinuousBatchingGenerator` owns the pipeline and one daemon
-thread that is the only caller of ``add_request``/``step``/``read``: it admits new
-requests, steps while any is active, reads each handle's new token ids, detokenizes
-them incrementally (:class:`IncrementalDetokenizer`) and hands the text to that
+:class:`ContinuousBatchingGenerator` is the server's side: it hands each request to the
+step loop (:func:`~npu_proxy_openvino.batching_worker.run_steps`) as a command, and
+each event the loop reports (a detokenized piece, an outcome, an error) to that
 request's asyncio queue with ``call_soon_threadsafe``. A consumer that leaves has its
-handle cancelled; GenAI frees the sequence's KV blocks at the end of the next step and
-only then does ``aclose()`` return, so the slot is free for the next admitted request
-while the other requests go on.
+request cancelled; GenAI frees the sequence's KV blocks at the end of the next step and
+only then does ``aclose()`` return, so the slot is free for the next request while the
+other requests go on.
 
-Note: in openvino-genai 2026.4 the Python binding of ``step()`` holds the GIL for the
-whole step (``add_request`` and ``generate`` release it), so with this class the event
-loop waits up to one step (tens of ms with a small model on CPU, hundreds for a long
-prompt) while streams run. The backends therefore run the real pipeline in a worker
-process (:mod:`~npu_proxy_openvino.batching_process`); this class serves injected
-pipelines and ``NPU_PROXY_BATCHING_PROCESS=0``. :class:`IncrementalDetokenizer`,
-:func:`scheduler_config` and the outcome figures are shared with the worker.
+Where the loop runs is the placement, chosen by the backend
+(``NPU_PROXY_BATCHING_PROCESS``):
+
+- ``"process"`` (:func:`~npu_proxy_openvino.batching_process.worker_process`): in
+  openvino-genai 2026.4 the Python binding of ``step()`` holds the GIL for the whole
+  step (17-40 ms per decode step with SmolLM2 on 2 CPU cores, up to ~740 ms for a
+  prompt), so the pipeline lives in a worker process and the event loop never waits
+  for it. A worker that dies fails the requests it held; the next request starts a
+  new one.
+- ``"thread"`` (:func:`stepping_thread`): a thread of this process steps a pipeline
+  built here; the event loop then waits up to one step while streams run. It serves
+  pipelines that exist in this process only (imitations of absent devices, a pipeline
+  shared by tests) and ``NPU_PROXY_BATCHING_PROCESS=0``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import queue
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from .options import GenerationSpec, apply_options
+from .batching_worker import Events, run_steps
+from .options import GenerationSpec
 from .runner import Outcome
 from .streaming import Finished, wait_uncancellable
 
@@ -51,115 +56,153 @@ EXACT_CPU_NUMERICS: dict[str, str] = {
     "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
 }
 
+#: Where the step loop runs (see the module doc).
+BatchingPlacement = Literal["thread", "process"]
 
-def scheduler_config(max_parallel: int, kv_cache_gb: int) -> Any:
-    """A ``SchedulerConfig`` for ``max_parallel`` sequences and a KV budget in GB.
-
-    ``kv_cache_gb == 0`` lets GenAI grow the cache on demand; otherwise the cache is
-    allocated once at that size. ``dynamic_split_fuse`` (GenAI's default) mixes prompt
-    chunks with decode steps, so a long prompt does not stall the other streams.
-    """
-    import openvino_genai
-
-    config = openvino_genai.SchedulerConfig()
-    config.max_num_seqs = max(max_parallel, 1)
-    config.cache_size = kv_cache_gb
-    config.dynamic_split_fuse = True
-    return config
+#: Called with each event of the step loop (on the thread that receives it).
+EventHandler = Callable[[tuple[Any, ...]], None]
 
 
-class IncrementalDetokenizer:
-    """Token ids in, text out, never splitting a multi-byte character.
+class WorkerGone(RuntimeError):
+    """The step loop ended (its worker process died) while a request was in flight."""
 
-    Decodes a short window (the tokens since the last emitted text, plus the few
-    before them for context: tokenizers that drop a leading space need it) and emits
-    what the window adds. Text ending in U+FFFD is an incomplete UTF-8 sequence and is
-    held until the next token completes it.
-    """
 
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0  # start of the context window
-        self._read = 0  # end of what has been emitted
+class StepWorker(Protocol):
+    """A running step loop: commands in through :meth:`send`, events out through the
+    handler it was started with, and a call of its ``on_gone`` once it has ended."""
 
-    def feed(self, ids: list[int]) -> str:
-        """The text that ``ids`` (appended to the earlier ones) completes."""
-        self._ids.extend(ids)
-        if self._read == len(self._ids):
-            return ""
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""
-        self._prefix, self._read = self._read, len(self._ids)
-        return after[len(before) :]
+    #: False once it has ended or is being stopped.
+    alive: bool
 
-    def finish(self) -> str:
-        """What is still held back (an incomplete character comes out as U+FFFD)."""
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        self._prefix = self._read = len(self._ids)
-        return after[len(before) :] if len(after) > len(before) else ""
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id (None for a thread of this process)."""
 
-    def _decode(self, ids: list[int]) -> str:
-        return str(self._tokenizer.decode(ids)) if ids else ""
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue a command; never blocks."""
+
+    def stop(self) -> None:
+        """Shut the loop down (its requests are cancelled and freed), wait, release all."""
+
+
+#: ``(on_event, on_gone) -> a running StepWorker`` (blocking: builds the pipeline).
+Launcher = Callable[[EventHandler, Callable[["StepWorker"], None]], StepWorker]
+
+
+class _Mailbox:
+    """A thread's inbox that reads like a pipe's end (``poll``, ``recv``)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._next: tuple[Any, ...] | None = None
+
+    def put(self, message: tuple[Any, ...]) -> None:
+        self._queue.put(message)
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        if self._next is None:
+            try:
+                self._next = self._queue.get(block=timeout != 0, timeout=timeout or None)
+            except queue.Empty:
+                return False
+        return True
+
+    def recv(self) -> tuple[Any, ...]:
+        message, self._next = self._next, None
+        assert message is not None
+        return message
+
+
+class _SteppingThread:
+    """:class:`StepWorker` placement ``"thread"``: the step loop on a daemon thread."""
+
+    pid = None
+
+    def __init__(self, pipeline: Any, name: str, on_event: EventHandler,
+                 on_gone: Callable[[StepWorker], None]) -> None:
+        self._inbox = _Mailbox()
+        self._on_event = on_event
+        self._on_gone = on_gone
+        self.alive = True
+        self._thread = threading.Thread(target=self._run, args=(pipeline,), name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, pipeline: Any) -> None:
+        try:
+            run_steps(pipeline, self._inbox, self._emit)
+        except Exception as exc:  # a fault of the loop itself: its requests fail
+            log.error("the batching thread failed: %s", exc)
+        finally:
+            self._on_gone(self)
+
+    def _emit(self, events: Events) -> None:
+        for event in events:
+            self._on_event(event)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._inbox.put(message)
+
+    def stop(self) -> None:
+        self.alive = False
+        self._inbox.put(("shutdown",))
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+def stepping_thread(pipeline: Any, name: str = "npu-proxy-batching") -> Launcher:
+    """Placement ``"thread"``: step ``pipeline`` (built in this process) on a thread."""
+
+    def launch(on_event: EventHandler, on_gone: Callable[[StepWorker], None]) -> StepWorker:
+        return _SteppingThread(pipeline, name, on_event, on_gone)
+
+    return launch
 
 
 @dataclass(eq=False)
 class _Request:
-    """One generation's state, shared by its consumer and the stepping thread."""
+    """One generation's state on the server's side."""
 
     id: int
     prompt: str
-    config: Any
+    spec: GenerationSpec
     loop: asyncio.AbstractEventLoop
-    detokenizer: IncrementalDetokenizer
     queue: asyncio.Queue[str | Finished[Outcome] | BaseException] = field(
         default_factory=asyncio.Queue
     )
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    handle: Any = None
-    #: set by the consumer (any thread); the stepping thread cancels the handle
-    leaving: threading.Event = field(default_factory=threading.Event)
-    cancelled: bool = False
-    text: list[str] = field(default_factory=list)
-    tokens: int = 0
-    finish_reason: Any = None
-    start_ns: int = field(default_factory=time.perf_counter_ns)
-    first_ns: int = 0
+    submitted: bool = False
+    leaving: bool = False
+    #: the worker that holds it (a request dies with its worker, not with a later one)
+    worker: StepWorker | None = None
     outcome: Outcome | None = None
 
     def deliver(self, item: str | Finished[Outcome] | BaseException) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.leaving.set()
 
     def settle(self) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.done.set)
 
 
-class QueuedRequest(Protocol):
-    """What a request stream reads: its items, its end, and how it went."""
-
-    queue: asyncio.Queue[Any]
-    done: asyncio.Event
-    outcome: Outcome | None
+def _left() -> Outcome:
+    """The outcome of a request that never produced one (left early, worker gone)."""
+    return Outcome("", "cancelled", None, 0, 0, 0)
 
 
-class RequestStream:
+class BatchedStream:
     """The pieces of one batched generation, then one :class:`Finished` (async iterator).
 
     Same contract as :func:`~npu_proxy_openvino.streaming.stream_in_thread`: an error of
     the device is raised here; ``aclose()`` (or leaving the iteration through an
     exception or task cancellation) cancels the request and returns once the device has
     freed its sequence. :attr:`outcome` is set once the device is done with it,
-    cancelled generations included. Subclasses say how a request starts and leaves.
+    cancelled generations included. The request reaches the step loop on first read.
     """
 
-    def __init__(self, request: QueuedRequest) -> None:
+    def __init__(self, owner: ContinuousBatchingGenerator, request: _Request) -> None:
+        self._owner = owner
         self._request = request
         self._closed = False
 
@@ -167,21 +210,15 @@ class RequestStream:
     def outcome(self) -> Outcome | None:
         return self._request.outcome
 
-    def __aiter__(self) -> RequestStream:
+    def __aiter__(self) -> BatchedStream:
         return self
-
-    async def _begin(self) -> None:
-        """Called before each read; a stream whose request is sent lazily sends it here."""
-
-    async def _leave(self) -> None:
-        """Cancel an unfinished request; return once its sequence is freed."""
-        raise NotImplementedError
 
     async def __anext__(self) -> str | Finished[Outcome]:
         if self._closed:
             raise StopAsyncIteration
         try:
-            await self._begin()
+            if not self._request.submitted:
+                await self._owner.submit(self._request)
             item = await self._request.queue.get()
         except BaseException:
             await self.aclose()
@@ -191,234 +228,154 @@ class RequestStream:
             raise item
         if isinstance(item, Finished):
             self._closed = True
-        return item  # type: ignore[no-any-return]
+        return item
 
     async def aclose(self) -> None:
         self._closed = True
-        if not self._request.done.is_set():
-            await self._leave()
-
-
-class BatchedStream(RequestStream):
-    """A request of the in-process :class:`ContinuousBatchingGenerator`."""
-
-    def __init__(self, owner: ContinuousBatchingGenerator, request: _Request) -> None:
-        super().__init__(request)
-        self._owner = owner
-        self._batched = request
-
-    async def _leave(self) -> None:
-        self._batched.leaving.set()
-        self._owner.wake()
-        await wait_uncancellable(self._batched.done)
+        request = self._request
+        if request.done.is_set():
+            return
+        if not request.submitted:
+            request.outcome = _left()
+            request.done.set()
+            return
+        self._owner.cancel(request)
+        await wait_uncancellable(request.done)
 
 
 class ContinuousBatchingGenerator:
     """:class:`~npu_proxy_openvino.runner.TextGenerator` over a ``ContinuousBatchingPipeline``.
 
     Up to the pipeline's ``max_num_seqs`` generations run at once, each with its own
-    ``GenerationConfig`` (sampling, seed, stop strings, structured output). The
-    stepping thread starts with the first request and parks while nothing is active.
+    ``GenerationConfig`` (sampling, seed, stop strings, structured output), built by the
+    step loop from the request's :class:`GenerationSpec`. Build it with :meth:`start`
+    (blocking: builds the pipeline where it is placed); :meth:`close` shuts it down.
     """
 
-    def __init__(self, pipeline: Any, *, name: str = "npu-proxy-batching") -> None:
-        import openvino_genai
-
-        self._pipe = pipeline
-        self._tokenizer = pipeline.get_tokenizer()
-        self._running = openvino_genai.GenerationStatus.RUNNING
-        self._ignored = openvino_genai.GenerationStatus.IGNORED
-        self._length = openvino_genai.GenerationFinishReason.LENGTH
+    def __init__(self, launch: Launcher, placement: BatchingPlacement, *,
+                 device: str = "") -> None:
+        self.placement = placement
+        self._launch = launch
+        self._device = device
         self._ids = itertools.count()
-        self._incoming: list[_Request] = []
-        self._active: list[_Request] = []
-        self._wake = threading.Condition()
+        self._lock = threading.Lock()
+        self._requests: dict[int, _Request] = {}
+        self._worker: StepWorker | None = None
+        self._restart = asyncio.Lock()
         self._closed = False
-        self._name = name
-        self._thread: threading.Thread | None = None
 
-    def new_config(self) -> Any:
-        return self._pipe.get_config()
+    @classmethod
+    def start(cls, launch: Launcher, placement: BatchingPlacement, *,
+              device: str = "") -> ContinuousBatchingGenerator:
+        """A generator with its step loop running (blocking); raises if it cannot start."""
+        generator = cls(launch, placement, device=device)
+        generator._spawn()
+        return generator
 
-    def configure(self, spec: GenerationSpec) -> Any:
-        return apply_options(self.new_config(), spec.options,
-                             max_new_tokens=spec.max_new_tokens,
-                             structured_schema=spec.structured_schema)
-
-    def stream(self, prompt: str, config: Any) -> BatchedStream:
-        """Queue a generation of ``prompt``; its pieces arrive on the returned stream."""
-        request = _Request(
-            id=next(self._ids), prompt=prompt, config=config,
-            loop=asyncio.get_running_loop(),
-            detokenizer=IncrementalDetokenizer(self._tokenizer),
-        )
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("the pipeline is closed")
-            self._incoming.append(request)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
-            self._wake.notify()
-        return BatchedStream(self, request)
-
-    def wake(self) -> None:
-        """Have the stepping thread look at the requests now (a consumer left)."""
-        with self._wake:
-            self._wake.notify()
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker process's id (None for placement ``"thread"`` and after close)."""
+        worker = self._worker
+        return worker.pid if worker is not None and worker.alive else None
 
     @property
     def active(self) -> int:
-        """Requests the pipeline holds now (admitted and not yet freed)."""
-        return len(self._active)
+        """Requests the step loop holds now (submitted and not yet freed)."""
+        with self._lock:
+            return len(self._requests)
+
+    def configure(self, spec: GenerationSpec) -> GenerationSpec:
+        """The spec itself: the step loop builds the ``GenerationConfig`` from it."""
+        return spec
+
+    def stream(self, prompt: str, config: Any) -> BatchedStream:
+        """Queue a generation of ``prompt`` (``config`` is a :class:`GenerationSpec`)."""
+        if self._closed:
+            raise RuntimeError("the pipeline is closed")
+        if not isinstance(config, GenerationSpec):
+            raise TypeError("continuous batching takes a GenerationSpec as its config")
+        request = _Request(next(self._ids), prompt, config, asyncio.get_running_loop())
+        return BatchedStream(self, request)
+
+    async def submit(self, request: _Request) -> None:
+        """Send ``request`` to the step loop, starting a new one if the last one died."""
+        async with self._restart:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the pipeline is closed")
+                worker = self._worker
+                if worker is None or not worker.alive:
+                    log.warning("the batching worker of %s is gone; starting a new one",
+                                self._device)
+                    await asyncio.to_thread(self._spawn)
+                    continue
+                with self._lock:  # the event handler marks a dead worker under this lock
+                    if worker.alive:
+                        self._requests[request.id] = request
+                        request.submitted = True
+                        request.worker = worker
+                        break
+            worker.send(("add", request.id, request.prompt, request.spec))
+
+    def cancel(self, request: _Request) -> None:
+        """Have the step loop cancel ``request``; its ``end`` settles it."""
+        with self._lock:
+            if request.leaving or request.id not in self._requests:
+                return
+            request.leaving = True
+            worker = self._worker
+        if worker is not None:
+            worker.send(("cancel", request.id))
 
     def close(self) -> None:
-        """Cancel what is left, stop the stepping thread and drop the pipeline."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-        self._pipe = None
+        """Cancel what is left, shut the step loop down and wait for it (blocking)."""
+        self._closed = True
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
 
-    # --- the stepping thread ------------------------------------------------------------
+    # --- called by the worker's threads -------------------------------------------------
 
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not (self._incoming or self._active or self._closed):
-                    self._wake.wait()
-                incoming, self._incoming = self._incoming, []
-                closed = self._closed
-            for request in incoming:
-                self._admit(request)
-            if closed:
-                for request in self._active:
-                    request.leaving.set()
-            for request in self._active:
-                if request.leaving.is_set() and not request.cancelled:
-                    request.cancelled = True
-                    request.handle.cancel()
-            if not self._active:
-                if closed:
-                    return
-                continue
-            try:
-                self._pipe.step()
-            except Exception as exc:  # the device failed: every request it held fails
-                self._fail_all(exc)
-                continue
-            self._collect()
+    def _spawn(self) -> None:
+        worker = self._launch(self._on_event, self._on_gone)
+        old, self._worker = self._worker, worker
+        if old is not None:
+            old.stop()
 
-    def _admit(self, request: _Request) -> None:
-        if request.leaving.is_set():
-            request.outcome = _outcome(request, None)
+    def _on_event(self, event: tuple[Any, ...]) -> None:
+        """Hand one event of the step loop to its request (cheap work only)."""
+        kind, request_id = event[0], event[1]
+        with self._lock:
+            request = self._requests.get(request_id)
+            if request is None:
+                return
+            if kind != "text":
+                del self._requests[request_id]
+        if kind == "text":
+            if not request.leaving:
+                request.deliver(event[2])
+        elif kind == "end":
+            request.outcome = event[2]
+            if not request.leaving:
+                request.deliver(Finished(event[2]))
             request.settle()
-            return
-        try:
-            request.handle = self._pipe.add_request(request.id, request.prompt, request.config)
-        except Exception as exc:
-            request.deliver(exc)
+        elif kind == "error":
+            if not request.leaving:
+                request.deliver(RuntimeError(event[2]))
             request.settle()
-            return
-        request.start_ns = time.perf_counter_ns()
-        self._active.append(request)
 
-    def _collect(self) -> None:
-        still: list[_Request] = []
-        ended: list[_Request] = []
-        for request in self._active:
-            handle = request.handle
-            if not request.cancelled:
-                ids: list[int] = []
-                while handle.can_read():
-                    for output in handle.read().values():
-                        ids.extend(output.generated_ids)
-                        request.finish_reason = output.finish_reason
-                if ids:
-                    request.tokens += len(ids)
-                    if not request.first_ns:
-                        request.first_ns = time.perf_counter_ns()
-                    self._emit(request, request.detokenizer.feed(ids))
-            if handle.get_status() == self._running:
-                still.append(request)
-            else:
-                ended.append(request)
-        self._active = still
-        for request in ended:
-            self._end(request)
-
-    def _end(self, request: _Request) -> None:
-        """Report a request GenAI has freed (FINISHED, IGNORED or CANCEL after a step)."""
-        handle = request.handle
-        if handle.get_status() == self._ignored and not request.cancelled:
-            request.deliver(RuntimeError("the KV cache is too small for this request"))
-        else:
-            if not request.cancelled:
-                self._emit(request, request.detokenizer.finish())
-            request.outcome = _outcome(request, handle)
-            if not request.cancelled:
-                request.deliver(Finished(request.outcome))
-        request.handle = None
-        request.settle()
-
-    @staticmethod
-    def _emit(request: _Request, text: str) -> None:
-        if text:
-            request.text.append(text)
-            request.deliver(text)
-
-    def _fail_all(self, exc: Exception) -> None:
-        log.error("continuous batching step failed: %s", exc)
-        failed, self._active = self._active, []
+    def _on_gone(self, worker: StepWorker) -> None:
+        """The step loop ended; fail whatever it still held."""
+        with self._lock:
+            worker.alive = False
+            failed = [r for r in self._requests.values() if r.worker is worker]
+            for request in failed:
+                del self._requests[request.id]
+        if not self._closed:
+            log.error("the batching worker of %s stopped with %d requests",
+                      self._device, len(failed))
         for request in failed:
-            if not request.cancelled:
-                request.handle.cancel()
-                request.deliver(exc)
-            request.outcome = _outcome(request, None)
+            request.outcome = _left()
+            if not request.leaving:
+                request.deliver(WorkerGone("the batching worker stopped"))
             request.settle()
-
-
-class Progress(Protocol):
-    """What :func:`_outcome` reads of a request (server-side or in the worker process)."""
-
-    text: list[str]
-    tokens: int
-    finish_reason: Any
-    start_ns: int
-    first_ns: int
-    cancelled: bool
-
-
-def _outcome(request: Progress, handle: Any) -> Outcome:
-    """Measured figures: GenAI's per-request metrics when it has them, ours otherwise."""
-    import openvino_genai
-
-    end = time.perf_counter_ns()
-    prompt_tokens = completion_tokens = None
-    ttft_ns = (request.first_ns or end) - request.start_ns
-    generate_ns = end - request.start_ns
-    metrics = None
-    if handle is not None:
-        try:
-            metrics = handle.get_perf_metrics()
-        except Exception:  # not set when the request never reached a step
-            metrics = None
-    if metrics is not None:
-        prompt_tokens = int(metrics.get_num_input_tokens())
-        completion_tokens = int(metrics.get_num_generated_tokens())
-        # Counted from add_request, so a request that waited for a batch slot says so.
-        ttft_ns = int(metrics.get_ttft().mean * 1e6) or ttft_ns
-        generate_ns = int(metrics.get_generate_duration().mean * 1e6) or generate_ns
-    if completion_tokens is None or (request.cancelled and completion_tokens < request.tokens):
-        completion_tokens = request.tokens
-    if request.cancelled:
-        finish = "cancelled"
-    elif request.finish_reason == openvino_genai.GenerationFinishReason.LENGTH:
-        finish = "length"
-    else:
-        finish = "stop"
-    return Outcome("".join(request.text), finish, prompt_tokens, completion_tokens,
-                   ttft_ns, generate_ns)
-

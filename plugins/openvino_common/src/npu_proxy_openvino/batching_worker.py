@@ -1,17 +1,24 @@
-"""The child side of :mod:`~npu_proxy_openvino.batching_process`: a process that owns
-one ``ContinuousBatchingPipeline`` and steps it.
+"""The step loop of continuous batching: one ``ContinuousBatchingPipeline``, one stepper.
 
-GenAI's ``step()`` holds the GIL for the whole step, so it runs here, in its own
-interpreter, and the server's event loop never waits for it. :func:`serve` is the
-process's whole life: compile, say ``ready``, then alternate between reading commands
-from the pipe (blocking while nothing runs) and stepping.
+GenAI's continuous-batching pipeline takes requests with ``add_request`` (one
+``GenerationHandle`` each) and advances every running request by one token per
+``step()``. :func:`run_steps` is the only caller of ``add_request``/``step``/``read``
+for its pipeline: it takes commands, admits requests, steps while any is active, reads
+each handle's new token ids, detokenizes them incrementally
+(:class:`IncrementalDetokenizer`) and hands out what happened, one list of events per
+step (one hand-over per step, not per token).
 
-Messages are tuples of plain data. In: ``("add", id, prompt, GenerationSpec)``,
-``("cancel", id)``, ``("shutdown",)``. Out: ``("ready",)`` or ``("failed", message)``
-once; then lists of events, one list per step (one pipe write per step, not per
-token): ``("text", id, piece)`` (already detokenized, never a split character),
-``("end", id, Outcome)`` when GenAI has freed the sequence (finished, cancelled or
+The same loop runs wherever the pipeline lives (see
+:mod:`~npu_proxy_openvino.batching`): in a thread of the server, or in a worker process
+of its own (:func:`serve` is that process's whole program). Commands arrive through an
+:class:`Inbox` (the worker's end of a pipe, or a queue) and are plain data:
+``("add", id, prompt, GenerationSpec)``, ``("cancel", id)``, ``("shutdown",)``.
+Events: ``("text", id, piece)`` (already detokenized, never a split character),
+``("end", id, Outcome)`` once GenAI has freed the sequence (finished, cancelled or
 ignored) and ``("error", id, message)`` for a request the device failed.
+
+This module is the worker process's program, so it imports little: no settings, no
+engine, no web framework.
 """
 
 from __future__ import annotations
@@ -19,19 +26,165 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
-from .batching import IncrementalDetokenizer, _outcome, scheduler_config
 from .options import GenerationSpec, apply_options
+from .runner import Outcome
 
 log = logging.getLogger(__name__)
+
+#: One step's worth of events (see the module doc).
+Events = list[tuple[Any, ...]]
+
+#: ``(model folder, device, SchedulerConfig, properties) -> ContinuousBatchingPipeline``-like.
+BatchingPipelineFactory = Callable[[str, str, Any, dict[str, Any]], Any]
+
+
+def scheduler_config(max_parallel: int, kv_cache_gb: int) -> Any:
+    """A ``SchedulerConfig`` for ``max_parallel`` sequences and a KV budget in GB.
+
+    ``kv_cache_gb == 0`` lets GenAI grow the cache on demand; otherwise the cache is
+    allocated once at that size. ``dynamic_split_fuse`` (GenAI's default) mixes prompt
+    chunks with decode steps, so a long prompt does not stall the other streams.
+    """
+    import openvino_genai
+
+    config = openvino_genai.SchedulerConfig()
+    config.max_num_seqs = max(max_parallel, 1)
+    config.cache_size = kv_cache_gb
+    config.dynamic_split_fuse = True
+    return config
+
+
+def openvino_batching_pipeline(
+    path: str, device: str, scheduler: Any, properties: dict[str, Any]
+) -> Any:
+    """The real factory: ``openvino_genai.ContinuousBatchingPipeline``."""
+    import openvino_genai
+
+    return openvino_genai.ContinuousBatchingPipeline(path, scheduler, device, properties)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a batching pipeline is built from: plain data (and a module-level factory),
+    so a worker process can receive it as its argument."""
+
+    path: str
+    device: str
+    max_parallel: int
+    kv_cache_gb: int
+    properties: dict[str, Any]
+    factory: BatchingPipelineFactory = openvino_batching_pipeline
+
+    def build(self) -> Any:
+        """Compile the pipeline (blocking: seconds to minutes)."""
+        return self.factory(self.path, self.device,
+                            scheduler_config(self.max_parallel, self.kv_cache_gb),
+                            self.properties)
+
+
+class IncrementalDetokenizer:
+    """Token ids in, text out, never splitting a multi-byte character.
+
+    Decodes a short window (the tokens since the last emitted text, plus the few
+    before them for context: tokenizers that drop a leading space need it) and emits
+    what the window adds. Text ending in U+FFFD is an incomplete UTF-8 sequence and is
+    held until the next token completes it.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the context window
+        self._read = 0  # end of what has been emitted
+
+    def feed(self, ids: list[int]) -> str:
+        """The text that ``ids`` (appended to the earlier ones) completes."""
+        self._ids.extend(ids)
+        if self._read == len(self._ids):
+            return ""
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return after[len(before) :]
+
+    def finish(self) -> str:
+        """What is still held back (an incomplete character comes out as U+FFFD)."""
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :] if len(after) > len(before) else ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids)) if ids else ""
+
+
+class Inbox(Protocol):
+    """Where commands arrive: a ``multiprocessing`` connection, or a queue that reads
+    like one."""
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether a command is ready, waiting up to ``timeout`` s (None: for ever)."""
+
+    def recv(self) -> Any:
+        """The next command (call after :meth:`poll` said one is ready)."""
+
+
+def run_steps(pipe: Any, inbox: Inbox, emit: Callable[[Events], None]) -> None:
+    """Serve ``pipe`` until a ``shutdown`` command: the one step loop of batching.
+
+    Blocks on ``inbox`` while nothing runs; between steps it takes only the commands
+    that have already arrived. On ``shutdown`` every request is cancelled and stepped
+    until GenAI has freed it (each gets its ``end``), then it returns. Errors of
+    ``inbox`` and ``emit`` (the other side went away) propagate.
+    """
+    stepper = _Stepper(pipe)
+    stopping = False
+    while True:
+        wait: float | None = 0 if stepper.active or stopping else None
+        while not stopping and inbox.poll(wait):
+            stopping = not stepper.command(inbox.recv())
+            wait = 0
+        if stepper.active:
+            stepper.step()
+        events = stepper.take_events()
+        if events:
+            emit(events)
+        if stopping and not stepper.active:
+            return
+
+
+def serve(conn: Connection, spec: WorkerSpec) -> None:
+    """A worker process's whole life: build the pipeline, report ``ready`` (or
+    ``failed``), then :func:`run_steps` over the pipe until shutdown or until the
+    server's end of the pipe closes."""
+    # The server owns this process's life: it sends "shutdown" as it stops, and a server
+    # that is gone closes the pipe. A Ctrl-C in the terminal or a service manager's
+    # SIGTERM reaches the whole process group at once; obeying it here would end the
+    # streams before the server has stopped accepting and cancelled them in order.
+    for name in ("SIGINT", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    try:
+        pipe = spec.build()
+    except Exception as exc:
+        conn.send(("failed", str(exc)))
+        return
+    conn.send(("ready",))
+    try:
+        run_steps(pipe, conn, conn.send)
+    except (EOFError, OSError):  # the server went away: nothing left to serve
+        return
 
 
 @dataclass(eq=False)
 class _Job:
-    """One admitted request's state inside the worker."""
+    """One admitted request's state inside the step loop."""
 
     id: int
     handle: Any
@@ -44,78 +197,48 @@ class _Job:
     cancelled: bool = False
 
 
-def serve(conn: Connection, path: str, device: str, max_parallel: int, kv_cache_gb: int,
-          properties: dict[str, Any]) -> None:
-    """Compile the pipeline, report ``ready`` (or ``failed``), then serve until shutdown
-    or until the server's end of the pipe closes."""
-    # The server owns this process's life: it sends "shutdown" as it stops, and a server
-    # that is gone closes the pipe. A Ctrl-C in the terminal or a service manager's
-    # SIGTERM reaches the whole process group at once; obeying it here would end the
-    # streams before the server has stopped accepting and cancelled them in order.
-    for name in ("SIGINT", "SIGTERM"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    try:
-        import openvino_genai
-
-        pipe = openvino_genai.ContinuousBatchingPipeline(
-            path, scheduler_config(max_parallel, kv_cache_gb), device, properties
-        )
-    except Exception as exc:
-        conn.send(("failed", str(exc)))
-        return
-    conn.send(("ready",))
-    try:
-        _Stepper(pipe, conn).run()
-    except (EOFError, OSError):  # the server went away: nothing left to serve
-        return
-
-
 class _Stepper:
-    def __init__(self, pipe: Any, conn: Connection) -> None:
+    """The pipeline, its admitted jobs and the events of the current step."""
+
+    def __init__(self, pipe: Any) -> None:
         import openvino_genai
 
         self._pipe = pipe
-        self._conn = conn
         self._tokenizer = pipe.get_tokenizer()
         self._running = openvino_genai.GenerationStatus.RUNNING
         self._ignored = openvino_genai.GenerationStatus.IGNORED
-        self._active: dict[int, _Job] = {}
-        self._events: list[tuple[Any, ...]] = []
+        self._jobs: dict[int, _Job] = {}
+        self._events: Events = []
 
-    def run(self) -> None:
-        while True:
-            # Block while idle; between steps only take what has already arrived.
-            wait: float | None = 0 if self._active else None
-            while self._conn.poll(wait):
-                if not self._command(self._conn.recv()):
-                    return
-                wait = 0
-            if self._active:
-                try:
-                    self._pipe.step()
-                except Exception as exc:  # the device failed: every request it held fails
-                    self._fail_all(exc)
-                else:
-                    self._collect()
-            if self._events:
-                events, self._events = self._events, []
-                self._conn.send(events)
+    @property
+    def active(self) -> bool:
+        return bool(self._jobs)
 
-    def _command(self, message: tuple[Any, ...]) -> bool:
+    def take_events(self) -> Events:
+        events, self._events = self._events, []
+        return events
+
+    def command(self, message: tuple[Any, ...]) -> bool:
+        """Apply one command; False for ``shutdown`` (every job is then cancelled)."""
         kind = message[0]
         if kind == "add":
             _, request_id, prompt, spec = message
             self._admit(request_id, prompt, spec)
         elif kind == "cancel":
-            job = self._active.get(message[1])
-            if job is not None and not job.cancelled:
-                job.cancelled = True
-                job.handle.cancel()  # GenAI frees the sequence at the end of the next step
+            job = self._jobs.get(message[1])
+            if job is not None:
+                self._cancel(job)
         elif kind == "shutdown":
-            for job in self._active.values():
-                job.handle.cancel()
+            for job in self._jobs.values():
+                self._cancel(job)
             return False
         return True
+
+    @staticmethod
+    def _cancel(job: _Job) -> None:
+        if not job.cancelled:
+            job.cancelled = True
+            job.handle.cancel()  # GenAI frees the sequence at the end of the next step
 
     def _admit(self, request_id: int, prompt: str, spec: GenerationSpec) -> None:
         try:
@@ -126,10 +249,16 @@ class _Stepper:
         except Exception as exc:
             self._events.append(("error", request_id, str(exc)))
             return
-        self._active[request_id] = _Job(request_id, handle, IncrementalDetokenizer(self._tokenizer))
+        self._jobs[request_id] = _Job(request_id, handle, IncrementalDetokenizer(self._tokenizer))
 
-    def _collect(self) -> None:
-        for job in list(self._active.values()):
+    def step(self) -> None:
+        """One ``step()`` of every admitted job, then what each produced."""
+        try:
+            self._pipe.step()
+        except Exception as exc:  # the device failed: every request it held fails
+            self._fail_all(exc)
+            return
+        for job in list(self._jobs.values()):
             handle = job.handle
             if not job.cancelled:
                 ids: list[int] = []
@@ -143,10 +272,11 @@ class _Stepper:
                         job.first_ns = time.perf_counter_ns()
                     self._emit(job, job.detokenizer.feed(ids))
             if handle.get_status() != self._running:
-                del self._active[job.id]
+                del self._jobs[job.id]
                 self._end(job)
 
     def _end(self, job: _Job) -> None:
+        """Report a job GenAI has freed (FINISHED, IGNORED or CANCEL after a step)."""
         handle = job.handle
         if handle.get_status() == self._ignored and not job.cancelled:
             self._events.append(("error", job.id, "the KV cache is too small for this request"))
@@ -162,7 +292,38 @@ class _Stepper:
 
     def _fail_all(self, exc: Exception) -> None:
         log.error("continuous batching step failed: %s", exc)
-        failed, self._active = self._active, {}
+        failed, self._jobs = self._jobs, {}
         for job in failed.values():
             job.handle.cancel()
             self._events.append(("error", job.id, str(exc)))
+
+
+def _outcome(job: _Job, handle: Any) -> Outcome:
+    """Measured figures: GenAI's per-request metrics when it has them, ours otherwise."""
+    import openvino_genai
+
+    end = time.perf_counter_ns()
+    prompt_tokens = completion_tokens = None
+    ttft_ns = (job.first_ns or end) - job.start_ns
+    generate_ns = end - job.start_ns
+    metrics = None
+    try:
+        metrics = handle.get_perf_metrics()
+    except Exception:  # not set when the request never reached a step
+        metrics = None
+    if metrics is not None:
+        prompt_tokens = int(metrics.get_num_input_tokens())
+        completion_tokens = int(metrics.get_num_generated_tokens())
+        # Counted from add_request, so a request that waited for a batch slot says so.
+        ttft_ns = int(metrics.get_ttft().mean * 1e6) or ttft_ns
+        generate_ns = int(metrics.get_generate_duration().mean * 1e6) or generate_ns
+    if completion_tokens is None or (job.cancelled and completion_tokens < job.tokens):
+        completion_tokens = job.tokens
+    if job.cancelled:
+        finish = "cancelled"
+    elif job.finish_reason == openvino_genai.GenerationFinishReason.LENGTH:
+        finish = "length"
+    else:
+        finish = "stop"
+    return Outcome("".join(job.text), finish, prompt_tokens, completion_tokens,
+                   ttft_ns, generate_ns)

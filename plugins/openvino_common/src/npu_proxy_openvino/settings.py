@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from npu_proxy.settings import ENV_PREFIX, Settings
+from npu_proxy.settings import PluginSettings, Settings
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class OpenVINOSettings(BaseSettings):
-    """How the CPU and GPU backends run language models.
+class OpenVINOSettings(PluginSettings):
+    """How the OpenVINO backends run models (read once per backend with
+    :func:`~npu_proxy.settings.load_plugin_settings`).
 
     The number of concurrent streams per device is the core's ``NPU_PROXY_MAX_PARALLEL``
     unless the device's own variable (``NPU_PROXY_CPU_MAX_PARALLEL``,
     ``NPU_PROXY_GPU_MAX_PARALLEL``) sets it.
     """
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     continuous_batching: bool = Field(
         True,
@@ -40,6 +38,9 @@ class OpenVINOSettings(BaseSettings):
         description="Run each continuous-batching pipeline in its own worker process, so "
         "GenAI's step() (which holds the GIL) never stalls the server; 0: a stepping "
         "thread in the server process.",
+    )
+    embedding_cache_size: int = Field(
+        1000, ge=0, description="Embeddings kept in the LRU cache (0 disables it)."
     )
 
 

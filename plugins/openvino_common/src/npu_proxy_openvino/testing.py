@@ -11,7 +11,8 @@ with imitations of OpenVINO that behave as OpenVINO does on those devices:
   is running fails as a busy ``LLMPipeline`` does (openvino.genai#2480).
 - :class:`BatchingImitation` is a ``ContinuousBatchingPipeline`` factory for such a
   device: it records the scheduler config and properties and hands out a real CPU
-  continuous-batching pipeline.
+  continuous-batching pipeline. It exists in this process only, so a backend built
+  with it places batching in a thread here (:func:`stepping_here`).
 
 Fixtures (session-scoped so the real model is converted and compiled once per run):
 ``ov_settings``, ``smollm2``, ``minilm``, ``cpu_llm_pipeline`` and
@@ -28,10 +29,12 @@ from typing import Any
 
 import pytest
 from npu_proxy.engine.types import ModelInfo
-from npu_proxy.settings import Settings
+from npu_proxy.settings import Settings, load_plugin_settings
 
-from .batching import EXACT_CPU_NUMERICS, scheduler_config
+from .batching import EXACT_CPU_NUMERICS
+from .batching_worker import scheduler_config
 from .models import EMBEDDING_NAME, LLM_NAME, ModelPreparer, embedded_models
+from .settings import OpenVINOSettings
 
 
 class FakeCore:
@@ -199,6 +202,16 @@ def cpu_batching_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator
     )
     yield pipeline
     del pipeline
+
+
+def stepping_here() -> OpenVINOSettings:
+    """OpenVINO settings from the environment, with continuous batching placed in a
+    thread of this process (``NPU_PROXY_BATCHING_PROCESS=0``).
+
+    What a backend needs whose batching factory exists in this process only: an
+    imitation of an absent device, or :func:`shared_batching_factory`.
+    """
+    return load_plugin_settings(OpenVINOSettings, batching_process=False)
 
 
 def shared_batching_factory(pipeline: Any) -> Any:

@@ -9,52 +9,46 @@ longer prompt itself before it reaches the device.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from npu_proxy.engine.types import ModelInfo
-from npu_proxy.settings import ENV_PREFIX, Settings
-from npu_proxy_openvino import EmbeddingPipelineFactory, OpenVINOBackend, PipelineFactory
+from npu_proxy.settings import PluginSettings, Settings, load_plugin_settings
+from npu_proxy_openvino import OpenVINOBackend
+from npu_proxy_openvino.backend import BackendOptions
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class NpuSettings(BaseSettings):
-    """NPU-only options (``NPU_PROXY_NPU_*``)."""
+class NpuSettings(PluginSettings):
+    """What the NPU is compiled for (``NPU_PROXY_MAX_PROMPT_LEN``,
+    ``NPU_PROXY_MIN_RESPONSE_LEN``, ``NPU_PROXY_NPU_GENERATE_HINT``)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "NPU_", extra="ignore")
-
-    generate_hint: Literal["FAST_COMPILE", "BEST_PERF"] = Field(
+    max_prompt_len: int = Field(
+        4096, ge=64, description="Prompt tokens the NPU is compiled for (MAX_PROMPT_LEN)."
+    )
+    min_response_len: int = Field(
+        128, ge=1, description="Response tokens the NPU is compiled for (MIN_RESPONSE_LEN)."
+    )
+    npu_generate_hint: Literal["FAST_COMPILE", "BEST_PERF"] = Field(
         "BEST_PERF",
         description="GENERATE_HINT: BEST_PERF decodes faster; FAST_COMPILE compiles faster.",
     )
 
 
 class NpuBackend(OpenVINOBackend):
-    """``openvino-npu``: ``max_parallel=1``, ``max_loaded_models=1``, no embeddings."""
+    """``openvino-npu``: one stream, one resident model, no embeddings.
 
+    ``npu_settings`` defaults to :class:`NpuSettings` read from the environment.
+    """
+
+    name = "openvino-npu"
+    device = "NPU"
     embeddings = False
+    max_loaded_models = 1
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        npu_settings: NpuSettings | None = None,
-        pipeline_factory: PipelineFactory | None = None,
-        embedding_factory: EmbeddingPipelineFactory | None = None,
-        core_factory: Callable[[], Any] | None = None,
-    ) -> None:
-        super().__init__(
-            settings,
-            name="openvino-npu",
-            device="NPU",
-            max_parallel=1,
-            max_loaded_models=1,
-            pipeline_factory=pipeline_factory,
-            embedding_factory=embedding_factory,
-            core_factory=core_factory,
-        )
-        self.npu_settings = npu_settings or NpuSettings()
+    def __init__(self, settings: Settings, *, npu_settings: NpuSettings | None = None,
+                 **options: Unpack[BackendOptions]) -> None:
+        super().__init__(settings, **options)
+        self.npu_settings = npu_settings or load_plugin_settings(NpuSettings)
 
     def pipeline_properties(self, model: ModelInfo) -> dict[str, Any]:
         """The compile-time limits, the compile cache and the generate hint.
@@ -62,18 +56,17 @@ class NpuBackend(OpenVINOBackend):
         ``CACHE_DIR`` turns the 80-130 s cold compile into seconds on the next start.
         """
         return {
-            "MAX_PROMPT_LEN": self.settings.max_prompt_len,
-            "MIN_RESPONSE_LEN": self.settings.min_response_len,
+            "MAX_PROMPT_LEN": self.npu_settings.max_prompt_len,
+            "MIN_RESPONSE_LEN": self.npu_settings.min_response_len,
             "CACHE_DIR": str(self.device_cache_dir()),
-            "GENERATE_HINT": self.npu_settings.generate_hint,
+            "GENERATE_HINT": self.npu_settings.npu_generate_hint,
         }
 
     def prompt_limit(self, model: ModelInfo) -> int | None:
         """``MAX_PROMPT_LEN``, capped by the model's own context."""
-        return min(self.settings.max_prompt_len, model.context_length)
+        return min(self.npu_settings.max_prompt_len, model.context_length)
 
     def context_limit(self, model: ModelInfo) -> int:
         """The KV cache the NPU compiles: prompt plus minimum response length."""
-        return min(
-            model.context_length, self.settings.max_prompt_len + self.settings.min_response_len
-        )
+        limits = self.npu_settings
+        return min(model.context_length, limits.max_prompt_len + limits.min_response_len)

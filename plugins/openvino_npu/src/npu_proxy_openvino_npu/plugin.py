@@ -7,15 +7,18 @@ from collections.abc import Callable
 from npu_proxy.checks import DoctorCheck
 from npu_proxy.engine.backend import Backend
 from npu_proxy.hookspecs import hookimpl
-from npu_proxy.settings import Settings
+from npu_proxy.settings import Settings, load_plugin_settings
 
-from .backend import NpuBackend
+from .backend import NpuBackend, NpuSettings
 
 
 @hookimpl
 def npu_proxy_register_backends(register: Callable[[Backend], None], settings: Settings) -> None:
-    """Register the NPU backend (an absent NPU is reported by its probe, not here)."""
-    register(NpuBackend(settings))
+    """Register the NPU backend (an absent NPU is reported by its probe, not here).
+
+    Reads :class:`NpuSettings`: an invalid ``NPU_PROXY_MAX_PROMPT_LEN`` stops startup.
+    """
+    register(NpuBackend(settings, npu_settings=load_plugin_settings(NpuSettings)))
 
 
 @hookimpl
