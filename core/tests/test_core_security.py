@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from core_test_plugins import SimBackend, tiny_plugins
-from npu_proxy.cli import exposure_warning
 from npu_proxy.logs import SafeFormatter, escape_controls
-from npu_proxy.security import HostPolicy, api_key_of, parse_networks
+from npu_proxy.security import HostPolicy, api_key_of, exposure_warning, parse_networks
 from npu_proxy.settings import Settings
 from npu_proxy.testing import LiveServer, assert_routes_need_key, make_app, test_settings
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import logging.config
@@ -181,6 +180,8 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
         _check_plugins(settings.plugins)  # before binding: an unknown name is a typo
     config = log_config(settings.log_level)
     logging.config.dictConfig(config)
+    from .security import exposure_warning
+
     warning = exposure_warning(settings)
     if warning:
         logging.getLogger("npu_proxy").warning(warning)
@@ -200,27 +201,6 @@ def serve(ctx: click.Context, /, **flags: Any) -> None:
         raise click.ClickException(app.error)
     if not server.started:
         sys.exit(3)  # uvicorn could not bind; it has said why
-
-
-def exposure_warning(settings: Settings) -> str | None:
-    """The one warning for a server reachable beyond this machine without an API key."""
-    if settings.api_key is not None or is_loopback(settings.host):
-        return None
-    return (
-        f"listening on {settings.host}:{settings.port} without an API key: anyone who can "
-        "reach this port (allowed clients: " + ", ".join(settings.allowed_clients) + ") "
-        "can run models, read the model list and pull models. Set NPU_PROXY_API_KEY to "
-        "require 'Authorization: Bearer KEY', or bind to 127.0.0.1 with NPU_PROXY_HOST."
-    )
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @main.command()

@@ -411,7 +411,7 @@ def check_network(settings: Settings, probe: ServerProbe) -> list[Check]:
 
 
 def _is_loopback(host: str) -> bool:
-    from .cli import is_loopback
+    from .security import is_loopback
 
     return is_loopback(host)
 
@@ -422,7 +422,7 @@ def _is_loopback(host: str) -> bool:
 def check_api_key(settings: Settings) -> list[Check]:
     """Key set or not; open to the world without one fails, open to a LAN warns."""
     # Imported here: cli.py imports this module to register the command.
-    from .cli import exposure_warning
+    from .security import exposure_warning
 
     make_key = "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
     if settings.api_key is not None:

@@ -226,3 +226,25 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """The one warning for a server reachable beyond this machine without an API key."""
+    if settings.api_key is not None or is_loopback(settings.host):
+        return None
+    return (
+        f"listening on {settings.host}:{settings.port} without an API key: anyone who can "
+        "reach this port (allowed clients: " + ", ".join(settings.allowed_clients) + ") "
+        "can run models, read the model list and pull models. Set NPU_PROXY_API_KEY to "
+        "require 'Authorization: Bearer KEY', or bind to 127.0.0.1 with NPU_PROXY_HOST."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address or ``localhost``) reaches this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
