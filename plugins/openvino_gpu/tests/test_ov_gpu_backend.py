@@ -55,8 +55,10 @@ async def test_compiles_a_batching_pipeline_with_a_cache_dir(
     assert "MAX_PROMPT_LEN" not in properties  # dynamic shapes: no compiled prompt limit
     assert backend.max_parallel == ov_settings.max_parallel
     assert scheduler.max_num_seqs == ov_settings.max_parallel
-    assert scheduler.cache_size == OpenVINOSettings().kv_cache_gb
+    # Unset budget: an eighth of the device's 8 GB (FakeCore's GPU_DEVICE_TOTAL_MEM_SIZE).
+    assert scheduler.cache_size == 1
     assert scheduler.dynamic_split_fuse
+    assert scheduler.enable_prefix_caching
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, ContinuousBatchingGenerator)
     assert loaded._generator.placement == "thread"
@@ -75,6 +77,19 @@ async def test_kv_cache_budget_reaches_the_scheduler(
                          core_factory=lambda: FakeCore(["GPU"]))
     await (await backend.load(model)).unload()
     assert batching.calls[0][2].cache_size == 6
+
+
+async def test_prefix_caching_can_be_switched_off(
+    ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
+    model: ModelInfo,
+) -> None:
+    backend = GpuBackend(ov_settings,
+                         ov_settings=OpenVINOSettings(prefix_caching=False,
+                                                      batching_process=False),
+                         pipeline_factory=imitation, batching_factory=batching,
+                         core_factory=lambda: FakeCore(["GPU"]))
+    await (await backend.load(model)).unload()
+    assert not batching.calls[0][2].enable_prefix_caching
 
 
 async def test_a_model_that_cannot_batch_falls_back_to_one_stream(
