@@ -26,7 +26,11 @@ from npu_proxy.engine.types import (
     TextDelta,
 )
 from npu_proxy.settings import Settings
-from npu_proxy_openvino import ContinuousBatchingGenerator, OpenVINOLanguageModel
+from npu_proxy_openvino import (
+    ContinuousBatchingGenerator,
+    OpenVINOLanguageModel,
+    OpenVINOSettings,
+)
 from npu_proxy_openvino.batching import EXACT_CPU_NUMERICS
 from npu_proxy_openvino.batching_worker import scheduler_config
 from npu_proxy_openvino.models import ModelPreparer
@@ -129,6 +133,24 @@ async def test_two_conversations_across_four_streams_keep_their_own_answers(
         results = await asyncio.gather(*(run(cached, r) for r in requests))
         assert [text for text, _ in results] == expected
     assert len(set(expected)) == 4 and all(text.strip() for text in expected)
+
+
+async def test_the_single_stream_pipeline_takes_the_same_setting(
+    ov_settings: Settings, smollm2: ModelInfo, reference: OpenVINOLanguageModel,
+) -> None:
+    # NPU_PROXY_CONTINUOUS_BATCHING=0: a real LLMPipeline with prefix caching off (GenAI's
+    # own default for it is on) answers as the cache-less batching pipeline does.
+    backend = CpuBackend(ov_settings, ov_settings=OpenVINOSettings(
+        continuous_batching=False, prefix_caching=False))
+    single = await backend.load(smollm2)
+    assert isinstance(single, OpenVINOLanguageModel)
+    request = turn(SYSTEM_B, "Which plant likes shade?")
+    try:
+        text, _ = await run(single, request)
+    finally:
+        await single.unload()
+    expected, _ = await run(reference, request)
+    assert text.strip() and text == expected
 
 
 async def test_unloading_a_model_drops_its_cache(ov_settings: Settings, smollm2: ModelInfo) -> None:

@@ -99,6 +99,9 @@ async def test_a_model_that_cannot_batch_falls_back_to_one_stream(
     batching.fail = True
     loaded = await backend.load(model)
     assert len(batching.calls) == 1 and len(imitation.calls) == 1
+    # GenAI chooses the LLMPipeline's backend: a scheduler config would demand paged
+    # attention, which this model just failed to build with.
+    assert "scheduler_config" not in imitation.calls[0][2]
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, LLMPipelineGenerator)
     assert loaded._slots._value == 1  # the LLMPipeline serves one stream at a time
@@ -115,6 +118,9 @@ async def test_batching_switched_off_serves_one_stream(
     assert backend.max_parallel == 1
     await (await backend.load(model)).unload()
     assert batching.calls == [] and len(imitation.calls) == 1
+    # The single stream keeps prefixes within the same budget as a batched model.
+    scheduler = imitation.calls[0][2]["scheduler_config"]
+    assert scheduler.enable_prefix_caching and scheduler.cache_size == 1
 
 
 async def test_numbered_gpu_counts_as_present(backend: GpuBackend) -> None:

@@ -65,6 +65,7 @@ async def test_compiles_with_the_npu_properties(
     assert Path(properties["CACHE_DIR"]).is_relative_to(ov_settings.model_path)
     assert properties["GENERATE_HINT"] == "BEST_PERF"
     assert properties["NPUW_LLM_ENABLE_PREFIX_CACHING"] == "NO"  # off until measured
+    assert "scheduler_config" not in properties  # no paged attention on the NPU
 
 
 async def test_prefix_caching_reaches_the_npu_pipeline(

@@ -26,7 +26,12 @@ from npu_proxy.settings import Settings, load_plugin_settings
 from . import tokens
 from .batching import BatchingPlacement, ContinuousBatchingGenerator, stepping_thread
 from .batching_process import worker_process
-from .batching_worker import BatchingPipelineFactory, WorkerSpec, openvino_batching_pipeline
+from .batching_worker import (
+    BatchingPipelineFactory,
+    WorkerSpec,
+    openvino_batching_pipeline,
+    single_stream_scheduler_config,
+)
 from .chat import render_prompt
 from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
@@ -209,18 +214,31 @@ class OpenVINOBackend(Backend):
     async def _language_generator(
         self, model: ModelInfo, folder: Path, device: DeviceInfo
     ) -> tuple[TextGenerator, int]:
-        """The generator for a language model and how many streams it serves at once."""
+        """The generator for a language model and how many streams it serves at once.
+
+        On a device that can batch (CPU, GPU) the single-stream ``LLMPipeline`` gets the
+        same KV budget and prefix-caching setting as a batched model, through its
+        ``scheduler_config`` property (GenAI's own default there caches prefixes with a
+        cache grown on demand). A model that cannot be batched gets no scheduler config,
+        so GenAI may choose a backend without paged attention.
+        """
         properties = self.pipeline_properties(model)
+        kv_cache_gb = kv_cache_budget_gb(self.ov_settings, device.memory_bytes)
+        paged = self.continuous_batching
         if self.batching and self.max_parallel > 1:
-            kv_cache_gb = kv_cache_budget_gb(self.ov_settings, device.memory_bytes)
             try:
                 generator = await asyncio.to_thread(self._start_batching, folder, properties,
                                                     kv_cache_gb)
             except Exception as exc:
                 log.warning("continuous batching of %s on %s failed (%s); serving one "
                             "stream at a time", model.name, self.device, exc)
+                paged = False
             else:
                 return generator, self.max_parallel
+        if paged:
+            scheduler = single_stream_scheduler_config(kv_cache_gb,
+                                                       self.ov_settings.prefix_caching)
+            properties = {**properties, "scheduler_config": scheduler}
         try:
             pipeline = await asyncio.to_thread(
                 self._pipeline_factory, str(folder), self.device, properties

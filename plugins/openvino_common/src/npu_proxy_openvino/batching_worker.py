@@ -67,6 +67,18 @@ def scheduler_config(max_parallel: int, kv_cache_gb: int, prefix_caching: bool) 
     return config
 
 
+def single_stream_scheduler_config(kv_cache_gb: int, prefix_caching: bool) -> Any:
+    """The ``scheduler_config`` property of a single-stream ``LLMPipeline`` on CPU/GPU.
+
+    :func:`scheduler_config` for one sequence, with the whole prompt evaluated in one
+    step as in GenAI's own latency-oriented default for ``LLMPipeline`` (no other
+    stream waits behind it).
+    """
+    config = scheduler_config(1, kv_cache_gb, prefix_caching)
+    config.max_num_batched_tokens = 2**64 - 1  # SIZE_MAX: no limit
+    return config
+
+
 def openvino_batching_pipeline(
     path: str, device: str, scheduler: Any, properties: dict[str, Any]
 ) -> Any:
