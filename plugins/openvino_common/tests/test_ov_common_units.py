@@ -15,10 +15,12 @@ from npu_proxy.engine.formats import ModelFormat
 from npu_proxy.engine.types import Capability, ModelInfo, ResponseFormat, SamplingOptions
 from npu_proxy.settings import Settings
 from npu_proxy_openvino import OpenVINOSettings, plugin
+from npu_proxy_openvino.batching_worker import scheduler_config
 from npu_proxy_openvino.chat import ToolCallFilter, parse_tool_calls
 from npu_proxy_openvino.files import DigestCache
 from npu_proxy_openvino.formats import GGUFFormat
 from npu_proxy_openvino.options import apply_options, response_schema, validate_options
+from npu_proxy_openvino.settings import kv_cache_budget_gb
 from npu_proxy_openvino.stops import StopStringFilter
 
 KNOWN = {"get_weather"}
@@ -208,3 +210,23 @@ def test_every_openvino_variable_is_documented_with_its_owners() -> None:
     for name in OpenVINOSettings.model_fields:
         owners = rows[f"`NPU_PROXY_{name.upper()}`"].split("|")[2]
         assert "openvino-cpu" in owners or "openvino-gpu" in owners, name
+
+
+@pytest.mark.parametrize(("memory_gb", "budget"), [(None, 2), (4, 1), (23, 2), (32, 4), (256, 8)])
+def test_unset_kv_cache_budget_is_sized_from_the_device_memory(
+    memory_gb: int | None, budget: int
+) -> None:
+    memory = None if memory_gb is None else memory_gb << 30
+    assert kv_cache_budget_gb(OpenVINOSettings(), memory) == budget
+
+
+@pytest.mark.parametrize("setting", [0, 3])
+def test_a_set_kv_cache_budget_wins(setting: int) -> None:
+    assert kv_cache_budget_gb(OpenVINOSettings(kv_cache_gb=setting), 256 << 30) == setting
+
+
+def test_prefix_caching_is_on_by_default_and_reaches_the_scheduler() -> None:
+    assert OpenVINOSettings().prefix_caching
+    assert scheduler_config(4, 2, True).enable_prefix_caching
+    off = scheduler_config(4, 2, False)
+    assert not off.enable_prefix_caching and off.cache_size == 2 and off.max_num_seqs == 4

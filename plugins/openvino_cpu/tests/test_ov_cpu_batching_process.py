@@ -252,7 +252,7 @@ async def test_the_worker_leaves_sigint_and_sigterm_to_the_server(
 def test_a_worker_that_cannot_load_fails_the_start_and_leaves_nothing(
     tmp_path: Any,
 ) -> None:
-    spec = WorkerSpec(str(tmp_path / "missing"), "CPU", 2, 0, {})
+    spec = WorkerSpec(str(tmp_path / "missing"), "CPU", 2, 0, True, {})
     with pytest.raises(RuntimeError):
         ContinuousBatchingGenerator.start(worker_process(spec), "process")
     assert not multiprocessing.active_children()

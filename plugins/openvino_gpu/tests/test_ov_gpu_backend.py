@@ -55,8 +55,10 @@ async def test_compiles_a_batching_pipeline_with_a_cache_dir(
     assert "MAX_PROMPT_LEN" not in properties  # dynamic shapes: no compiled prompt limit
     assert backend.max_parallel == ov_settings.max_parallel
     assert scheduler.max_num_seqs == ov_settings.max_parallel
-    assert scheduler.cache_size == OpenVINOSettings().kv_cache_gb
+    # Unset budget: an eighth of the device's 8 GB (FakeCore's GPU_DEVICE_TOTAL_MEM_SIZE).
+    assert scheduler.cache_size == 1
     assert scheduler.dynamic_split_fuse
+    assert scheduler.enable_prefix_caching
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, ContinuousBatchingGenerator)
     assert loaded._generator.placement == "thread"
@@ -77,6 +79,19 @@ async def test_kv_cache_budget_reaches_the_scheduler(
     assert batching.calls[0][2].cache_size == 6
 
 
+async def test_prefix_caching_can_be_switched_off(
+    ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
+    model: ModelInfo,
+) -> None:
+    backend = GpuBackend(ov_settings,
+                         ov_settings=OpenVINOSettings(prefix_caching=False,
+                                                      batching_process=False),
+                         pipeline_factory=imitation, batching_factory=batching,
+                         core_factory=lambda: FakeCore(["GPU"]))
+    await (await backend.load(model)).unload()
+    assert not batching.calls[0][2].enable_prefix_caching
+
+
 async def test_a_model_that_cannot_batch_falls_back_to_one_stream(
     backend: GpuBackend, model: ModelInfo, imitation: DeviceImitation,
     batching: BatchingImitation,
@@ -84,6 +99,9 @@ async def test_a_model_that_cannot_batch_falls_back_to_one_stream(
     batching.fail = True
     loaded = await backend.load(model)
     assert len(batching.calls) == 1 and len(imitation.calls) == 1
+    # GenAI chooses the LLMPipeline's backend: a scheduler config would demand paged
+    # attention, which this model just failed to build with.
+    assert "scheduler_config" not in imitation.calls[0][2]
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, LLMPipelineGenerator)
     assert loaded._slots._value == 1  # the LLMPipeline serves one stream at a time
@@ -100,6 +118,9 @@ async def test_batching_switched_off_serves_one_stream(
     assert backend.max_parallel == 1
     await (await backend.load(model)).unload()
     assert batching.calls == [] and len(imitation.calls) == 1
+    # The single stream keeps prefixes within the same budget as a batched model.
+    scheduler = imitation.calls[0][2]["scheduler_config"]
+    assert scheduler.enable_prefix_caching and scheduler.cache_size == 1
 
 
 async def test_numbered_gpu_counts_as_present(backend: GpuBackend) -> None:

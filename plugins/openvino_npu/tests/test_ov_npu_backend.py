@@ -64,6 +64,21 @@ async def test_compiles_with_the_npu_properties(
     assert properties["MIN_RESPONSE_LEN"] == 32
     assert Path(properties["CACHE_DIR"]).is_relative_to(ov_settings.model_path)
     assert properties["GENERATE_HINT"] == "BEST_PERF"
+    assert properties["NPUW_LLM_ENABLE_PREFIX_CACHING"] == "NO"  # off until measured
+    assert "scheduler_config" not in properties  # no paged attention on the NPU
+
+
+async def test_prefix_caching_reaches_the_npu_pipeline(
+    ov_settings: Settings, imitation: DeviceImitation, model: ModelInfo
+) -> None:
+    backend = NpuBackend(ov_settings, npu_settings=NpuSettings(npu_prefix_caching=True),
+                         pipeline_factory=imitation, core_factory=lambda: FakeCore(["NPU"]))
+    loaded = await backend.load(model)
+    assert imitation.calls[0][2]["NPUW_LLM_ENABLE_PREFIX_CACHING"] == "YES"
+    # The NPU still serves one stream on its LLMPipeline: the property changes nothing else.
+    events = [event async for event in loaded.generate(chat("Say hi.", max_tokens=4))]
+    assert isinstance(events[-1], Done) and events[-1].usage.completion_tokens > 0
+    await loaded.unload()
 
 
 async def test_generate_hint_is_configurable(

@@ -27,6 +27,7 @@ def test_defaults_and_descriptions() -> None:
     limits = load_plugin_settings(NpuSettings)
     assert (limits.max_prompt_len, limits.min_response_len) == (4096, 128)
     assert limits.npu_generate_hint == "BEST_PERF"
+    assert limits.npu_prefix_caching is False
     fields = NpuSettings.model_fields
     assert fields["max_prompt_len"].description == (
         "Prompt tokens the NPU is compiled for (MAX_PROMPT_LEN).")
@@ -41,8 +42,10 @@ def test_the_environment_reaches_the_compile_properties(
     monkeypatch.setenv("NPU_PROXY_MAX_PROMPT_LEN", "1024")
     monkeypatch.setenv("NPU_PROXY_MIN_RESPONSE_LEN", "256")
     monkeypatch.setenv("NPU_PROXY_NPU_GENERATE_HINT", "FAST_COMPILE")
+    monkeypatch.setenv("NPU_PROXY_NPU_PREFIX_CACHING", "1")
     backend = NpuBackend(ov_settings)
     properties = backend.pipeline_properties(smollm2)
+    assert properties["NPUW_LLM_ENABLE_PREFIX_CACHING"] == "YES"
     assert (properties["MAX_PROMPT_LEN"], properties["MIN_RESPONSE_LEN"]) == (1024, 256)
     assert properties["GENERATE_HINT"] == "FAST_COMPILE"
     assert backend.prompt_limit(smollm2) == 1024
@@ -52,7 +55,8 @@ def test_the_environment_reaches_the_compile_properties(
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("NPU_PROXY_MAX_PROMPT_LEN", "63"), ("NPU_PROXY_MAX_PROMPT_LEN", "long"),
-     ("NPU_PROXY_MIN_RESPONSE_LEN", "0"), ("NPU_PROXY_NPU_GENERATE_HINT", "FASTEST")],
+     ("NPU_PROXY_MIN_RESPONSE_LEN", "0"), ("NPU_PROXY_NPU_GENERATE_HINT", "FASTEST"),
+     ("NPU_PROXY_NPU_PREFIX_CACHING", "sometimes")],
 )
 def test_an_invalid_value_names_its_variable(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str

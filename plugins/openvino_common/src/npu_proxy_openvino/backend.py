@@ -26,7 +26,12 @@ from npu_proxy.settings import Settings, load_plugin_settings
 from . import tokens
 from .batching import BatchingPlacement, ContinuousBatchingGenerator, stepping_thread
 from .batching_process import worker_process
-from .batching_worker import BatchingPipelineFactory, WorkerSpec, openvino_batching_pipeline
+from .batching_worker import (
+    BatchingPipelineFactory,
+    WorkerSpec,
+    openvino_batching_pipeline,
+    single_stream_scheduler_config,
+)
 from .chat import render_prompt
 from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
@@ -34,7 +39,7 @@ from .files import cache_root
 from .language import Limits, OpenVINOLanguageModel
 from .models import ModelPreparer, embedding_details
 from .runner import LLMPipelineGenerator, TextGenerator
-from .settings import OpenVINOSettings, device_parallel
+from .settings import OpenVINOSettings, device_parallel, kv_cache_budget_gb
 from .tokens import TokenizerCache
 
 log = logging.getLogger(__name__)
@@ -200,25 +205,40 @@ class OpenVINOBackend(Backend):
         tokenizer = await self._tokenizer(model)
         if model.can(Capability.EMBEDDING):
             return await self._load_embedding(model, folder, tokenizer)
-        generator, parallel = await self._language_generator(model, folder)
+        generator, parallel = await self._language_generator(model, folder, device)
         limits = Limits(prompt=self.prompt_limit(model), context=self.context_limit(model))
         return OpenVINOLanguageModel(
             model, self.device, generator, tokenizer, limits, max_parallel=parallel,
         )
 
     async def _language_generator(
-        self, model: ModelInfo, folder: Path
+        self, model: ModelInfo, folder: Path, device: DeviceInfo
     ) -> tuple[TextGenerator, int]:
-        """The generator for a language model and how many streams it serves at once."""
+        """The generator for a language model and how many streams it serves at once.
+
+        On a device that can batch (CPU, GPU) the single-stream ``LLMPipeline`` gets the
+        same KV budget and prefix-caching setting as a batched model, through its
+        ``scheduler_config`` property (GenAI's own default there caches prefixes with a
+        cache grown on demand). A model that cannot be batched gets no scheduler config,
+        so GenAI may choose a backend without paged attention.
+        """
         properties = self.pipeline_properties(model)
+        kv_cache_gb = kv_cache_budget_gb(self.ov_settings, device.memory_bytes)
+        paged = self.continuous_batching
         if self.batching and self.max_parallel > 1:
             try:
-                generator = await asyncio.to_thread(self._start_batching, folder, properties)
+                generator = await asyncio.to_thread(self._start_batching, folder, properties,
+                                                    kv_cache_gb)
             except Exception as exc:
                 log.warning("continuous batching of %s on %s failed (%s); serving one "
                             "stream at a time", model.name, self.device, exc)
+                paged = False
             else:
                 return generator, self.max_parallel
+        if paged:
+            scheduler = single_stream_scheduler_config(kv_cache_gb,
+                                                       self.ov_settings.prefix_caching)
+            properties = {**properties, "scheduler_config": scheduler}
         try:
             pipeline = await asyncio.to_thread(
                 self._pipeline_factory, str(folder), self.device, properties
@@ -228,15 +248,20 @@ class OpenVINOBackend(Backend):
             raise ModelLoadError(f"{model.name} could not be loaded on {self.device}") from exc
         return LLMPipelineGenerator(pipeline), 1
 
-    def _start_batching(self, folder: Path, properties: dict[str, Any]) -> TextGenerator:
+    def _start_batching(self, folder: Path, properties: dict[str, Any],
+                        kv_cache_gb: int) -> TextGenerator:
         """Build the batching pipeline where :attr:`batching_placement` says (blocking).
+
+        Its KV cache is ``kv_cache_gb`` and keeps prompt prefixes unless
+        ``NPU_PROXY_PREFIX_CACHING=0``; the cache lives and dies with the pipeline, so
+        unloading the model drops it.
 
         ``"process"`` calls the batching factory inside the worker process, so it must
         be a module-level function (the real one is); an imitation or a pipeline shared
         by tests exists in this process only and needs ``"thread"``.
         """
-        spec = WorkerSpec(str(folder), self.device, self.max_parallel,
-                          self.ov_settings.kv_cache_gb, properties, self._batching_factory)
+        spec = WorkerSpec(str(folder), self.device, self.max_parallel, kv_cache_gb,
+                          self.ov_settings.prefix_caching, properties, self._batching_factory)
         name = f"npu-proxy-{self.device.lower()}-batching"
         launch = (worker_process(spec, name) if self.batching_placement == "process"
                   else stepping_thread(spec.build(), name))

@@ -191,14 +191,15 @@ SHARED_BATCH = 8
 def cpu_batching_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[Any]:
     """One real ``ContinuousBatchingPipeline`` of SmolLM2 on CPU, compiled once for the run.
 
-    Up to :data:`SHARED_BATCH` sequences, KV cache grown on demand. Generators built on
-    it must not step it at the same time (tests run one after another).
+    Up to :data:`SHARED_BATCH` sequences, KV cache grown on demand, prefix caching on
+    (as the backends build it by default). Generators built on it must not step it at
+    the same time (tests run one after another).
     """
     import openvino_genai
 
     folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
     pipeline = openvino_genai.ContinuousBatchingPipeline(
-        str(folder), scheduler_config(SHARED_BATCH, 0), "CPU", EXACT_CPU_NUMERICS
+        str(folder), scheduler_config(SHARED_BATCH, 0, True), "CPU", EXACT_CPU_NUMERICS
     )
     yield pipeline
     del pipeline

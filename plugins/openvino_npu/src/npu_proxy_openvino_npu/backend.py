@@ -20,7 +20,8 @@ from pydantic import Field
 
 class NpuSettings(PluginSettings):
     """What the NPU is compiled for (``NPU_PROXY_MAX_PROMPT_LEN``,
-    ``NPU_PROXY_MIN_RESPONSE_LEN``, ``NPU_PROXY_NPU_GENERATE_HINT``)."""
+    ``NPU_PROXY_MIN_RESPONSE_LEN``, ``NPU_PROXY_NPU_GENERATE_HINT``,
+    ``NPU_PROXY_NPU_PREFIX_CACHING``)."""
 
     max_prompt_len: int = Field(
         4096, ge=64, description="Prompt tokens the NPU is compiled for (MAX_PROMPT_LEN)."
@@ -31,6 +32,12 @@ class NpuSettings(PluginSettings):
     npu_generate_hint: Literal["FAST_COMPILE", "BEST_PERF"] = Field(
         "BEST_PERF",
         description="GENERATE_HINT: BEST_PERF decodes faster; FAST_COMPILE compiles faster.",
+    )
+    npu_prefix_caching: bool = Field(
+        False,
+        description="NPUW_LLM_ENABLE_PREFIX_CACHING: the NPU pipeline keeps the KV blocks of "
+        "earlier prompts and reuses them for a prompt that starts the same way. Off, as in "
+        "OpenVINO, until bench/agent_loop.py shows a gain on an NPU (docs/performance.md).",
     )
 
 
@@ -51,15 +58,19 @@ class NpuBackend(OpenVINOBackend):
         self.npu_settings = npu_settings or load_plugin_settings(NpuSettings)
 
     def pipeline_properties(self, model: ModelInfo) -> dict[str, Any]:
-        """The compile-time limits, the compile cache and the generate hint.
+        """The compile-time limits, the compile cache, the generate hint and prefix caching.
 
         ``CACHE_DIR`` turns the 80-130 s cold compile into seconds on the next start.
+        Prefix caching is always stated (``YES``/``NO``), so the setting's default is
+        what runs whatever OpenVINO's own default becomes.
         """
         return {
             "MAX_PROMPT_LEN": self.npu_settings.max_prompt_len,
             "MIN_RESPONSE_LEN": self.npu_settings.min_response_len,
             "CACHE_DIR": str(self.device_cache_dir()),
             "GENERATE_HINT": self.npu_settings.npu_generate_hint,
+            "NPUW_LLM_ENABLE_PREFIX_CACHING": "YES" if self.npu_settings.npu_prefix_caching
+            else "NO",
         }
 
     def prompt_limit(self, model: ModelInfo) -> int | None:
