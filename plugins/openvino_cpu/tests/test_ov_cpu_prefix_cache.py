@@ -155,7 +155,7 @@ async def test_the_single_stream_pipeline_takes_the_same_setting(
 
 async def test_unloading_a_model_drops_its_cache(ov_settings: Settings, smollm2: ModelInfo) -> None:
     # The cache lives in the worker process's pipeline: a gone process is a gone cache.
-    backend = CpuBackend(ov_settings)
+    backend = CpuBackend(ov_settings, ov_settings=OpenVINOSettings(prefix_caching=True))
     assert backend.ov_settings.prefix_caching and backend.batching_placement == "process"
     request = turn(SYSTEM_A, "Which class goes by road?")
     loaded = await backend.load(smollm2)

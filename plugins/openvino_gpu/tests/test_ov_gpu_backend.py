@@ -58,7 +58,7 @@ async def test_compiles_a_batching_pipeline_with_a_cache_dir(
     # Unset budget: an eighth of the device's 8 GB (FakeCore's GPU_DEVICE_TOTAL_MEM_SIZE).
     assert scheduler.cache_size == 1
     assert scheduler.dynamic_split_fuse
-    assert scheduler.enable_prefix_caching
+    assert not scheduler.enable_prefix_caching  # on only with NPU_PROXY_PREFIX_CACHING=1
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, ContinuousBatchingGenerator)
     assert loaded._generator.placement == "thread"
@@ -79,17 +79,17 @@ async def test_kv_cache_budget_reaches_the_scheduler(
     assert batching.calls[0][2].cache_size == 6
 
 
-async def test_prefix_caching_can_be_switched_off(
+async def test_prefix_caching_can_be_switched_on(
     ov_settings: Settings, imitation: DeviceImitation, batching: BatchingImitation,
     model: ModelInfo,
 ) -> None:
     backend = GpuBackend(ov_settings,
-                         ov_settings=OpenVINOSettings(prefix_caching=False,
+                         ov_settings=OpenVINOSettings(prefix_caching=True,
                                                       batching_process=False),
                          pipeline_factory=imitation, batching_factory=batching,
                          core_factory=lambda: FakeCore(["GPU"]))
     await (await backend.load(model)).unload()
-    assert not batching.calls[0][2].enable_prefix_caching
+    assert batching.calls[0][2].enable_prefix_caching
 
 
 async def test_a_model_that_cannot_batch_falls_back_to_one_stream(
@@ -120,7 +120,7 @@ async def test_batching_switched_off_serves_one_stream(
     assert batching.calls == [] and len(imitation.calls) == 1
     # The single stream keeps prefixes within the same budget as a batched model.
     scheduler = imitation.calls[0][2]["scheduler_config"]
-    assert scheduler.enable_prefix_caching and scheduler.cache_size == 1
+    assert not scheduler.enable_prefix_caching and scheduler.cache_size == 1
 
 
 async def test_numbered_gpu_counts_as_present(backend: GpuBackend) -> None:

@@ -37,10 +37,11 @@ class OpenVINOSettings(PluginSettings):
         "requests need (never shrinks, keeps little beyond it).",
     )
     prefix_caching: bool = Field(
-        True,
-        description="Keep the KV cache of finished requests' prompts on CPU/GPU, so a "
+        False,
+        description="1: keep the KV cache of finished requests' prompts on CPU/GPU, so a "
         "request that starts with a cached prefix (an agent's next turn) evaluates only "
-        "its new tokens; 0: every prompt is evaluated in full.",
+        "its new tokens. Off by default for now: greedy answers are the same with it, but "
+        "a seeded sample at temperature > 0 can differ with what the cache holds.",
     )
     batching_process: bool = Field(
         True,
