@@ -13,6 +13,7 @@ and an embedding model pools as :func:`read_pooling` says.
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -330,13 +331,13 @@ class _MarkedFolderFormat(ModelFormat):
 
     marker: str
 
+    @abc.abstractmethod
     def wanted(self, path: str) -> bool:
         """Whether a repository's file ``path`` is part of the model."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def describe_folder(self, folder: Path, name: str) -> ModelInfo:
         """``ModelInfo`` of a folder holding :attr:`marker`."""
-        raise NotImplementedError
 
     def select(
         self, request: HubRequest, listing: Sequence[RemoteFile], peek: Peek
