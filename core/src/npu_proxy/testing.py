@@ -308,6 +308,7 @@ def routing_context(
             max_parallel=spec.get("max_parallel", 1),
             prompt_limit=spec.get("prompt_limit"),
             model_loaded=spec.get("model_loaded", False),
+            prefix_tokens=spec.get("prefix_tokens", 0),
         )
     return RoutingContext(
         model=model,

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from npu_proxy.api import ApiDialect
 from npu_proxy.engine.backend import Backend, LoadedModel
 from npu_proxy.engine.errors import EngineError, ModelLoadError, PromptTooLongError
+from npu_proxy.engine.prefix import PREFIX_BLOCK, fingerprint
 from npu_proxy.engine.types import (
     Capability,
     DeviceInfo,
@@ -40,6 +41,7 @@ from npu_proxy.engine.types import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
+    PreparedPrompt,
     TextDelta,
     Usage,
 )
@@ -88,20 +90,36 @@ class Counters:
     loads: int = 0
     unloads: int = 0
     embeddings: int = 0
+    #: prompts rendered and tokenized (``prepare`` calls)
+    tokenizations: int = 0
     prompts: list[str] = field(default_factory=list)
 
 
 class SimLoadedModel(LoadedModel):
+    """A simulated model with a prefix cache: the blocks of every prompt it has read
+    (as GenAI's, it never serves a whole prompt from cache: the last token is read)."""
+
     def __init__(self, backend: SimBackend, info: ModelInfo) -> None:
         self.backend = backend
         self.info = info
         self.device = backend.device
         self.size = info.size
+        self.cached_blocks: set[int] = set()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         backend, counters = self.backend, self.backend.counters
-        prompt = render(request)
-        prompt_tokens = count_tokens(prompt)
+        prepared = request.prepared
+        if prepared is None or prepared.owner != backend.name:
+            prepared = await backend.prepare(self.info, request)
+        prompt = prepared.form
+        prompt_tokens = prepared.token_count
+        hits = 0
+        for block in prepared.prefix:
+            if block not in self.cached_blocks:
+                break
+            hits += 1
+        cached = min(hits * PREFIX_BLOCK, max(prompt_tokens - 1, 0))
+        self.cached_blocks.update(prepared.prefix)
         if backend.max_prompt_len is not None and prompt_tokens > backend.max_prompt_len:
             raise PromptTooLongError(prompt_tokens, backend.max_prompt_len, f"the {self.device}")
         limit = request.options.max_tokens
@@ -124,7 +142,8 @@ class SimLoadedModel(LoadedModel):
             first = first or end
             finished = True
             yield Done(reason, Usage(prompt_tokens=prompt_tokens, completion_tokens=len(words),
-                                     prefill_duration=first - began, decode_duration=end - first))
+                                     cached_tokens=cached, prefill_duration=first - began,
+                                     decode_duration=end - first))
         finally:
             counters.active -= 1
             if finished:
@@ -198,7 +217,15 @@ class SimBackend(Backend):
         return self.max_prompt_len
 
     async def count_tokens(self, model: ModelInfo, request: GenerationRequest) -> int:
-        return count_tokens(render(request))
+        return (await self.prepare(model, request)).token_count
+
+    async def prepare(self, model: ModelInfo, request: GenerationRequest) -> PreparedPrompt:
+        """Render and "tokenize" (one token a word), counted in ``counters.tokenizations``."""
+        self.counters.tokenizations += 1
+        prompt = render(request)
+        words = prompt.split()
+        return PreparedPrompt(len(words), prefix=fingerprint(words), owner=self.name,
+                              form=prompt)
 
     async def load(self, model: ModelInfo) -> LoadedModel:
         if not self.present:

@@ -21,6 +21,7 @@ from .types import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
+    PreparedPrompt,
 )
 
 
@@ -41,6 +42,9 @@ class LoadedModel(abc.ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream the generation's events, ending with exactly one :class:`Done`.
 
+        ``request.prepared`` is the prompt the engine prepared with this model's backend
+        (:meth:`Backend.prepare`): use its ``form`` rather than rendering and tokenizing
+        again; when it is None or of another ``owner`` (a direct call), prepare it here.
         Raises :class:`~npu_proxy.engine.errors.PromptTooLongError` before touching the
         device when the prompt exceeds what the device was compiled for. When the
         consumer stops iterating (``aclose()`` or task cancellation), generation must
@@ -104,6 +108,19 @@ class Backend(abc.ABC):
 
         Uses the model's own tokenizer and does not need the model to be loaded.
         """
+
+    async def prepare(self, model: ModelInfo, request: GenerationRequest) -> PreparedPrompt:
+        """The prompt of ``request`` as ``model`` reads it, rendered and tokenized once.
+
+        The engine calls it once per request (more only to fit a long conversation into
+        the context) and passes the result to the generation in ``request.prepared``;
+        the count, the context check and routing use the same result. The default
+        counts with :meth:`count_tokens` and keeps no form; a backend that tokenizes
+        should return its token ids as ``form`` and their
+        :func:`~npu_proxy.engine.prefix.fingerprint` as ``prefix``, with an ``owner``
+        naming what can read that form.
+        """
+        return PreparedPrompt(await self.count_tokens(model, request), owner=self.name)
 
     async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
         """Tokens of each plain text (no template), with the model's tokenizer."""

@@ -40,6 +40,7 @@ from .events import (
 )
 from .history import fit_history
 from .lifecycle import ModelLifecycle, Residency, ResidencyState
+from .prefix import PrefixDirectory
 from .routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
 from .scheduler import DeviceQueue, Ticket
 from .store import ModelStore
@@ -54,6 +55,7 @@ from .types import (
     GenerationRequest,
     Message,
     ModelInfo,
+    PreparedPrompt,
     TextDelta,
     ToolCallDelta,
 )
@@ -208,6 +210,8 @@ class Generation:
             if self.done is None:
                 engine.bus.emit(GenerationFailed(model, device, "cancelled"))
             else:
+                if self.request.prepared is not None:
+                    engine.prefixes.record(model, self.request.prepared.prefix, device)
                 usage = self.done.usage
                 decode = usage.decode_duration / 1e9
                 engine.bus.emit(
@@ -217,6 +221,7 @@ class Generation:
                         finish_reason=self.done.finish_reason.value,
                         prompt_tokens=usage.prompt_tokens,
                         completion_tokens=usage.completion_tokens,
+                        cached_tokens=usage.cached_tokens,
                         duration=(usage.prefill_duration + usage.decode_duration) / 1e9,
                         tokens_per_second=(
                             usage.completion_tokens / decode if decode > 0 else 0.0
@@ -259,7 +264,10 @@ class Engine:
             b.device: DeviceQueue(b.device, b.max_parallel, settings.max_queue, self._queued)
             for b in backends
         }
-        self.lifecycle = ModelLifecycle(self.backends, self.bus, settings.keep_alive)
+        #: which devices have read which prompt prefixes (for prefix affinity)
+        self.prefixes = PrefixDirectory()
+        self.lifecycle = ModelLifecycle(self.backends, self.bus, settings.keep_alive,
+                                        on_unload=self.prefixes.forget)
         self._probed = asyncio.Event()
         self._probe_task: asyncio.Task[dict[str, DeviceInfo]] | None = None
         #: the last failure on each device (timeouts, backend errors), for /health
@@ -306,9 +314,10 @@ class Engine:
 
     # --- routing ------------------------------------------------------------------------
 
-    def _states(self, model: ModelInfo) -> dict[str, DeviceState]:
+    def _states(self, model: ModelInfo, prefix: tuple[int, ...] = ()) -> dict[str, DeviceState]:
         states = {}
         loaded = {r.device for r in self.lifecycle.find(model.name) if r.is_loaded}
+        held = self.prefixes.holders(model.name, prefix) if prefix else {}
         for device, backend in self.backends.items():
             info = self.devices.get(device)
             queue = self.queues[device]
@@ -322,6 +331,7 @@ class Engine:
                 max_parallel=queue.slots,
                 prompt_limit=backend.prompt_limit(model),
                 model_loaded=device in loaded,
+                prefix_tokens=held.get(device, 0) if device in loaded else 0,
             )
         return states
 
@@ -339,7 +349,7 @@ class Engine:
         await self._probed.wait()
         model = self.resolve(request.model, Capability.COMPLETION)
         backend = self._counting_backend(model, self.settings.device)
-        return await backend.count_tokens(model, request)
+        return (await backend.prepare(model, request)).token_count
 
     def resolve(self, name: str, capability: Capability) -> ModelInfo:
         """The model called ``name``, which must have ``capability``."""
@@ -353,7 +363,7 @@ class Engine:
         return model
 
     async def _admit(
-        self, model: ModelInfo, token_count: int, preferred: str
+        self, model: ModelInfo, token_count: int, preferred: str, prefix: tuple[int, ...] = ()
     ) -> tuple[Route, Ticket, LoadedModel, int]:
         """Route, queue and load, falling back past full queues and failed loads."""
         await self._probed.wait()
@@ -364,8 +374,9 @@ class Engine:
                 token_count=token_count,
                 preferred_device=preferred,
                 fallback_device=self.settings.fallback_device,
-                devices=self._states(model),
+                devices=self._states(model, prefix),
                 excluded=dict(excluded),
+                prefix=prefix,
             )
             decision = self.policy.choose(ctx)
             if decision.device is None or decision.device not in self.backends:
@@ -437,9 +448,13 @@ class Engine:
             )
         await self._probed.wait()
         backend = self._counting_backend(model, self.settings.device)
-        tokens = await backend.count_tokens(model, request)
+        # The prompt is rendered and tokenized here, once: the context check, routing
+        # and the backend's generation all use this one result.
+        prepared = await backend.prepare(model, replace(request, prepared=None))
         if request.truncate and request.messages and model.context_length > 0:
-            request, tokens = await self._fit_context(backend, model, request, tokens)
+            request, prepared = await self._fit_context(backend, model, request, prepared)
+        request = replace(request, prepared=prepared)
+        tokens = prepared.token_count
         context = min(model.context_length, request.options.num_ctx or model.context_length)
         if tokens >= context > 0:
             where = f"the context of {model.name}" + (
@@ -453,29 +468,32 @@ class Engine:
             # (minutes); bound it, as Ollama's default context bounds it.
             bounded = replace(options, max_tokens=self.settings.max_tokens)
             request = replace(request, options=bounded)
-        route, ticket, loaded, load_ns = await self._admit(model, tokens, self.settings.device)
+        route, ticket, loaded, load_ns = await self._admit(model, tokens, self.settings.device,
+                                                           prepared.prefix)
         return Generation(self, request, model, route, ticket, loaded, load_ns, started)
 
     async def _fit_context(
-        self, backend: Backend, model: ModelInfo, request: GenerationRequest, tokens: int
-    ) -> tuple[GenerationRequest, int]:
+        self, backend: Backend, model: ModelInfo, request: GenerationRequest,
+        prepared: PreparedPrompt,
+    ) -> tuple[GenerationRequest, PreparedPrompt]:
         """``request`` with its oldest messages dropped so that the prompt fits the
         context (``num_ctx`` when smaller) and leaves room to answer: ``max_tokens``, or
         a quarter of the context, at most half of it. A conversation that cannot leave
         that room but fits at all keeps as much as fits; one that does not fit even as
-        its system prompt and last message is left as it is (and refused)."""
+        its system prompt and last message is left as it is (and refused). Returns the
+        request and its prepared prompt."""
         limit = min(model.context_length, request.options.num_ctx or model.context_length)
         reserve = min(request.options.max_tokens or limit // 4, limit // 2)
-        if tokens + reserve <= limit:
-            return request, tokens
+        if prepared.token_count + reserve <= limit:
+            return request, prepared
         assert request.messages is not None
-        counts: dict[tuple[Message, ...], int] = {request.messages: tokens}
+        prepared_for: dict[tuple[Message, ...], PreparedPrompt] = {request.messages: prepared}
 
         async def count(messages: tuple[Message, ...]) -> int:
-            if messages not in counts:
-                counts[messages] = await backend.count_tokens(
-                    model, replace(request, messages=messages))
-            return counts[messages]
+            if messages not in prepared_for:
+                prepared_for[messages] = await backend.prepare(
+                    model, replace(request, messages=messages, prepared=None))
+            return prepared_for[messages].token_count
 
         async def with_room(messages: tuple[Message, ...]) -> bool:
             return await count(messages) + reserve <= limit
@@ -486,10 +504,10 @@ class Engine:
         fitted = await fit_history(request.messages, with_room) or await fit_history(
             request.messages, at_all)
         if fitted is None or fitted == request.messages:
-            return request, tokens
+            return request, prepared
         log.info("dropped the %d oldest messages of a conversation to fit %s's context "
                  "of %d tokens", len(request.messages) - len(fitted), model.name, limit)
-        return replace(request, messages=fitted), counts[fitted]
+        return replace(request, messages=fitted), prepared_for[fitted]
 
     def embedding_model(self, name: str | None = None) -> ModelInfo:
         """The embedding model called ``name``; ``None``: the server's default

@@ -50,6 +50,8 @@ class GenerationFinished:
     duration: float  # on the device, prefill plus decode
     tokens_per_second: float
     inter_token_latencies: tuple[float, ...]
+    #: prompt tokens read from the device's prefix cache (part of ``prompt_tokens``)
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

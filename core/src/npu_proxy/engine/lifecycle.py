@@ -12,7 +12,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,9 +67,17 @@ class Residency:
 class ModelLifecycle:
     """Owns every :class:`Residency`; the engine's only way to get a loaded model."""
 
-    def __init__(self, backends: dict[str, Backend], bus: EventBus, keep_alive: float) -> None:
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        bus: EventBus,
+        keep_alive: float,
+        on_unload: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._backends = backends
         self._bus = bus
+        #: called with (model, device) once a model has left a device
+        self._on_unload = on_unload
         self._default_keep_alive = keep_alive
         self._residents: dict[tuple[str, str], Residency] = {}
         self._changed = asyncio.Condition()
@@ -235,6 +243,8 @@ class ModelLifecycle:
                 await res.loaded.unload()
             except Exception:
                 log.exception("unloading %s on %s failed", res.info.name, res.device)
+        if self._on_unload is not None:
+            self._on_unload(res.info.name, res.device)
         self._bus.emit(ModelUnloaded(res.info.name, res.device, reason))
         log.info("unloaded %s from %s (%s)", res.info.name, res.device, reason)
         async with self._changed:

@@ -40,6 +40,7 @@ class RouteReason(enum.StrEnum):
     LOAD_FAILED = "load_failed"
     UNSUPPORTED = "model_unsupported_on_device"
     ONLY_DEVICE = "only_available_device"
+    PREFIX_AFFINITY = "prefix_affinity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,9 @@ class DeviceState:
     #: prompt tokens the device accepts for this model (None: up to the context)
     prompt_limit: int | None = None
     model_loaded: bool = False
+    #: leading tokens of this prompt the device has read for this model and may still
+    #: hold in its prefix cache (whole blocks; 0: none, or the device keeps no cache)
+    prefix_tokens: int = 0
 
     @property
     def queue_full(self) -> bool:
@@ -64,7 +68,12 @@ class DeviceState:
 
 @dataclass(frozen=True, slots=True)
 class RoutingContext:
-    """Everything a policy may use. ``excluded`` maps devices already ruled out to why."""
+    """Everything a policy may use. ``excluded`` maps devices already ruled out to why.
+
+    ``prefix`` fingerprints the prompt's leading blocks
+    (:func:`~npu_proxy.engine.prefix.fingerprint`; empty when the backend cannot tell);
+    each device's :attr:`DeviceState.prefix_tokens` says how much of it that device read.
+    """
 
     model: ModelInfo
     token_count: int
@@ -72,6 +81,13 @@ class RoutingContext:
     fallback_device: str | None
     devices: Mapping[str, DeviceState]
     excluded: Mapping[str, RouteReason] = field(default_factory=dict)
+    prefix: tuple[int, ...] = ()
+
+    def prefix_holder(self) -> str | None:
+        """The device that has read the most of this prompt's prefix (None: no device;
+        on a tie, the first in name order)."""
+        held = [(-s.prefix_tokens, d) for d, s in self.devices.items() if s.prefix_tokens > 0]
+        return min(held)[1] if held else None
 
     def usable(self, device: str) -> bool:
         """Present, able to load the model, not excluded, and the prompt fits."""
@@ -141,12 +157,17 @@ class TokenThresholdSettings(PluginSettings):
 
 
 class TokenThresholdPolicy(RoutingPolicy):
-    """Short prompts go to the preferred device, long ones (and refusals) to the fallback.
+    """Short prompts go to the preferred device, long ones (and refusals) to the fallback;
+    a conversation stays where its prefix is cached.
 
-    Up to ``settings.token_limit`` prompt tokens (``NPU_PROXY_TOKEN_LIMIT``): the
-    preferred device, when usable. Otherwise the first usable of the fallback order;
-    the reason names why the preferred device was passed over (over the token limit,
-    absent, over its compiled prompt length, queue full, load failed).
+    First, prefix affinity: when another device than the preferred one has read more
+    of this prompt's prefix (:meth:`RoutingContext.prefix_holder`), it takes the prompt
+    if it is usable and its queue has room (reason ``prefix_affinity``). Otherwise: up
+    to ``settings.token_limit`` prompt tokens (``NPU_PROXY_TOKEN_LIMIT``), the preferred
+    device, when usable; else the first
+    usable of the fallback order; the reason names why the device first in line (the
+    prefix's holder, or the preferred device) was passed over: over the token limit,
+    absent, over its compiled prompt length, queue full, load failed.
     """
 
     name = "token_threshold"
@@ -158,9 +179,18 @@ class TokenThresholdPolicy(RoutingPolicy):
     def choose(self, ctx: RoutingContext) -> RouteDecision:
         preferred = ctx.preferred_device
         over_limit = ctx.token_count > self.settings.token_limit
+        holder = ctx.prefix_holder()
+        held_reason: RouteReason | None = None
+        if holder is not None and holder != preferred and ctx.devices[holder].prefix_tokens > (
+                ctx.devices[preferred].prefix_tokens if preferred in ctx.devices else 0):
+            if ctx.usable(holder) and not ctx.devices[holder].queue_full:
+                return RouteDecision(holder, RouteReason.PREFIX_AFFINITY)
+            held_reason = (RouteReason.QUEUE_FULL if ctx.usable(holder)
+                           else why_not(ctx, holder))
         if not over_limit and ctx.usable(preferred):
-            return RouteDecision(preferred, RouteReason.PREFERRED)
-        reason = RouteReason.OVER_TOKEN_LIMIT if over_limit else why_not(ctx, preferred)
+            return RouteDecision(preferred, held_reason or RouteReason.PREFERRED)
+        reason = held_reason or (
+            RouteReason.OVER_TOKEN_LIMIT if over_limit else why_not(ctx, preferred))
         for device in fallback_order(ctx):
             if device != preferred and ctx.usable(device):
                 return RouteDecision(device, reason)

@@ -167,6 +167,26 @@ ToolChoice = Literal["auto", "none", "required"] | str
 """``auto``, ``none``, ``required``, or the name of the one tool that must be called."""
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class PreparedPrompt:
+    """A request's prompt as its model reads it: rendered and tokenized once per request.
+
+    Made by the backend that counts the prompt (:meth:`Backend.prepare`); the engine's
+    context check, routing and the generation itself all use this one result.
+    ``token_count`` is exact (template applied, the model's own tokenizer). ``prefix``
+    fingerprints the prompt's leading blocks of tokens (:mod:`~npu_proxy.engine.prefix`),
+    empty when the backend cannot tell. ``form`` is the backend's own rendering (text,
+    token ids), opaque to everyone else; ``owner`` names the kind of backend that made
+    it (backends of several devices may share one), so a backend takes only forms it
+    understands.
+    """
+
+    token_count: int
+    prefix: tuple[int, ...] = ()
+    owner: str = ""
+    form: Any = None
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """A text generation, either chat (``messages``) or raw (``prompt``).
@@ -189,6 +209,9 @@ class GenerationRequest:
     #: A conversation that does not fit the context loses its oldest messages (never
     #: the leading system ones nor the last) instead of being refused (Ollama's way).
     truncate: bool = False
+    #: The prompt as the model reads it, made once by the engine (:meth:`Backend.prepare`)
+    #: and handed to the backend with the request; None before admission.
+    prepared: PreparedPrompt | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -251,14 +274,23 @@ class Usage:
     ``prompt_tokens`` counts the rendered prompt with the model's tokenizer;
     ``completion_tokens`` the generated tokens. ``prefill_duration`` runs from the
     start of generation to the first token, ``decode_duration`` from there to the end.
+    ``cached_tokens`` (part of ``prompt_tokens``) were read from the device's prefix
+    cache instead of being evaluated again: a backend reports only what it can vouch
+    for, so the true number may be higher, never lower.
     """
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
     load_duration: int = 0
     prefill_duration: int = 0
     decode_duration: int = 0
     total_duration: int = 0
+
+    @property
+    def evaluated_tokens(self) -> int:
+        """Prompt tokens the device evaluated (those not read from its prefix cache)."""
+        return self.prompt_tokens - self.cached_tokens
 
 
 @dataclass(frozen=True, slots=True)
