@@ -49,7 +49,8 @@ def test_encoder_reports_a_stop_sequence_a_backend_left_in_the_text() -> None:
     message = encoder.message()
     assert message["content"] == [{"type": "text", "text": "Hello world"}]
     assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "###")
-    assert message["usage"] == {"input_tokens": 5, "output_tokens": 3}
+    assert message["usage"] == {"input_tokens": 5, "cache_creation_input_tokens": 0,
+                                "cache_read_input_tokens": 0, "output_tokens": 3}
     assert "".join(e["delta"]["text"] for e in events
                    if e["type"] == "content_block_delta") == "Hello world"
 
@@ -129,3 +130,13 @@ def test_sampling_options_and_tool_choice_reach_the_engine_request() -> None:
     assert request.tools == (ToolSpec("ls", "", {"type": "object"}),)  # server tool dropped
     assert request.tool_choice == "required"
     assert request.response_format == ResponseFormat("json_schema", {"type": "object"})
+
+
+def test_encoder_splits_the_prompt_into_new_and_cached_input_tokens() -> None:
+    encoder = MessageEncoder("msg_1", "m", input_tokens=300)
+    encoder.start()
+    events = encoder.feed(Done(FinishReason.STOP, Usage(prompt_tokens=300, completion_tokens=4,
+                                                        cached_tokens=256)))
+    usage = {"input_tokens": 44, "cache_creation_input_tokens": 0,
+             "cache_read_input_tokens": 256, "output_tokens": 4}
+    assert events[-2]["usage"] == usage and encoder.message()["usage"] == usage

@@ -158,3 +158,14 @@ def test_an_unbound_sink_knows_no_names() -> None:
     assert 'npu_proxy_tokens_generated_total{model="other"} 5.0' in text
     assert 'npu_proxy_loaded_models{model="other"} 1.0' in text
     assert 'npu_proxy_routing_decisions_total{device="other",reason="preferred_device"} 1.0' in text
+
+
+def test_cached_and_evaluated_prompt_tokens_are_counted_per_model_and_device() -> None:
+    sink = PrometheusSink()  # unbound: every model and device is counted as "other"
+    sink.handle(GenerationFinished("m:latest", "CPU", "stop", 300, 5, 0.5, 10.0, (),
+                                   cached_tokens=256))
+    sink.handle(GenerationFinished("m:latest", "CPU", "stop", 40, 5, 0.5, 10.0, ()))
+    registry = sink.registry
+    labels = {"model": OTHER, "device": OTHER}
+    assert registry.get_sample_value("npu_proxy_prompt_tokens_cached_total", labels) == 256
+    assert registry.get_sample_value("npu_proxy_prompt_tokens_evaluated_total", labels) == 84

@@ -225,7 +225,12 @@ def test_a_set_kv_cache_budget_wins(setting: int) -> None:
     assert kv_cache_budget_gb(OpenVINOSettings(kv_cache_gb=setting), 256 << 30) == setting
 
 
-def test_prefix_caching_is_off_by_default_and_reaches_the_scheduler() -> None:
+def test_prefix_caching_is_on_by_default_and_reaches_the_scheduler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NPU_PROXY_PREFIX_CACHING", raising=False)
+    assert OpenVINOSettings().prefix_caching
+    monkeypatch.setenv("NPU_PROXY_PREFIX_CACHING", "0")
     assert not OpenVINOSettings().prefix_caching
     assert scheduler_config(4, 2, True).enable_prefix_caching
     off = scheduler_config(4, 2, False)

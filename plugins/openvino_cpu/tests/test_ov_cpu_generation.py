@@ -34,7 +34,7 @@ from npu_proxy.testing import (
     backend_plugin,
     make_app,
 )
-from npu_proxy_openvino import OpenVINOLanguageModel
+from npu_proxy_openvino import OpenVINOLanguageModel, tokens
 from npu_proxy_openvino.options import apply_options
 from npu_proxy_openvino.runner import LLMPipelineGenerator
 from npu_proxy_openvino.testing import (
@@ -199,7 +199,8 @@ def test_runner_stops_at_the_next_token(cpu_llm_pipeline: Any, smollm2: ModelInf
         pieces.append(text)
         return len(pieces) < 3
 
-    outcome = generator.run(prompt + "<|im_start|>assistant\n", config, on_piece)
+    ids = tokens.encode(cpu_llm_pipeline.get_tokenizer(), prompt + "<|im_start|>assistant\n")
+    outcome = generator.run(ids, config, on_piece)
     assert outcome.finish == "cancelled"
     shown = asyncio.run(backend.count_text_tokens(smollm2, ["".join(pieces[:3])]))[0]
     assert outcome.completion_tokens is not None

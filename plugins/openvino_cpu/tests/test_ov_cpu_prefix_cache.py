@@ -32,8 +32,11 @@ from npu_proxy_openvino import (
     OpenVINOSettings,
 )
 from npu_proxy_openvino.batching import EXACT_CPU_NUMERICS
-from npu_proxy_openvino.batching_worker import scheduler_config
+from npu_proxy_openvino.batching_worker import _Stepper, scheduler_config
 from npu_proxy_openvino.models import ModelPreparer
+from npu_proxy_openvino.options import GenerationSpec
+from npu_proxy_openvino.prefix_ledger import LEDGER_BLOCK, PrefixLedger
+from npu_proxy_openvino.prompt import prepare_prompt
 from npu_proxy_openvino.testing import shared_batching_factory, stepping_here
 from npu_proxy_openvino_cpu import CpuBackend
 
@@ -66,6 +69,14 @@ async def run(lm: OpenVINOLanguageModel, request: GenerationRequest) -> Result:
     return "".join(e.text for e in events if isinstance(e, TextDelta)), done
 
 
+def common_prefix(a: GenerationRequest, b: GenerationRequest,
+                  lm: OpenVINOLanguageModel) -> int:
+    """Leading tokens the prompts of ``a`` and ``b`` share."""
+    ids_a, ids_b = (prepare_prompt(lm._tokenizer, r).form for r in (a, b))
+    return next((i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y),
+                min(len(ids_a), len(ids_b)))
+
+
 @pytest.fixture(scope="module")
 def cacheless_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[Any]:
     """A ``ContinuousBatchingPipeline`` of SmolLM2 without prefix caching: the reference."""
@@ -80,9 +91,11 @@ def cacheless_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[An
 
 
 async def load_on(
-    pipeline: Any, ov_settings: Settings, smollm2: ModelInfo
+    pipeline: Any, ov_settings: Settings, smollm2: ModelInfo, prefix_caching: bool = True
 ) -> OpenVINOLanguageModel:
-    backend = CpuBackend(ov_settings, ov_settings=stepping_here(),
+    """SmolLM2 on ``pipeline``; ``prefix_caching`` must say how ``pipeline`` was built."""
+    settings = stepping_here().model_copy(update={"prefix_caching": prefix_caching})
+    backend = CpuBackend(ov_settings, ov_settings=settings,
                          batching_factory=shared_batching_factory(pipeline))
     loaded = await backend.load(smollm2)
     assert isinstance(loaded, OpenVINOLanguageModel)
@@ -100,7 +113,7 @@ async def cached(cpu_batching_pipeline: Any, ov_settings: Settings,
 @pytest.fixture
 async def reference(cacheless_pipeline: Any, ov_settings: Settings,
                     smollm2: ModelInfo) -> OpenVINOLanguageModel:
-    return await load_on(cacheless_pipeline, ov_settings, smollm2)
+    return await load_on(cacheless_pipeline, ov_settings, smollm2, prefix_caching=False)
 
 
 async def test_a_request_sharing_a_long_prefix_answers_as_without_the_cache(
@@ -110,11 +123,18 @@ async def test_a_request_sharing_a_long_prefix_answers_as_without_the_cache(
     second = turn(SYSTEM_A, "How does a class 7 parcel travel?")
     await run(cached, first)  # leaves SYSTEM_A's blocks in the cache
     text, done = await run(cached, second)
-    again, _ = await run(cached, second)  # all but the last block cached
+    again, again_done = await run(cached, second)  # all but the last block cached
     expected, expected_done = await run(reference, second)
     assert text.strip() and text == expected == again
     assert done.usage.prompt_tokens == expected_done.usage.prompt_tokens > 300
     assert done.usage.completion_tokens == expected_done.usage.completion_tokens
+    # What the cache served is reported: the shared system prompt, then all of it but
+    # the last (partial) block; the pipeline without a cache reports none.
+    shared = common_prefix(first, second, cached)
+    assert shared - LEDGER_BLOCK < done.usage.cached_tokens <= shared
+    assert again_done.usage.cached_tokens >= done.usage.cached_tokens
+    assert again_done.usage.prompt_tokens - again_done.usage.cached_tokens <= LEDGER_BLOCK
+    assert expected_done.usage.cached_tokens == 0
 
 
 async def test_two_conversations_across_four_streams_keep_their_own_answers(
@@ -175,3 +195,46 @@ async def test_unloading_a_model_drops_its_cache(ov_settings: Settings, smollm2:
     text, _ = await run(again, request)
     await again.unload()
     assert text == first
+
+
+def test_the_reported_cached_tokens_never_exceed_what_genai_reused(
+    ov_settings: Settings, smollm2: ModelInfo
+) -> None:
+    """The ledger's figure against GenAI's own behaviour, observed by letting the pipeline
+    read one prompt token a step: a prompt whose first token comes at step ``k`` had
+    ``k`` tokens evaluated and the rest reused."""
+    import openvino_genai
+
+    folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
+    scheduler = scheduler_config(1, 1, True)
+    scheduler.max_num_batched_tokens = 1
+    pipeline = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU",
+                                                         EXACT_CPU_NUMERICS)
+    tokenizer = pipeline.get_tokenizer()
+    stepper = _Stepper(pipeline, PrefixLedger())
+    base = prepare_prompt(tokenizer, turn(SYSTEM_B[:600], "Which plant likes sun?")).form
+    other = prepare_prompt(tokenizer, turn(SYSTEM_A[:600], "Which plant likes sun?")).form
+    prompts = [base, base[:-20] + other[-30:], base + other[-40:], base, other]
+    spec = GenerationSpec(SamplingOptions(temperature=0), max_new_tokens=2)
+    seen: list[tuple[int, int, int]] = []
+    for number, prompt in enumerate(prompts):
+        stepper.command(("add", number, prompt, spec))
+        steps = first = 0
+        outcome = None
+        while outcome is None:
+            stepper.step()
+            steps += 1
+            for event in stepper.take_events():
+                if event[0] == "text" and not first:
+                    first = steps
+                elif event[0] == "end":
+                    outcome = event[2]
+                assert event[0] != "error", event
+        reused = len(prompt) - (first or steps)
+        seen.append((len(prompt), reused, outcome.cached_tokens))
+    for length, reused, reported in seen:
+        assert 0 <= reported <= reused < length
+    # Tight: after the first, within a block of what GenAI reused.
+    assert all(reused - reported < LEDGER_BLOCK for _, reused, reported in seen[1:4]), seen
+    assert seen[3][2] >= seen[0][0] - LEDGER_BLOCK  # the same prompt again: nearly all
+    del stepper, pipeline

@@ -58,7 +58,7 @@ async def test_compiles_a_batching_pipeline_with_a_cache_dir(
     # Unset budget: an eighth of the device's 8 GB (FakeCore's GPU_DEVICE_TOTAL_MEM_SIZE).
     assert scheduler.cache_size == 1
     assert scheduler.dynamic_split_fuse
-    assert not scheduler.enable_prefix_caching  # on only with NPU_PROXY_PREFIX_CACHING=1
+    assert scheduler.enable_prefix_caching  # off only with NPU_PROXY_PREFIX_CACHING=0
     assert isinstance(loaded, OpenVINOLanguageModel)
     assert isinstance(loaded._generator, ContinuousBatchingGenerator)
     assert loaded._generator.placement == "thread"
@@ -120,7 +120,7 @@ async def test_batching_switched_off_serves_one_stream(
     assert batching.calls == [] and len(imitation.calls) == 1
     # The single stream keeps prefixes within the same budget as a batched model.
     scheduler = imitation.calls[0][2]["scheduler_config"]
-    assert not scheduler.enable_prefix_caching and scheduler.cache_size == 1
+    assert scheduler.enable_prefix_caching and scheduler.cache_size == 1
 
 
 async def test_numbered_gpu_counts_as_present(backend: GpuBackend) -> None:

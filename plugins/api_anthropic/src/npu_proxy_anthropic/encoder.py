@@ -65,6 +65,20 @@ class StopSequenceScanner:
         return 0
 
 
+def usage_body(prompt_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, int]:
+    """Anthropic's ``usage``: ``input_tokens`` are the prompt tokens read anew, those
+    served from the prefix cache are ``cache_read_input_tokens`` (the three input
+    fields add up to the whole prompt). Nothing is written to a cache at a client's
+    request (no ``cache_control`` breakpoints are kept), so
+    ``cache_creation_input_tokens`` is 0."""
+    return {
+        "input_tokens": prompt_tokens - cached_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached_tokens,
+        "output_tokens": output_tokens,
+    }
+
+
 def stop_reason(done: Done, has_tool_use: bool, matched: str | None) -> tuple[str, str | None]:
     """Anthropic's ``(stop_reason, stop_sequence)`` for the engine's finish."""
     if done.finish_reason == FinishReason.TOOL_CALLS or has_tool_use:
@@ -95,7 +109,7 @@ class MessageEncoder:
         self.content: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
         self.stop_sequence: str | None = None
-        self.usage: dict[str, int] = {"input_tokens": input_tokens, "output_tokens": 0}
+        self.usage: dict[str, int] = usage_body(input_tokens, 0, 0)
         self._scanner = StopSequenceScanner(stops)
         self._open_text: int | None = None  # index of the text block still open
 
@@ -165,8 +179,8 @@ class MessageEncoder:
         self.stop_reason, self.stop_sequence = stop_reason(
             done, has_tool_use, self._scanner.matched
         )
-        self.usage = {"input_tokens": done.usage.prompt_tokens,
-                      "output_tokens": done.usage.completion_tokens}
+        self.usage = usage_body(done.usage.prompt_tokens, done.usage.completion_tokens,
+                                done.usage.cached_tokens)
         events += [
             {"type": "message_delta",
              "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},

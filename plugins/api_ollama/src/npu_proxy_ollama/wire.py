@@ -38,11 +38,14 @@ def done_reason(reason: FinishReason) -> str:
 
 
 def statistics(usage: Usage) -> dict[str, int]:
-    """The final chunk's measured counts and durations (nanoseconds)."""
+    """The final chunk's measured counts and durations (nanoseconds).
+
+    As Ollama's own, ``prompt_eval_count`` counts the prompt tokens evaluated: those
+    read from the prefix cache (an earlier turn of the conversation) are not."""
     return {
         "total_duration": usage.total_duration,
         "load_duration": usage.load_duration,
-        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_count": usage.evaluated_tokens,
         "prompt_eval_duration": usage.prefill_duration,
         "eval_count": usage.completion_tokens,
         "eval_duration": usage.decode_duration,

@@ -111,11 +111,12 @@ async def create_completion(ctx: ServerContext, request: Request) -> Response:
     )
 
 
-def _total(usages: list[Usage]) -> dict[str, int]:
+def _total(usages: list[Usage]) -> dict[str, Any]:
     return usage_body(
         Usage(
             prompt_tokens=sum(u.prompt_tokens for u in usages),
             completion_tokens=sum(u.completion_tokens for u in usages),
+            cached_tokens=sum(u.cached_tokens for u in usages),
         )
     )
 

@@ -53,12 +53,14 @@ def finish_reason(done: Done, made_calls: bool) -> str:
     return "length" if done.finish_reason == FinishReason.LENGTH else "stop"
 
 
-def usage_body(usage: Usage) -> dict[str, int]:
-    """OpenAI's ``usage`` object, from the generation's own counts."""
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """OpenAI's ``usage`` object, from the generation's own counts; prompt tokens read
+    from the prefix cache are ``prompt_tokens_details.cached_tokens``."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
 
 
@@ -93,6 +95,7 @@ def choices_usage(usages: list[Usage]) -> Usage:
     return Usage(
         prompt_tokens=usages[0].prompt_tokens,
         completion_tokens=sum(u.completion_tokens for u in usages),
+        cached_tokens=usages[0].cached_tokens,
     )
 
 

@@ -84,6 +84,16 @@ class PrometheusSink(MetricsSink):
             "npu_proxy_prompt_tokens_total", "Prompt tokens of finished generations.",
             ["model"], registry=r,
         )
+        self.prompt_tokens_cached = Counter(
+            "npu_proxy_prompt_tokens_cached_total",
+            "Prompt tokens read from the device's prefix cache instead of evaluated.",
+            ["model", "device"], registry=r,
+        )
+        self.prompt_tokens_evaluated = Counter(
+            "npu_proxy_prompt_tokens_evaluated_total",
+            "Prompt tokens the device evaluated (not read from its prefix cache).",
+            ["model", "device"], registry=r,
+        )
         self.generations = Counter(
             "npu_proxy_generations_total", "Finished generations by finish reason.",
             ["model", "device", "finish_reason"], registry=r,
@@ -162,6 +172,9 @@ class PrometheusSink(MetricsSink):
         self.inference_duration.labels(model, device).observe(event.duration)
         self.tokens_generated.labels(model).inc(event.completion_tokens)
         self.prompt_tokens.labels(model).inc(event.prompt_tokens)
+        self.prompt_tokens_cached.labels(model, device).inc(event.cached_tokens)
+        self.prompt_tokens_evaluated.labels(model, device).inc(
+            event.prompt_tokens - event.cached_tokens)
         self.generations.labels(model, device, event.finish_reason).inc()
         if event.completion_tokens:
             self.tokens_per_second.labels(model).set(event.tokens_per_second)

@@ -20,7 +20,13 @@ from typing import Any, TypedDict, Unpack
 
 from npu_proxy.engine.backend import Backend, LoadedModel
 from npu_proxy.engine.errors import CapabilityError, ModelLoadError
-from npu_proxy.engine.types import Capability, DeviceInfo, GenerationRequest, ModelInfo
+from npu_proxy.engine.types import (
+    Capability,
+    DeviceInfo,
+    GenerationRequest,
+    ModelInfo,
+    PreparedPrompt,
+)
 from npu_proxy.settings import Settings, load_plugin_settings
 
 from . import tokens
@@ -32,12 +38,12 @@ from .batching_worker import (
     openvino_batching_pipeline,
     single_stream_scheduler_config,
 )
-from .chat import render_prompt
 from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
 from .files import cache_root
 from .language import Limits, OpenVINOLanguageModel
 from .models import ModelPreparer, embedding_details
+from .prompt import prepare_prompt
 from .runner import LLMPipelineGenerator, TextGenerator
 from .settings import OpenVINOSettings, device_parallel, kv_cache_budget_gb
 from .tokens import TokenizerCache
@@ -173,15 +179,18 @@ class OpenVINOBackend(Backend):
         return model.can(Capability.COMPLETION) and model.format in ("gguf", "ir")
 
     async def count_tokens(self, model: ModelInfo, request: GenerationRequest) -> int:
-        """Tokens of the rendered prompt, with the model's tokenizer (no device needed).
+        """Tokens of the rendered prompt, with the model's tokenizer (no device needed)."""
+        return (await self.prepare(model, request)).token_count
+
+    async def prepare(self, model: ModelInfo, request: GenerationRequest) -> PreparedPrompt:
+        """The prompt rendered with the model's template and tokenized, once (no device
+        needed); its token ids are what the generation feeds GenAI.
 
         The first call for a GGUF model converts it to IR once (seconds); later calls
         and later starts load only the tokenizer (milliseconds).
         """
         tokenizer = await self._tokenizer(model)
-        return await asyncio.to_thread(
-            lambda: tokens.count(tokenizer, render_prompt(tokenizer, request))
-        )
+        return await asyncio.to_thread(prepare_prompt, tokenizer, request)
 
     async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
         """Tokens of each text as given (no template), with the model's tokenizer."""
@@ -264,7 +273,7 @@ class OpenVINOBackend(Backend):
                           self.ov_settings.prefix_caching, properties, self._batching_factory)
         name = f"npu-proxy-{self.device.lower()}-batching"
         launch = (worker_process(spec, name) if self.batching_placement == "process"
-                  else stepping_thread(spec.build(), name))
+                  else stepping_thread(spec.build(), name, spec.prefix_caching))
         return ContinuousBatchingGenerator.start(launch, self.batching_placement,
                                                  device=self.device)
 

@@ -119,8 +119,9 @@ class _SteppingThread:
     pid = None
 
     def __init__(self, pipeline: Any, name: str, on_event: EventHandler,
-                 on_gone: Callable[[StepWorker], None]) -> None:
+                 on_gone: Callable[[StepWorker], None], prefix_caching: bool) -> None:
         self._inbox = _Mailbox()
+        self._prefix_caching = prefix_caching
         self._on_event = on_event
         self._on_gone = on_gone
         self.alive = True
@@ -130,7 +131,7 @@ class _SteppingThread:
 
     def _run(self, pipeline: Any) -> None:
         try:
-            run_steps(pipeline, self._inbox, self._emit)
+            run_steps(pipeline, self._inbox, self._emit, self._prefix_caching)
         except Exception as exc:  # a fault of the loop itself: its requests fail
             log.error("the batching thread failed: %s", exc)
         finally:
@@ -150,11 +151,15 @@ class _SteppingThread:
             self._thread.join()
 
 
-def stepping_thread(pipeline: Any, name: str = "npu-proxy-batching") -> Launcher:
-    """Placement ``"thread"``: step ``pipeline`` (built in this process) on a thread."""
+def stepping_thread(pipeline: Any, name: str = "npu-proxy-batching",
+                    prefix_caching: bool = False) -> Launcher:
+    """Placement ``"thread"``: step ``pipeline`` (built in this process) on a thread.
+
+    ``prefix_caching`` says whether ``pipeline`` was built with it (then outcomes report
+    the prompt tokens the cache surely reused)."""
 
     def launch(on_event: EventHandler, on_gone: Callable[[StepWorker], None]) -> StepWorker:
-        return _SteppingThread(pipeline, name, on_event, on_gone)
+        return _SteppingThread(pipeline, name, on_event, on_gone, prefix_caching)
 
     return launch
 
@@ -164,7 +169,7 @@ class _Request:
     """One generation's state on the server's side."""
 
     id: int
-    prompt: str
+    prompt: tuple[int, ...]
     spec: GenerationSpec
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[str | Finished[Outcome] | BaseException] = field(
@@ -288,8 +293,9 @@ class ContinuousBatchingGenerator:
         """The spec itself: the step loop builds the ``GenerationConfig`` from it."""
         return spec
 
-    def stream(self, prompt: str, config: Any) -> BatchedStream:
-        """Queue a generation of ``prompt`` (``config`` is a :class:`GenerationSpec`)."""
+    def stream(self, prompt: tuple[int, ...], config: Any) -> BatchedStream:
+        """Queue a generation of the token ids ``prompt`` (``config`` is a
+        :class:`GenerationSpec`)."""
         if self._closed:
             raise RuntimeError("the pipeline is closed")
         if not isinstance(config, GenerationSpec):

@@ -12,7 +12,7 @@ The same loop runs wherever the pipeline lives (see
 :mod:`~npu_proxy_openvino.batching`): in a thread of the server, or in a worker process
 of its own (:func:`serve` is that process's whole program). Commands arrive through an
 :class:`Inbox` (the worker's end of a pipe, or a queue) and are plain data:
-``("add", id, prompt, GenerationSpec)``, ``("cancel", id)``, ``("shutdown",)``.
+``("add", id, prompt token ids, GenerationSpec)``, ``("cancel", id)``, ``("shutdown",)``.
 Events: ``("text", id, piece)`` (already detokenized, never a split character),
 ``("end", id, Outcome)`` once GenAI has freed the sequence (finished, cancelled or
 ignored) and ``("error", id, message)`` for a request the device failed.
@@ -32,7 +32,9 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from .options import GenerationSpec, apply_options
+from .prefix_ledger import PrefixLedger
 from .runner import Outcome
+from .tokens import ids_tensor
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +158,18 @@ class Inbox(Protocol):
         """The next command (call after :meth:`poll` said one is ready)."""
 
 
-def run_steps(pipe: Any, inbox: Inbox, emit: Callable[[Events], None]) -> None:
+def run_steps(pipe: Any, inbox: Inbox, emit: Callable[[Events], None],
+              prefix_caching: bool = False) -> None:
     """Serve ``pipe`` until a ``shutdown`` command: the one step loop of batching.
 
     Blocks on ``inbox`` while nothing runs; between steps it takes only the commands
     that have already arrived. On ``shutdown`` every request is cancelled and stepped
     until GenAI has freed it (each gets its ``end``), then it returns. Errors of
-    ``inbox`` and ``emit`` (the other side went away) propagate.
+    ``inbox`` and ``emit`` (the other side went away) propagate. With
+    ``prefix_caching`` (the pipeline was built with it) each outcome carries the prompt
+    tokens the cache surely reused (:class:`~.prefix_ledger.PrefixLedger`).
     """
-    stepper = _Stepper(pipe)
+    stepper = _Stepper(pipe, PrefixLedger() if prefix_caching else None)
     stopping = False
     while True:
         wait: float | None = 0 if stepper.active or stopping else None
@@ -197,7 +202,7 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
         return
     conn.send(("ready",))
     try:
-        run_steps(pipe, conn, conn.send)
+        run_steps(pipe, conn, conn.send, spec.prefix_caching)
     except (EOFError, OSError):  # the server went away: nothing left to serve
         return
 
@@ -215,15 +220,18 @@ class _Job:
     start_ns: int = field(default_factory=time.perf_counter_ns)
     first_ns: int = 0
     cancelled: bool = False
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class _Stepper:
     """The pipeline, its admitted jobs and the events of the current step."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, ledger: PrefixLedger | None = None) -> None:
         import openvino_genai
 
         self._pipe = pipe
+        self._ledger = ledger
         self._tokenizer = pipe.get_tokenizer()
         self._running = openvino_genai.GenerationStatus.RUNNING
         self._ignored = openvino_genai.GenerationStatus.IGNORED
@@ -260,16 +268,20 @@ class _Stepper:
             job.cancelled = True
             job.handle.cancel()  # GenAI frees the sequence at the end of the next step
 
-    def _admit(self, request_id: int, prompt: str, spec: GenerationSpec) -> None:
+    def _admit(self, request_id: int, prompt: tuple[int, ...], spec: GenerationSpec) -> None:
         try:
             config = apply_options(self._pipe.get_config(), spec.options,
                                    max_new_tokens=spec.max_new_tokens,
                                    structured_schema=spec.structured_schema)
-            handle = self._pipe.add_request(request_id, prompt, config)
+            handle = self._pipe.add_request(request_id, ids_tensor(prompt), config)
         except Exception as exc:
             self._events.append(("error", request_id, str(exc)))
             return
-        self._jobs[request_id] = _Job(request_id, handle, IncrementalDetokenizer(self._tokenizer))
+        job = _Job(request_id, handle, IncrementalDetokenizer(self._tokenizer),
+                   prompt_tokens=len(prompt))
+        if self._ledger is not None:
+            job.cached_tokens = self._ledger.admit(prompt)
+        self._jobs[request_id] = job
 
     def step(self) -> None:
         """One ``step()`` of every admitted job, then what each produced."""
@@ -290,13 +302,29 @@ class _Stepper:
                     job.tokens += len(ids)
                     if not job.first_ns:
                         job.first_ns = time.perf_counter_ns()
+                        self._measure_cache(job)
                     self._emit(job, job.detokenizer.feed(ids))
             if handle.get_status() != self._running:
                 del self._jobs[job.id]
                 self._end(job)
 
+    def _measure_cache(self, job: _Job) -> None:
+        """Size the ledger from a request running alone whose prompt has just been read
+        (its first token is out): its prompt's blocks are in use, and whatever else
+        the usage counts only makes the measured size smaller, never larger."""
+        ledger = self._ledger
+        if ledger is None or len(self._jobs) != 1:
+            return
+        try:
+            usage = float(self._pipe.get_metrics().cache_usage)
+        except Exception:  # a pipeline without metrics: the ledger vouches for nothing
+            return
+        ledger.measure(job.prompt_tokens, usage)
+
     def _end(self, job: _Job) -> None:
         """Report a job GenAI has freed (FINISHED, IGNORED or CANCEL after a step)."""
+        if self._ledger is not None:
+            self._ledger.occupy(job.tokens)
         handle = job.handle
         if handle.get_status() == self._ignored and not job.cancelled:
             self._events.append(("error", job.id, "the KV cache is too small for this request"))
@@ -346,4 +374,4 @@ def _outcome(job: _Job, handle: Any) -> Outcome:
     else:
         finish = "stop"
     return Outcome("".join(job.text), finish, prompt_tokens, completion_tokens,
-                   ttft_ns, generate_ns)
+                   ttft_ns, generate_ns, cached_tokens=job.cached_tokens)

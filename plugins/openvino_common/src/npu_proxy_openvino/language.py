@@ -22,9 +22,9 @@ from npu_proxy.engine.types import (
     Usage,
 )
 
-from . import tokens
 from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
 from .options import GenerationSpec, response_schema, validate_options
+from .prompt import prompt_ids
 from .runner import Outcome, TextGenerator
 from .stops import StopStringFilter
 from .streaming import Finished
@@ -41,9 +41,9 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class PreparedGeneration:
-    """A request ready for the device: rendered, counted, configured."""
+    """A request ready for the device: its prompt's token ids, counted, configured."""
 
-    prompt: str
+    prompt: tuple[int, ...]
     prompt_tokens: int
     config: Any
     tool_names: frozenset[str]
@@ -56,15 +56,16 @@ def prepare_generation(
     configure: Callable[[GenerationSpec], Any],
     where: str,
 ) -> PreparedGeneration:
-    """Render, count and configure ``request``; blocking (tokenizer), no device work.
+    """Check and configure ``request``; blocking when the prompt was not prepared by the
+    engine (then rendered and tokenized here), no device work.
 
     Raises :class:`PromptTooLongError` when the prompt exceeds the device's prompt limit
     or leaves no room in the context, and ``InvalidRequestError`` for bad options.
     """
     options = request.options
     validate_options(options)
-    prompt = render_prompt(tokenizer, request)
-    count = tokens.count(tokenizer, prompt)
+    prompt = prompt_ids(tokenizer, request)
+    count = len(prompt)
     if limits.prompt is not None and count > limits.prompt:
         raise PromptTooLongError(count, limits.prompt, where)
     context = min(limits.context, options.num_ctx or limits.context)
@@ -110,7 +111,7 @@ class OpenVINOLanguageModel(LoadedModel):
         self.last_usage: Usage | None = None
 
     def render_prompt(self, request: GenerationRequest) -> str:
-        """The exact prompt text the device receives for ``request`` (blocking)."""
+        """The exact prompt text the device reads for ``request`` (blocking)."""
         return render_prompt(self._tokenizer, request)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
@@ -189,6 +190,7 @@ def _usage(outcome: Outcome, counted: int, start: int) -> Usage:
     return Usage(
         prompt_tokens=outcome.prompt_tokens if outcome.prompt_tokens is not None else counted,
         completion_tokens=outcome.completion_tokens or 0,
+        cached_tokens=outcome.cached_tokens,
         prefill_duration=prefill,
         decode_duration=max(outcome.generate_ns - prefill, 0),
         total_duration=time.perf_counter_ns() - start,

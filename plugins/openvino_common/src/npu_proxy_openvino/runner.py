@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import tokens
 from .options import GenerationSpec, apply_options
 from .streaming import Finished, PieceCallback, stream_in_thread
 
@@ -23,7 +24,9 @@ class Outcome:
     """What one finished (or cancelled) generation produced, with measured figures.
 
     ``finish`` is ``"stop"``, ``"length"`` or ``"cancelled"``. Durations are ns;
-    token counts are ``None`` when the pipeline did not report them.
+    token counts are ``None`` when the pipeline did not report them. ``cached_tokens``
+    of the prompt were read from the prefix cache (at least that many; 0 when the
+    generator cannot vouch for any).
     """
 
     text: str
@@ -32,6 +35,7 @@ class Outcome:
     completion_tokens: int | None
     ttft_ns: int
     generate_ns: int
+    cached_tokens: int = 0
 
 
 class GenerationStream(Protocol):
@@ -60,8 +64,9 @@ class TextGenerator(Protocol):
         survive; a generator whose pipeline lives in another process may return ``spec``.
         """
 
-    def stream(self, prompt: str, config: Any) -> GenerationStream:
-        """Start generating from the already rendered ``prompt`` (call on the loop)."""
+    def stream(self, prompt: tuple[int, ...], config: Any) -> GenerationStream:
+        """Start generating from ``prompt``, the rendered prompt's token ids (call on
+        the loop)."""
 
     def close(self) -> None:
         """Release the device memory (blocking). No call follows."""
@@ -113,29 +118,32 @@ class LLMPipelineGenerator:
                              max_new_tokens=spec.max_new_tokens,
                              structured_schema=spec.structured_schema)
 
-    def stream(self, prompt: str, config: Any) -> ThreadedStream:
+    def stream(self, prompt: tuple[int, ...], config: Any) -> ThreadedStream:
         return ThreadedStream(lambda on_piece: self.run(prompt, config, on_piece))
 
-    def run(self, prompt: str, config: Any, on_piece: PieceCallback) -> Outcome:
-        """Generate from ``prompt``; blocking. ``on_piece`` returns False to stop."""
+    def run(self, prompt: tuple[int, ...], config: Any, on_piece: PieceCallback) -> Outcome:
+        """Generate from the token ids ``prompt``; blocking. ``on_piece`` returns False
+        to stop."""
         first_piece = 0
         cancelled = False
+        pieces: list[str] = []
 
         def streamer(piece: str) -> Any:
             nonlocal first_piece, cancelled
             if not first_piece:
                 first_piece = time.perf_counter_ns()
+            pieces.append(piece)
             if on_piece(piece):
                 return self._running
             cancelled = True
             return self._cancel
 
         start = time.perf_counter_ns()
-        # A list input returns DecodedResults (finish reasons, perf metrics); a bare
-        # string would return only the text.
-        result = self._pipe.generate([prompt], config, streamer)
+        # Token ids in: EncodedResults out (finish reasons, perf metrics); the text is
+        # what was streamed.
+        result = self._pipe.generate(tokens.ids_tensor(prompt), config, streamer)
         end = time.perf_counter_ns()
-        text = result.texts[0] if result.texts else ""
+        text = "".join(pieces)
         reason = result.finish_reasons[0] if getattr(result, "finish_reasons", None) else None
         if cancelled:
             finish = "cancelled"

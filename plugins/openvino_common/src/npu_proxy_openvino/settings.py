@@ -37,11 +37,10 @@ class OpenVINOSettings(PluginSettings):
         "requests need (never shrinks, keeps little beyond it).",
     )
     prefix_caching: bool = Field(
-        False,
-        description="1: keep the KV cache of finished requests' prompts on CPU/GPU, so a "
-        "request that starts with a cached prefix (an agent's next turn) evaluates only "
-        "its new tokens. Off by default for now: greedy answers are the same with it, but "
-        "a seeded sample at temperature > 0 can differ with what the cache holds.",
+        True,
+        description="Keep the KV cache of what requests read on CPU/GPU, so a request "
+        "that starts with a cached prefix (an agent's next turn) evaluates only its new "
+        "tokens (0: off; answers are the same either way).",
     )
     batching_process: bool = Field(
         True,

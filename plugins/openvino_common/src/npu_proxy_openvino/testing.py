@@ -85,8 +85,7 @@ class ImitationPipeline:
         try:
             limit = self._properties.get("MAX_PROMPT_LEN")
             if limit is not None:
-                prompt = inputs[0] if isinstance(inputs, list) else inputs
-                size = int(self._real.get_tokenizer().encode(prompt).input_ids.get_shape()[1])
+                size = _prompt_size(self._real.get_tokenizer(), inputs)
                 if size > limit:
                     raise RuntimeError(
                         "Exception from src/inference/src/cpp/infer_request.cpp:223:\n"
@@ -98,6 +97,14 @@ class ImitationPipeline:
             return self._real.generate(inputs, config, streamer)
         finally:
             self._busy.release()
+
+
+def _prompt_size(tokenizer: Any, inputs: Any) -> int:
+    """Tokens of a prompt given as GenAI takes one: token ids (a tensor) or text."""
+    if hasattr(inputs, "get_shape"):
+        return int(inputs.get_shape()[1])
+    prompt = inputs[0] if isinstance(inputs, list) else inputs
+    return int(tokenizer.encode(prompt).input_ids.get_shape()[1])
 
 
 @dataclass
@@ -191,15 +198,16 @@ SHARED_BATCH = 8
 def cpu_batching_pipeline(ov_settings: Settings, smollm2: ModelInfo) -> Iterator[Any]:
     """One real ``ContinuousBatchingPipeline`` of SmolLM2 on CPU, compiled once for the run.
 
-    Up to :data:`SHARED_BATCH` sequences, KV cache grown on demand, prefix caching on
-    (as the backends build it by default). Generators built on it must not step it at
-    the same time (tests run one after another).
+    Up to :data:`SHARED_BATCH` sequences, a KV cache of 1 GB, prefix caching on (as the
+    backends build it by default, where the budget is a share of the device's memory).
+    Generators built on it must not step it at the same time (tests run one after
+    another).
     """
     import openvino_genai
 
     folder: Path = ModelPreparer(ov_settings.model_path).prepare(smollm2)
     pipeline = openvino_genai.ContinuousBatchingPipeline(
-        str(folder), scheduler_config(SHARED_BATCH, 0, True), "CPU", EXACT_CPU_NUMERICS
+        str(folder), scheduler_config(SHARED_BATCH, 1, True), "CPU", EXACT_CPU_NUMERICS
     )
     yield pipeline
     del pipeline

@@ -18,6 +18,20 @@ def count(tokenizer: Any, text: str) -> int:
     return int(encoded.input_ids.get_shape()[1])
 
 
+def encode(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """The token ids GenAI would feed for the string ``text`` (special tokens included)."""
+    ids = tokenizer.encode(text).input_ids
+    return tuple(int(i) for i in ids.data[0])
+
+
+def ids_tensor(ids: tuple[int, ...] | list[int]) -> Any:
+    """``ids`` as the ``[1, n]`` int64 tensor GenAI's pipelines take as a prompt."""
+    import numpy as np
+    import openvino
+
+    return openvino.Tensor(np.array([ids], dtype=np.int64))
+
+
 def count_each(tokenizer: Any, texts: list[str]) -> list[int]:
     """Tokens of each text (one call per text, so padding never inflates a count)."""
     return [count(tokenizer, text) for text in texts]
