@@ -246,6 +246,29 @@ def test_detokenizer_never_splits_a_character(cpu_batching_pipeline: Any) -> Non
     assert not any("\ufffd" in piece for piece in pieces)
 
 
+def test_detokenizer_keeps_long_answers_whole_with_one_decode_a_token(
+    cpu_batching_pipeline: Any,
+) -> None:
+    tokenizer = cpu_batching_pipeline.get_tokenizer()
+    text = " ".join(f"Word{i} naïve café 你好 —" for i in range(60)) + "\nThe end."
+    ids = [int(i) for i in tokenizer.encode(text).input_ids.data[0]]
+    assert len(ids) > 4 * IncrementalDetokenizer.WINDOW  # several window restarts
+    calls = 0
+
+    class Counting:
+        def decode(self, window: list[int]) -> str:
+            nonlocal calls
+            calls += 1
+            return str(tokenizer.decode(window))
+
+    detokenizer = IncrementalDetokenizer(Counting())
+    pieces = [detokenizer.feed([token]) for token in ids]
+    pieces.append(detokenizer.finish())
+    assert "".join(pieces) == tokenizer.decode(ids)
+    restarts = len(ids) // (IncrementalDetokenizer.WINDOW - IncrementalDetokenizer.CONTEXT)
+    assert calls <= len(ids) + restarts + 2
+
+
 # --- through the engine -------------------------------------------------------------------
 
 

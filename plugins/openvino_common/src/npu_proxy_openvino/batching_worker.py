@@ -110,38 +110,44 @@ class WorkerSpec:
 
 
 class IncrementalDetokenizer:
-    """Token ids in, text out, never splitting a multi-byte character.
+    """Token ids in, text out, never splitting a multi-byte character; one decode a token.
 
-    Decodes a short window (the tokens since the last emitted text, plus the few
-    before them for context: tokenizers that drop a leading space need it) and emits
-    what the window adds. Text ending in U+FFFD is an incomplete UTF-8 sequence and is
-    held until the next token completes it.
+    Decodes a window of the latest tokens and emits what the window's text adds beyond
+    what was emitted of it. Text ending in U+FFFD is an incomplete UTF-8 sequence and is
+    held until the next token completes it. The window restarts once it reaches
+    :attr:`WINDOW` tokens, keeping :attr:`CONTEXT` tokens before the restart for context
+    (tokenizers that drop a leading space need it), so a decode stays short however long
+    the answer grows (one extra decode per restart).
     """
+
+    WINDOW = 48
+    CONTEXT = 4
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
         self._ids: list[int] = []
-        self._prefix = 0  # start of the context window
-        self._read = 0  # end of what has been emitted
+        self._start = 0  # start of the window
+        self._shown = 0  # characters of the window's text already emitted
 
     def feed(self, ids: list[int]) -> str:
         """The text that ``ids`` (appended to the earlier ones) completes."""
         self._ids.extend(ids)
-        if self._read == len(self._ids):
+        text = self._decode(self._ids[self._start:])
+        if len(text) <= self._shown or text.endswith("\ufffd"):
             return ""
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""
-        self._prefix, self._read = self._read, len(self._ids)
-        return after[len(before) :]
+        piece = text[self._shown:]
+        self._shown = len(text)
+        if len(self._ids) - self._start >= self.WINDOW:
+            self._start = len(self._ids) - self.CONTEXT
+            self._shown = len(self._decode(self._ids[self._start:]))
+        return piece
 
     def finish(self) -> str:
         """What is still held back (an incomplete character comes out as U+FFFD)."""
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        self._prefix = self._read = len(self._ids)
-        return after[len(before) :] if len(after) > len(before) else ""
+        text = self._decode(self._ids[self._start:])
+        piece = text[self._shown:] if len(text) > self._shown else ""
+        self._start, self._shown = len(self._ids), 0
+        return piece
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids)) if ids else ""
