@@ -109,18 +109,26 @@ def conversation(system: str, turns: int) -> Iterator[list[dict[str, str]]]:
         yield list(messages)
 
 
+#: Prompt tokens each side reported as read from its cache, per (side, turn).
+CACHED: dict[tuple[str, int], list[int]] = defaultdict(list)
+
+
 def first_token(client: openai.OpenAI, model: str, messages: list[dict[str, str]],
-                tokens: int) -> float:
-    """Seconds from sending a streamed chat completion to its first text."""
+                tokens: int, record: tuple[str, int] | None = None) -> float:
+    """Seconds from sending a streamed chat completion to its first text; the usage's
+    ``prompt_tokens_details.cached_tokens`` goes to :data:`CACHED` under ``record``."""
     sent = time.perf_counter()
     first = 0.0
     stream = client.chat.completions.create(
         model=model, messages=messages, stream=True,  # type: ignore[arg-type]
-        max_tokens=tokens, temperature=0,
+        max_tokens=tokens, temperature=0, stream_options={"include_usage": True},
     )
     for chunk in stream:
         if not first and chunk.choices and chunk.choices[0].delta.content:
             first = time.perf_counter()
+        details = chunk.usage.prompt_tokens_details if chunk.usage else None
+        if record is not None and details is not None and details.cached_tokens is not None:
+            CACHED[record].append(details.cached_tokens)
     return (first or time.perf_counter()) - sent
 
 
@@ -240,7 +248,7 @@ def main() -> None:
                 client, name = clients[side], sides[side][1]
                 for turn, messages in enumerate(conversation(system, args.turns), start=1):
                     turn_ttft[(side, turn)].append(
-                        first_token(client, name, messages, args.tokens))
+                        first_token(client, name, messages, args.tokens, (side, turn)))
                 for label, question in (("cold", QUESTIONS[0]), ("warm", QUESTIONS[1])):
                     messages = [{"role": "system", "content": prefix},
                                 {"role": "user", "content": question}]
@@ -282,6 +290,12 @@ def report(args: argparse.Namespace, names: list[str],
     rows.append(("warm turns (median)", *(f"{warm[s]:.3f}" for s in names)))
     rows.append(("warm / cold", *(f"{warm[s] / cold[s]:.2f}" for s in names)))
     print(table(("", *names), rows))
+    print("\nprompt tokens the side reported as read from its cache "
+          "(usage.prompt_tokens_details.cached_tokens, median over rounds; - not reported)")
+    print(table(("", *names), [
+        (f"turn {t} ({prompt_tokens[t - 1]} tok)",
+         *(f"{statistics.median(CACHED[(s, t)]):.0f}" if CACHED[(s, t)] else "-"
+           for s in names)) for t in range(1, args.turns + 1)]))
 
     big_median = {key: statistics.median(values) for key, values in big.items()}
     # A side that refused the 8k case (nan) prints nan and takes no part in its ratios.

@@ -61,7 +61,14 @@ def test_real_chat_whole_and_streamed_agree(real_client: openai.OpenAI) -> None:
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text  # greedy decoding is deterministic
     assert chunks[-1].choices == []
-    assert chunks[-1].usage == whole.usage
+    final = chunks[-1].usage
+    assert final is not None
+    assert (final.prompt_tokens, final.completion_tokens, final.total_tokens) == (
+        whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens)
+    # The same prompt again: what the cache held of it is reported as cached.
+    assert final.prompt_tokens_details is not None and whole.usage.prompt_tokens_details
+    cached = final.prompt_tokens_details.cached_tokens or 0
+    assert (whole.usage.prompt_tokens_details.cached_tokens or 0) <= cached < final.prompt_tokens
 
 
 def test_real_text_completion(real_client: openai.OpenAI) -> None:
