@@ -177,7 +177,7 @@ class Results:
 def _generation_row(r: GenerationRecord, cached: bool) -> list[str]:
     stats = r.stats()
     counts = r.counts()
-    return [r.subject.target, r.subject.model, r.subject.quantization or "-", r.test,
+    return [r.subject.target, _model_label(r.subject.model), r.subject.quantization or "-", r.test,
             str(r.parallel), _count(counts["prompt_tokens"]), _count(counts["completion_tokens"]),
             *([_count(counts["cached_tokens"])] if cached else []),
             _stat(stats["ttft_s"], 3), _stat(stats["prefill_tokens_per_s"], 1),
@@ -187,13 +187,21 @@ def _generation_row(r: GenerationRecord, cached: bool) -> list[str]:
 
 def _load_row(r: LoadRecord) -> list[str]:
     cells = [f"{t.seconds:.2f}" + (f" (cache {t.cache})" if t.cache else "") for t in r.loads]
-    return [r.subject.target, r.subject.model, *[*cells, "-", "-"][:2]]
+    return [r.subject.target, _model_label(r.subject.model), *[*cells, "-", "-"][:2]]
 
 
 def _embedding_row(r: EmbeddingRecord) -> list[str]:
     stats = r.stats()
-    return [r.subject.target, r.subject.model, f"embed {r.texts_asked}",
+    return [r.subject.target, _model_label(r.subject.model), f"embed {r.texts_asked}",
             _stat(stats["texts_per_s"], 1), _stat(stats["request_s"], 3), str(len(r.samples))]
+
+
+def _model_label(name: str) -> str:
+    """A model as the table shows it: a server that names its model by a file path
+    (llama-server) is shown the file's name; JSON keeps the full id."""
+    if name.startswith("/") or name[1:3] in (":\\", ":/"):
+        return name.replace("\\", "/").rsplit("/", 1)[-1]
+    return name
 
 
 def _stat(stat: Stat | None, digits: int) -> str:
