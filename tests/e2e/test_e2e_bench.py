@@ -52,9 +52,12 @@ def test_a_server_by_url_gets_the_same_fields_as_the_device(
         assert remote[key]["median"] > 0, key
     assert server["embedding"]["texts"] == 2 and server["embedding"]["texts_per_s"]["median"] > 0
 
+    # a model the server does not list: its default one is measured, and the table says so
     table = CliRunner().invoke(
-        main, ["bench", "--url", real_server.url, "--prompt", "64", "--gen", "4",
-               "--reps", "1"], obj={HOST_KEY: host})
+        main, ["bench", "--url", real_server.url, "--model", "tinyllama:latest", "--prompt",
+               "64", "--gen", "4", "--reps", "1"], obj={HOST_KEY: host})
     assert table.exit_code == 0, table.output
     [row] = [line for line in table.stdout.splitlines() if line.startswith(real_server.url)]
     assert row.split()[1:8] == ["smollm2:135m", "-", "pp64", "tg4", "1", "64", "4"]
+    assert (f"note: {real_server.url} does not list tinyllama:latest: its model "
+            "smollm2:135m was measured") in table.stdout

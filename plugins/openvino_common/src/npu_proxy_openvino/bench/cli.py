@@ -49,8 +49,9 @@ def _names(value: str | None) -> list[str]:
               help="An OpenAI-compatible server to measure (npu-proxy, llama-server, Ollama, "
                    "OVMS, vLLM); repeat for several.")
 @click.option("--model", "models", metavar="A,B",
-              help="Chat models to measure [default: NPU_PROXY_DEFAULT_MODEL]; a server "
-                   "without it gets the first model it lists.")
+              help="Chat models to measure on the devices [default: "
+                   "NPU_PROXY_DEFAULT_MODEL]; a --url server is measured on the first of "
+                   "them if it lists it, else on the first model it lists.")
 @click.option("--prompt", "prompts", default="512", show_default=True, callback=_sizes,
               metavar="N,N", help="Prompt sizes in tokens (pp).")
 @click.option("--gen", "gens", default="128", show_default=True, callback=_sizes,
@@ -148,10 +149,14 @@ async def _main(server: ServerContext, plan: Plan, device: str | None, urls: lis
                                      default_all=not urls)
             targets.extend(devices)
             for url in urls:
-                targets.append(await ServerTarget.connect(
+                remote = await ServerTarget.connect(
                     url, models[0] if models else None, server.settings.default_model,
                     server.settings.embedding_model if "embed" in plan.workloads else None,
-                    api_key))
+                    api_key)
+                if models and remote.model != models[0]:
+                    results.notes.append(f"{remote.name} does not list {models[0]}: its "
+                                         f"model {remote.model} was measured")
+                targets.append(remote)
             if not targets:
                 raise BenchError("nothing to measure: no device is present and no --url "
                                  "was given")

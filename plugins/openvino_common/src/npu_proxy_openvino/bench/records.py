@@ -170,8 +170,9 @@ class Results:
             parts.append("nothing was measured")
         if self.interrupted:
             parts.append("interrupted (Ctrl-C): the results above are partial")
-        text = "\n\n".join(parts)
-        return text + "".join(f"\nnote: {note}" for note in self.notes)
+        if self.notes:
+            parts.append("\n".join(f"note: {note}" for note in self.notes))
+        return "\n\n".join(parts)
 
 
 def _generation_row(r: GenerationRecord, cached: bool) -> list[str]:

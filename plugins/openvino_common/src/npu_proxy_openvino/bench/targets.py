@@ -201,8 +201,9 @@ class ServerTarget(Target):
                       embedding: str | None, api_key: str | None) -> ServerTarget:
         """Ask the server which models it serves and choose one.
 
-        ``wanted`` (``--model``) must be listed; otherwise ``fallback`` (the default
-        model) if listed, else the first listed. ``embedding`` is kept only if listed.
+        ``wanted`` (``--model``) if listed, else ``fallback`` (the default model) if
+        listed, else the first listed (the caller compares :attr:`model` with what it
+        wanted). ``embedding`` is kept only if listed.
         Raises :class:`BenchError` when the server does not answer as OpenAI does.
         """
         base = url.rstrip("/")
@@ -219,11 +220,8 @@ class ServerTarget(Target):
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             await client.aclose()
             raise BenchError(f"{base} did not list its models at /v1/models: {exc}") from None
-        if wanted and wanted not in listed:
-            await client.aclose()
-            raise BenchError(f"{base} does not serve {wanted!r}; it lists: "
-                             + (", ".join(listed) or "nothing"))
-        model = wanted or (fallback if fallback in listed else (listed[0] if listed else ""))
+        model = next((name for name in (wanted, fallback) if name and name in listed),
+                     listed[0] if listed else "")
         if not model:
             await client.aclose()
             raise BenchError(f"{base} lists no model at /v1/models")
