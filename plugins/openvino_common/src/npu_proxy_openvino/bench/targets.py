@@ -123,8 +123,17 @@ class DeviceTarget(Target):
         return "filled" if path.is_dir() and any(path.iterdir()) else "empty"
 
     async def load(self, model: ModelInfo | None = None) -> LoadTime:
-        """Load (convert once, compile) ``model`` (default: the chat model); timed."""
+        """Load (compile) ``model`` (default: the chat model); timed.
+
+        A model's one-time conversion (GGUF or ONNX to IR, cached in the model store) is
+        done before the clock starts, by counting tokens with its tokenizer.
+        """
         model = model or self.info
+        if model.can(Capability.EMBEDDING):
+            await self.backend.count_text_tokens(model, ["convert once"])
+        else:
+            await self.backend.count_tokens(model, GenerationRequest(
+                model=model.name, messages=(Message("user", "convert once"),)))
         cache = self.compile_cache(model)
         started = time.perf_counter()
         loaded = await self.backend.load(model)
