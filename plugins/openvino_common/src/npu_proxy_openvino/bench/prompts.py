@@ -118,7 +118,3 @@ def texts_to_embed(count: int, tag: str) -> list[str]:
     embedding cache never answers them)."""
     return [filler(f"{tag}-{i}", 10 + i % 11) for i in range(count)]
 
-
-def largest(chats: Sequence[Sequence[Turn]]) -> Sequence[Turn]:
-    """The chat with the most text (the one to check against a device's limit)."""
-    return max(chats, key=lambda chat: sum(len(text) for _, text in chat))

@@ -223,7 +223,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], markdown: bool 
     """A table: the first ``left`` columns left-aligned, the rest right-aligned; with
     ``markdown`` a pipe table (llama-bench's own format)."""
     cells = [list(headers), *(list(row) for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    # a Markdown delimiter cell needs a hyphen besides its colon
+    widths = [max(3 if markdown else 0, *(len(row[i]) for row in cells))
+              for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
         parts = [c.ljust(w) if i < left else c.rjust(w)

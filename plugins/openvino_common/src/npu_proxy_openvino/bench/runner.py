@@ -20,6 +20,7 @@ stopped by Ctrl-C still has everything it finished.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -84,6 +85,8 @@ class Runner:
         self.count = count
         self.results = results
         self.progress = progress
+        #: in every tag: a server's prefix cache may still hold an earlier run's prompts
+        self._salt = secrets.token_hex(3)
         self._chats: dict[tuple[int, int, int, int, int], list[Turn]] = {}
         self._sessions: list[list[list[Turn]]] = []
 
@@ -100,15 +103,16 @@ class Runner:
                     for n in plan.parallel:
                         for r in range(plan.reps):
                             for s in range(n):
-                                chat = await sized_chat(self.count, p,
-                                                        f"pp{p} tg{g} x{n} r{r} s{s}")
+                                chat = await sized_chat(
+                                    self.count, p, f"{self._salt} pp{p} tg{g} x{n} r{r} s{s}")
                                 self._chats[(p, g, n, r, s)] = chat
                                 if (n, r, s) == (plan.parallel[0], 0, 0):
                                     # checked at once: a refusal comes before more work
                                     self._check(await self.count(chat), g, f"--prompt {p}")
         if "agent" in plan.workloads:
             for r in range(plan.reps):
-                system = await system_prompt(self.count, plan.prompts[0], f"agent r{r}")
+                system = await system_prompt(self.count, plan.prompts[0],
+                                             f"{self._salt} agent r{r}")
                 self._sessions.append(list(conversation(system, plan.turns)))
                 if r == 0:
                     self._check(await self.count(self._sessions[0][-1]), plan.gens[0],
@@ -213,8 +217,8 @@ class Runner:
         self.results.records.append(record)
         for r in range(self.plan.reps):
             self.progress.describe(f"{target.name}: embed {self.plan.texts} rep {r + 1}")
-            record.samples.append(await target.embed(texts_to_embed(self.plan.texts,
-                                                                    f"embed r{r}")))
+            texts = texts_to_embed(self.plan.texts, f"{self._salt} embed r{r}")
+            record.samples.append(await target.embed(texts))
             self.progress.advance()
         if device is not None and device.embedding is not None:
             await device.unload(device.embedding)
