@@ -75,6 +75,13 @@ class Progress(Protocol):
     def advance(self) -> None: ...
 
 
+def _nonce() -> str:
+    """The start of every tag: new for each request and each run, so the prompts share
+    no more than the template's first tokens (a server's prefix cache may even hold an
+    earlier run's prompts: llama-server keeps its slots')."""
+    return secrets.token_hex(4)
+
+
 class Runner:
     """Runs ``plan`` on ``targets``, appending to ``results``; ``count`` sizes prompts."""
 
@@ -85,8 +92,6 @@ class Runner:
         self.count = count
         self.results = results
         self.progress = progress
-        #: in every tag: a server's prefix cache may still hold an earlier run's prompts
-        self._salt = secrets.token_hex(3)
         self._chats: dict[tuple[int, int, int, int, int], list[Turn]] = {}
         self._sessions: list[list[list[Turn]]] = []
 
@@ -104,7 +109,7 @@ class Runner:
                         for r in range(plan.reps):
                             for s in range(n):
                                 chat = await sized_chat(
-                                    self.count, p, f"{self._salt} pp{p} tg{g} x{n} r{r} s{s}")
+                                    self.count, p, f"{_nonce()} pp{p} tg{g} x{n} r{r} s{s}")
                                 self._chats[(p, g, n, r, s)] = chat
                                 if (n, r, s) == (plan.parallel[0], 0, 0):
                                     # checked at once: a refusal comes before more work
@@ -112,7 +117,7 @@ class Runner:
         if "agent" in plan.workloads:
             for r in range(plan.reps):
                 system = await system_prompt(self.count, plan.prompts[0],
-                                             f"{self._salt} agent r{r}")
+                                             f"{_nonce()} agent r{r}")
                 self._sessions.append(list(conversation(system, plan.turns)))
                 if r == 0:
                     self._check(await self.count(self._sessions[0][-1]), plan.gens[0],
@@ -217,7 +222,7 @@ class Runner:
         self.results.records.append(record)
         for r in range(self.plan.reps):
             self.progress.describe(f"{target.name}: embed {self.plan.texts} rep {r + 1}")
-            texts = texts_to_embed(self.plan.texts, f"{self._salt} embed r{r}")
+            texts = texts_to_embed(self.plan.texts, f"{_nonce()} embed r{r}")
             record.samples.append(await target.embed(texts))
             self.progress.advance()
         if device is not None and device.embedding is not None:
