@@ -151,6 +151,18 @@ def test_a_prompt_over_the_npu_limit_is_refused_naming_the_setting(
     assert imitation.calls == []  # refused before anything was compiled
 
 
+def test_a_generation_past_the_npu_context_is_refused_naming_the_setting(
+    ov_settings: Settings, imitation: DeviceImitation
+) -> None:
+    # MAX_PROMPT_LEN 64 + MIN_RESPONSE_LEN 128: a 64-token prompt leaves 128 to generate
+    result = bench(npu(ov_settings, imitation, 64), "--device", "NPU", "--prompt", "64",
+                   "--gen", "200", "--reps", "1")
+    assert result.exit_code == 1
+    assert "needs 264 tokens, more than the 192 tokens of context NPU has" in result.output
+    assert "set NPU_PROXY_MAX_PROMPT_LEN=264 or more" in result.output
+    assert imitation.calls == []
+
+
 def test_an_absent_device_asked_for_by_name_is_an_error(ov_settings: Settings,
                                                         imitation: DeviceImitation) -> None:
     backend = NpuBackend(ov_settings, pipeline_factory=imitation,

@@ -21,7 +21,7 @@ Turn = tuple[Role, str]
 Counter = Callable[[Sequence[Turn]], Awaitable[int]]
 
 #: Asks for a long answer, so a greedy model keeps writing up to the asked length.
-INSTRUCTION = "Now write a long, detailed story that uses all of the words above."
+INSTRUCTION = "Write a long story with these words."
 
 #: Filler: common words, each one token for most tokenizers when preceded by a space.
 WORDS = (

@@ -75,11 +75,18 @@ class Progress(Protocol):
     def advance(self) -> None: ...
 
 
+def _raise(setting: str, needed: int) -> str:
+    """How to make a device take ``needed`` tokens: its setting, else another model."""
+    if not setting:
+        return "choose a model with a longer context"
+    return f"set {setting}={needed} or more (the device compiles for it again)"
+
+
 def _nonce() -> str:
     """The start of every tag: new for each request and each run, so the prompts share
     no more than the template's first tokens (a server's prefix cache may even hold an
     earlier run's prompts: llama-server keeps its slots')."""
-    return secrets.token_hex(4)
+    return secrets.token_hex(3)
 
 
 class Runner:
@@ -109,7 +116,7 @@ class Runner:
                         for r in range(plan.reps):
                             for s in range(n):
                                 chat = await sized_chat(
-                                    self.count, p, f"{_nonce()} pp{p} tg{g} x{n} r{r} s{s}")
+                                    self.count, p, f"{_nonce()} {p}/{g}/{n}/{r}/{s}")
                                 self._chats[(p, g, n, r, s)] = chat
                                 if (n, r, s) == (plan.parallel[0], 0, 0):
                                     # checked at once: a refusal comes before more work
@@ -128,18 +135,17 @@ class Runner:
             if not isinstance(target, DeviceTarget):
                 continue
             limit, context, setting = target.prompt_limit()
-            raise_it = (f"set {setting}={tokens} or more (the device compiles for it again)"
-                        if setting else "choose a model with a longer context")
+
             if limit is not None and tokens > limit:
                 raise BenchError(
                     f"{what} is {tokens} prompt tokens, more than the {limit} tokens "
-                    f"{target.name} takes for {target.model} as compiled: {raise_it}, "
-                    "or ask for a smaller --prompt")
+                    f"{target.name} takes for {target.model} as compiled: "
+                    f"{_raise(setting, tokens)}, or ask for a smaller --prompt")
             if tokens + gen > context:
                 raise BenchError(
                     f"{what} with --gen {gen} needs {tokens + gen} tokens, more than the "
                     f"{context} tokens of context {target.name} has for {target.model}: "
-                    f"{raise_it}, or ask for smaller sizes")
+                    f"{_raise(setting, tokens + gen)}, or ask for smaller sizes")
 
     async def run(self) -> None:
         """Every target in turn; a target that fails is noted and the others still run."""
