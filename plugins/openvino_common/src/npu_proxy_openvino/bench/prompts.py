@@ -117,4 +117,3 @@ def texts_to_embed(count: int, tag: str) -> list[str]:
     """``count`` distinct sentences of 10-20 words (new for every ``tag``, so an
     embedding cache never answers them)."""
     return [filler(f"{tag}-{i}", 10 + i % 11) for i in range(count)]
-
