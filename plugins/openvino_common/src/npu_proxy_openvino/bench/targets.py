@@ -186,11 +186,6 @@ class DeviceTarget(Target):
             await self._loaded.pop(name).unload()
 
 
-def chat_models(models: Sequence[ModelInfo]) -> list[ModelInfo]:
-    """The models that can chat."""
-    return [m for m in models if m.can(Capability.COMPLETION)]
-
-
 class ServerTarget(Target):
     """An OpenAI-compatible server (npu-proxy, llama-server, Ollama, OVMS, vLLM):
     ``/v1/models``, streamed ``/v1/chat/completions`` with usage, ``/v1/embeddings``."""
