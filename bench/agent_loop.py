@@ -56,29 +56,8 @@ import httpx
 import openai
 import openvino_genai
 from benchlib import LLM, ServerProcess, default_store, free_port, machine, table
+from npu_proxy_openvino.bench.prompts import ANSWERS, QUESTIONS  # the scripted history
 from npu_proxy_openvino.models import ModelPreparer, embedded_models
-
-#: Scripted history: what the assistant "said" and what the user asks next, per turn.
-ANSWERS = (
-    "I read the file and found the function that parses the settings.",
-    "The test fails because the default port is read before the override.",
-    "I changed the order so the override is applied first, and ran the tests.",
-    "All tests pass now; the linter reports one long line in the same module.",
-    "I wrapped the line and added a docstring that states the contract.",
-    "The change is ready: two files touched, no behaviour change elsewhere.",
-    "I also checked the documentation, which already describes the new order.",
-    "Nothing else refers to the old name, so the rename is complete.",
-)
-QUESTIONS = (
-    "Open the configuration module and tell me where the port is parsed.",
-    "Why does the test for the port override fail on the first run?",
-    "Fix it, keeping the public function signatures exactly as they are.",
-    "Run the linter as well and tell me what it reports for that module.",
-    "Fix the lint finding and make sure the docstring explains the behaviour.",
-    "Summarise the change for the commit message in two short sentences.",
-    "Does the documentation need an update after this change, and where?",
-    "Check that nothing else still uses the old name of the function.",
-)
 
 
 def filler(tokenizer: Any, tokens: int, seed: str) -> str:

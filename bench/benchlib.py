@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from npu_proxy_openvino.bench.records import table as text_table
 
 LLM = "smollm2:135m"
 EMBEDDING = "all-minilm:latest"
@@ -234,14 +235,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1) -> str:
-    """A plain text table: the first ``left`` columns left-aligned, the rest right-aligned."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        parts = [c.ljust(w) if i < left else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(parts).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """A plain text table: the first ``left`` columns left-aligned, the rest right-aligned
+    (the one ``npu-proxy bench`` prints)."""
+    return text_table([str(h) for h in headers], ([str(c) for c in row] for row in rows),
+                      left=left)

@@ -25,6 +25,7 @@ from npu_proxy_openvino.doctor import (
     OpenVINOProbe,
     check_device,
     check_device_files,
+    check_openvino,
     device_doctor_checks,
 )
 
@@ -71,9 +72,23 @@ def test_every_device_seen_is_listed_with_its_driver(setup: Path) -> None:
     assert "\ndevices (plugin openvino)\n  ok    OpenVINO 2025.3.0 sees CPU: Test CPU; " \
         in result.output
     assert "NPU: Intel(R) AI Boost (driver 1.10.0)" in result.output
-    [seen] = openvino_findings()
+    seen, suggestion = openvino_findings()
     assert seen["status"] == "ok" and seen["area"] == "devices"
     assert seen["details"]["devices"]["GPU.0"]["driver_version"] == "24.35"
+    assert suggestion["status"] == "info"
+    assert suggestion["message"].endswith("run: npu-proxy bench --device all")
+
+
+def test_bench_is_suggested_only_when_an_npu_or_gpu_is_seen() -> None:
+    npu_only = OpenVINOProbe(installed=True, version="2025.3.0", devices={
+        "CPU": CPU, "NPU": DeviceInfo("NPU", True, full_name="Intel(R) AI Boost")})
+    _, suggestion = check_openvino(settings(), npu_only)
+    assert suggestion.message == ("to measure the NPU beside the CPU on this machine "
+                                  "(tokens/s, first token, compile time), run: "
+                                  "npu-proxy bench --device all")
+    _, both = check_openvino(settings(), ALL_DEVICES)
+    assert "to measure the NPU and the GPU beside the CPU" in both.message
+    assert [c.status for c in check_openvino(settings(), CPU_ONLY)] == ["ok"]
 
 
 def test_openvino_absent_fails_only_for_real_inference(

@@ -119,6 +119,9 @@ class OpenVINOBackend(Backend):
     embeddings: bool = True
     #: Models resident at once (None: as many as memory allows).
     max_loaded_models: int | None = None
+    #: The variable that raises :meth:`prompt_limit` ("" where the model's context is
+    #: the only limit), named when a prompt is refused before it reaches the device.
+    prompt_limit_setting: str = ""
 
     def __init__(self, settings: Settings, **options: Unpack[BackendOptions]) -> None:
         self.ov_settings = options.get("ov_settings") or load_plugin_settings(OpenVINOSettings)

@@ -69,7 +69,8 @@ def probe_openvino() -> OpenVINOProbe:
 
 
 def check_openvino(settings: Settings, probe: OpenVINOProbe) -> list[Check]:
-    """OpenVINO is importable and lists devices; which ones, with their drivers."""
+    """OpenVINO is importable and lists devices; which ones, with their drivers. With
+    an NPU or a GPU, a pointer to ``npu-proxy bench --device all`` to measure them."""
     real = settings.real_inference
     if not probe.installed:
         if not real:
@@ -93,7 +94,14 @@ def check_openvino(settings: Settings, probe: OpenVINOProbe) -> list[Check]:
     )
     details = {"openvino": probe.version,
                "devices": {name: asdict(info) for name, info in probe.devices.items()}}
-    return [Check(AREA, "ok", f"OpenVINO {probe.version} sees {seen}", details=details)]
+    checks = [Check(AREA, "ok", f"OpenVINO {probe.version} sees {seen}", details=details)]
+    accelerators = [d for d in ("NPU", "GPU") if probe.sees(d)]
+    if accelerators:
+        checks.append(Check(
+            AREA, "info", f"to measure the {' and the '.join(accelerators)} beside the CPU "
+            "on this machine (tokens/s, first token, compile time), run: "
+            "npu-proxy bench --device all"))
+    return checks
 
 
 def check_device(

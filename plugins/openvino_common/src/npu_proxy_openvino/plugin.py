@@ -8,6 +8,7 @@ IR, ONNX embeddings: :mod:`.formats`) and the models every one of them can serve
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from npu_proxy.checks import DoctorCheck
 from npu_proxy.engine.types import ModelInfo
@@ -18,6 +19,9 @@ from npu_proxy.settings import Settings
 from .formats import npu_proxy_register_model_formats  # noqa: F401
 from .models import embedded_models
 
+if TYPE_CHECKING:
+    import click
+
 
 @hookimpl
 def npu_proxy_register_models(register: Callable[[ModelInfo], None], settings: Settings) -> None:
@@ -27,6 +31,14 @@ def npu_proxy_register_models(register: Callable[[ModelInfo], None], settings: S
     """
     for model in embedded_models(settings.model_path):
         register(model)
+
+
+@hookimpl
+def npu_proxy_register_commands(register: Callable[[click.Command], None]) -> None:
+    """Register ``npu-proxy bench`` (its modules load only when it runs)."""
+    from .bench.cli import bench
+
+    register(bench)
 
 
 @hookimpl

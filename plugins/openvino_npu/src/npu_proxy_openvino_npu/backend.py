@@ -51,6 +51,7 @@ class NpuBackend(OpenVINOBackend):
     device = "NPU"
     embeddings = False
     max_loaded_models = 1
+    prompt_limit_setting = "NPU_PROXY_MAX_PROMPT_LEN"
 
     def __init__(self, settings: Settings, *, npu_settings: NpuSettings | None = None,
                  **options: Unpack[BackendOptions]) -> None:
