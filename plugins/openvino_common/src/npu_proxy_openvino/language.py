@@ -24,7 +24,7 @@ from npu_proxy.engine.types import (
 
 from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
 from .options import GenerationSpec, response_schema, validate_options
-from .prompt import prompt_ids
+from .prompt import is_prepared, prompt_ids
 from .runner import Outcome, TextGenerator
 from .stops import StopStringFilter
 from .streaming import Finished
@@ -125,10 +125,12 @@ class OpenVINOLanguageModel(LoadedModel):
         returns; ``FinishReason.TOOL_CALLS`` when the answer was parsed as tool calls.
         """
         start = time.perf_counter_ns()
-        prepared = await asyncio.to_thread(
-            prepare_generation, request, self._tokenizer, self._limits,
-            self._generator.configure, f"the {self.device}",
-        )
+        arguments = (request, self._tokenizer, self._limits, self._generator.configure,
+                     f"the {self.device}")
+        # A prompt the engine prepared needs no tokenizer here: only checks and a config,
+        # done on the loop (a thread hop would only delay the first token).
+        prepared = (prepare_generation(*arguments) if is_prepared(request)
+                    else await asyncio.to_thread(prepare_generation, *arguments))
         tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
         outcome: Outcome | None = None
         stops = StopStringFilter(request.options.stop) if request.options.stop else None

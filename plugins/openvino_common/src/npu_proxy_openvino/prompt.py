@@ -27,11 +27,18 @@ def prepare_prompt(tokenizer: Any, request: GenerationRequest) -> PreparedPrompt
     return PreparedPrompt(len(ids), prefix=fingerprint(ids), owner=OWNER, form=ids)
 
 
+def is_prepared(request: GenerationRequest) -> bool:
+    """Whether ``request`` carries token ids prepared here (by an OpenVINO backend)."""
+    prepared = request.prepared
+    return prepared is not None and prepared.owner == OWNER and isinstance(prepared.form, tuple)
+
+
 def prompt_ids(tokenizer: Any, request: GenerationRequest) -> tuple[int, ...]:
     """The token ids of ``request``'s prompt: the engine's prepared ones when it made
     them here, else prepared now (a direct call; blocking)."""
-    prepared = request.prepared
-    if prepared is not None and prepared.owner == OWNER and isinstance(prepared.form, tuple):
-        return prepared.form
+    if is_prepared(request):
+        assert request.prepared is not None
+        form: tuple[int, ...] = request.prepared.form
+        return form
     ids: tuple[int, ...] = prepare_prompt(tokenizer, request).form
     return ids
