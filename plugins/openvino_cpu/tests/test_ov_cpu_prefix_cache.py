@@ -152,6 +152,8 @@ async def test_two_conversations_across_four_streams_keep_their_own_answers(
     for _ in range(2):
         results = await asyncio.gather(*(run(cached, r) for r in requests))
         assert [text for text, _ in results] == expected
+    # The second time every request reports its own conversation's prefix as cached.
+    assert all(done.usage.cached_tokens >= 8 * LEDGER_BLOCK for _, done in results)
     assert len(set(expected)) == 4 and all(text.strip() for text in expected)
 
 

@@ -315,11 +315,11 @@ class _Stepper:
                 self._end(job)
 
     def _measure_cache(self, job: _Job) -> None:
-        """Size the ledger from a request running alone whose prompt has just been read
-        (its first token is out): its prompt's blocks are in use, and whatever else
-        the usage counts only makes the measured size smaller, never larger."""
+        """Size the ledger when a request's prompt has just been read (its first token
+        is out): its prompt's blocks are in use, and whatever else the usage counts
+        (other requests) only makes the measured size smaller, never larger."""
         ledger = self._ledger
-        if ledger is None or len(self._jobs) != 1:
+        if ledger is None:
             return
         try:
             usage = float(self._pipe.get_metrics().cache_usage)

@@ -19,8 +19,9 @@ The number it gives is one the cache is sure to have reused, never more:
   inclusion property of LRU caches, whatever the ledger still holds, the larger cache
   still holds (the test ``test_ov_cpu_prefix_cache`` checks the figure against GenAI
   reading one token a step);
-- until the cache's size has been measured (at the first token of a request running
-  alone) it vouches for nothing; a cache grown on demand (``NPU_PROXY_KV_CACHE_GB=0``)
+- until the cache's size has been measured (at a request's first token: its prompt's
+  blocks are in use, so the usage then bounds the size from below) it vouches for
+  nothing; a cache grown on demand (``NPU_PROXY_KV_CACHE_GB=0``)
   is only as large as the largest working set seen, so little is vouched for there.
 """
 
