@@ -104,7 +104,7 @@ def _messages(messages: list[ChatMessage]) -> tuple[Message, ...]:
             result.append(Message(role="user", content=text, images=images))
         elif message.role == "assistant":
             calls = tuple(
-                _call(c.id, c.function.name, c.function.arguments, f"{where}.tool_calls")
+                decode_call(c.id, c.function.name, c.function.arguments, f"{where}.tool_calls")
                 for c in message.tool_calls or ()
             )
             names.update((c.id, c.name) for c in calls)
@@ -150,7 +150,11 @@ def _content(message: ChatMessage, where: str) -> tuple[str, tuple[bytes, ...]]:
 
 def _image(part: ContentPart, param: str) -> bytes:
     assert part.image_url is not None
-    url = part.image_url.url
+    return decode_image_url(part.image_url.url, param)
+
+
+def decode_image_url(url: str, param: str) -> bytes:
+    """The bytes of an inline ``data:<type>;base64,`` image; remote URLs are refused."""
     header, comma, data = url.partition(",")
     # Remote URLs are not fetched: the server would become a way to reach other hosts.
     if not (header.startswith("data:") and header.endswith(";base64") and comma):
@@ -165,7 +169,8 @@ def _image(part: ContentPart, param: str) -> bytes:
         raise InvalidRequestError(f"{param}: the image is not valid base64", param) from None
 
 
-def _call(call_id: str, name: str, arguments: str, param: str) -> ToolCall:
+def decode_call(call_id: str, name: str, arguments: str, param: str) -> ToolCall:
+    """A call the client sends back, its ``arguments`` a JSON object in a string."""
     try:
         decoded = json.loads(arguments) if arguments.strip() else {}
     except json.JSONDecodeError:

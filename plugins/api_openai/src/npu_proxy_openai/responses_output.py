@@ -1,0 +1,235 @@
+"""A generation's events -> a Responses API ``response`` object and the typed stream
+events that build it.
+
+One :class:`ResponseBuilder` serves both ways of answering: a streamed reply sends
+every event it returns (each with its ``sequence_number``), a whole one feeds it the
+collected events and sends :attr:`ResponseBuilder.response`. So the streamed and the
+whole reply are the same object by construction. Text becomes a ``message`` item with
+one ``output_text`` part; each tool call a ``function_call`` item.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+from typing import Any
+
+from npu_proxy.engine.errors import EngineError
+from npu_proxy.engine.types import (
+    Done,
+    FinishReason,
+    GenerationEvent,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+from .errors import error_body
+from .responses_schema import ResponsesRequest
+
+Event = dict[str, Any]
+
+
+def new_item_id(prefix: str) -> str:
+    """An id in OpenAI's style for responses and items: ``resp_<hex>``, ``msg_<hex>``."""
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def cached_tokens(usage: Usage) -> int | None:
+    """Prompt tokens the device read from its prefix cache, as the backend measured
+    them; None where this build's :class:`Usage` does not carry that count (then
+    ``input_tokens_details`` is left out rather than filled with an invented zero)."""
+    value = getattr(usage, "cached_tokens", None)
+    return value if isinstance(value, int) else None
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """The Responses API ``usage`` object, from the generation's own counts."""
+    body: dict[str, Any] = {"input_tokens": usage.prompt_tokens}
+    cached = cached_tokens(usage)
+    if cached is not None:
+        body["input_tokens_details"] = {"cached_tokens": cached}
+    body.update(
+        output_tokens=usage.completion_tokens,
+        # No reasoning events were produced by this generation, so none of its output
+        # tokens were reasoning.
+        output_tokens_details={"reasoning_tokens": 0},
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+    )
+    return body
+
+
+def response_head(
+    body: ResponsesRequest, response_id: str, created_at: int, store: bool
+) -> dict[str, Any]:
+    """The response object before any output: the request's settings, echoed."""
+    fmt = body.text.format if body.text and body.text.format else None
+    tool_choice: Any = body.tool_choice or "auto"
+    if not isinstance(tool_choice, str):
+        tool_choice = tool_choice.model_dump(exclude_none=True)
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "metadata": dict(body.metadata or {}),
+        "model": body.model,
+        "output": [],
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "previous_response_id": body.previous_response_id,
+        "reasoning": {
+            "effort": body.reasoning.effort if body.reasoning else None,
+            "summary": body.reasoning.summary if body.reasoning else None,
+        },
+        "store": store,
+        "temperature": body.temperature,
+        "text": {
+            "format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}
+        },
+        "tool_choice": tool_choice,
+        "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or ()],
+        "top_p": body.top_p,
+        "truncation": body.truncation or "disabled",
+        "usage": None,
+    }
+
+
+class ResponseBuilder:
+    """Builds one response from its generation's events.
+
+    Each method returns the stream events its input produced, numbered, each a snapshot
+    (later events do not change it).
+    ``parallel_tool_calls=False`` keeps the first tool call of a turn and drops the rest.
+    """
+
+    def __init__(self, head: dict[str, Any]) -> None:
+        self.response = head
+        self._sequence = 0
+        self._parallel = bool(head["parallel_tool_calls"])
+        self._message: dict[str, Any] | None = None  # the message item being written
+        self._text: list[str] = []
+        self._calls: list[ToolCall] = []
+
+    @property
+    def output(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.response["output"]
+        return items
+
+    def reply(self) -> Message:
+        """The output as an assistant turn, for a conversation to continue with."""
+        return Message(role="assistant", content="".join(self._text), tool_calls=tuple(self._calls))
+
+    def start(self) -> list[Event]:
+        return [
+            self._event("response.created", response=self.response),
+            self._event("response.in_progress", response=self.response),
+        ]
+
+    def feed(self, event: GenerationEvent) -> list[Event]:
+        if isinstance(event, TextDelta):
+            return self._text_delta(event.text)
+        if isinstance(event, ToolCallDelta):
+            return self._call(event.call)
+        return self._finish(event)
+
+    def fail(self, error: EngineError) -> list[Event]:
+        """The ``error`` event, then ``response.failed`` with the items made so far."""
+        detail = error_body(error)["error"]
+        self.response["status"] = "failed"
+        self.response["error"] = {
+            "code": "server_error" if error.status >= 500 else "invalid_prompt",
+            "message": error.message,
+        }
+        return [
+            self._event("error", code=detail["code"], message=error.message,
+                        param=detail["param"]),
+            self._event("response.failed", response=self.response),
+        ]
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        event = {"type": kind, "sequence_number": self._sequence, **copy.deepcopy(fields)}
+        self._sequence += 1
+        return event
+
+    def _text_delta(self, text: str) -> list[Event]:
+        if not text:
+            return []
+        events = []
+        if self._message is None:
+            self._message = {"id": new_item_id("msg"), "type": "message",
+                             "status": "in_progress", "role": "assistant", "content": []}
+            self.output.append(self._message)
+            events.append(self._item_event("response.output_item.added", self._message))
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(self._part_event("response.content_part.added", part))
+            self._message["content"].append(part)
+        part = self._message["content"][0]
+        part["text"] += text
+        self._text.append(text)
+        events.append(self._part_event("response.output_text.delta", None, delta=text,
+                                       logprobs=[]))
+        return events
+
+    def _close_message(self) -> list[Event]:
+        message = self._message
+        if message is None:
+            return []
+        part = message["content"][0]
+        events = [
+            self._part_event("response.output_text.done", None, text=part["text"], logprobs=[]),
+            self._part_event("response.content_part.done", part),
+        ]
+        self._message = None
+        message["status"] = "completed"
+        events.append(self._item_event("response.output_item.done", message))
+        return events
+
+    def _call(self, call: ToolCall) -> list[Event]:
+        events = self._close_message()
+        if self._calls and not self._parallel:
+            return events
+        self._calls.append(call)
+        arguments = json.dumps(call.arguments, ensure_ascii=False)
+        item = {"id": new_item_id("fc"), "type": "function_call", "status": "in_progress",
+                "call_id": call.id, "name": call.name, "arguments": ""}
+        self.output.append(item)
+        index = len(self.output) - 1
+        events.append(self._item_event("response.output_item.added", item))
+        events.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
+                                  output_index=index, delta=arguments))
+        item.update(arguments=arguments, status="completed")
+        events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
+                                  output_index=index, name=call.name, arguments=arguments))
+        events.append(self._item_event("response.output_item.done", item))
+        return events
+
+    def _finish(self, done: Done) -> list[Event]:
+        events = self._close_message()
+        incomplete = done.finish_reason == FinishReason.LENGTH and not self._calls
+        self.response["status"] = "incomplete" if incomplete else "completed"
+        if incomplete:
+            self.response["incomplete_details"] = {"reason": "max_output_tokens"}
+        self.response["usage"] = usage_body(done.usage)
+        kind = "response.incomplete" if incomplete else "response.completed"
+        events.append(self._event(kind, response=self.response))
+        return events
+
+    def _item_event(self, kind: str, item: dict[str, Any]) -> Event:
+        index = next(i for i, known in enumerate(self.output) if known is item)
+        return self._event(kind, output_index=index, item=item)
+
+    def _part_event(self, kind: str, part: dict[str, Any] | None, **fields: Any) -> Event:
+        assert self._message is not None
+        index = next(i for i, known in enumerate(self.output) if known is self._message)
+        where = {"item_id": self._message["id"], "output_index": index, "content_index": 0}
+        if part is not None:
+            where["part"] = part
+        return self._event(kind, **where, **fields)
