@@ -170,6 +170,20 @@ def test_named_tool_choice_and_no_tools(client: openai.OpenAI) -> None:
     assert [item.type for item in plain.output] == ["message"]
 
 
+def test_namespace_tools_are_offered_and_named_in_calls(
+    client: openai.OpenAI, counters: MockCounters
+) -> None:
+    namespace = {"type": "namespace", "name": "weather", "description": "Weather tools.",
+                 "tools": [{k: v for k, v in WEATHER.items() if k != "strict"}]}
+    response = client.responses.create(
+        model=MODEL, input="Weather?", tools=[namespace, {**WEATHER, "name": "other"}]  # type: ignore[list-item]
+    )
+    (call,) = response.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert call.namespace == "weather"  # type: ignore[union-attr]
+    assert '<|tools|>["get_weather", "other"]' in counters.prompts[-1]
+
+
 def test_json_schema_text_format(client: openai.OpenAI) -> None:
     response = client.responses.create(
         model=MODEL,
@@ -252,6 +266,9 @@ def test_a_server_without_a_store_says_so(
     [
         ({"background": True}, "background", "background responses are not supported"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type", "'web_search'"),
+        ({"tools": [{"type": "namespace", "name": "n",
+                     "tools": [{"type": "custom", "name": "c"}]}]},
+         "tools[0].tools[0].type", "'custom'"),
         ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}},
          "tool_choice", "'nope'"),

@@ -36,6 +36,8 @@ class ResponsesWork:
 
     request: GenerationRequest
     conversation: tuple[Message, ...]
+    #: function name -> the namespace tool it came in, for the calls the model makes
+    namespaces: dict[str, str]
 
 
 def responses_request(body: ResponsesRequest, history: tuple[Message, ...] = ()) -> ResponsesWork:
@@ -51,7 +53,12 @@ def responses_request(body: ResponsesRequest, history: tuple[Message, ...] = ())
     if not conversation:
         raise InvalidRequestError("input is required", "input")
     system = (Message(role="system", content=body.instructions),) if body.instructions else ()
-    tools = tuple(_tool(tool, index) for index, tool in enumerate(body.tools or ()))
+    namespaces: dict[str, str] = {}
+    tools = tuple(
+        spec
+        for index, tool in enumerate(body.tools or ())
+        for spec in _tools(tool, f"tools[{index}]", namespaces)
+    )
     request = GenerationRequest(
         model=body.model,
         messages=(*system, *conversation),
@@ -62,7 +69,7 @@ def responses_request(body: ResponsesRequest, history: tuple[Message, ...] = ())
         ),
         response_format=_format(body.text.format if body.text else None),
     )
-    return ResponsesWork(request, conversation)
+    return ResponsesWork(request, conversation, namespaces)
 
 
 def input_messages(items: str | list[InputItem] | None) -> tuple[Message, ...]:
@@ -154,20 +161,35 @@ def _function_call(item: InputItem, where: str) -> ToolCall:
     return decode_call(item.call_id, item.name, item.arguments or "", f"{where}.arguments")
 
 
-def _tool(tool: ResponsesTool, index: int) -> ToolSpec:
-    where = f"tools[{index}]"
+def _tools(tool: ResponsesTool, where: str, namespaces: dict[str, str]) -> list[ToolSpec]:
+    """The functions ``tool`` offers: itself, or those of a namespace (each noted in
+    ``namespaces``). Hosted tools (web search, file search, ...) cannot run here."""
+    if tool.type == "namespace" and tool.name:
+        specs = []
+        for index, inner in enumerate(tool.tools or ()):
+            if inner.type != "function":
+                _unsupported(inner.type, f"{where}.tools[{index}]")
+            specs.extend(_tools(inner, f"{where}.tools[{index}]", namespaces))
+            namespaces[specs[-1].name] = tool.name
+        return specs
     if tool.type != "function":
-        raise InvalidRequestError(
-            f"{where}: tools of type {tool.type!r} are not supported by this server; "
-            "only function tools are",
-            f"{where}.type",
-        )
+        _unsupported(tool.type, where)
     if not tool.name:
         raise InvalidRequestError(f"{where}: a function tool needs a name", f"{where}.name")
-    return ToolSpec(
-        name=tool.name,
-        description=tool.description or "",
-        parameters=tool.parameters or {"type": "object", "properties": {}},
+    return [
+        ToolSpec(
+            name=tool.name,
+            description=tool.description or "",
+            parameters=tool.parameters or {"type": "object", "properties": {}},
+        )
+    ]
+
+
+def _unsupported(kind: str, where: str) -> None:
+    raise InvalidRequestError(
+        f"{where}: tools of type {kind!r} are not supported by this server; only function "
+        "tools (also grouped in a namespace) are",
+        f"{where}.type",
     )
 
 

@@ -108,10 +108,13 @@ class ResponseBuilder:
     Each method returns the stream events its input produced, numbered, each a snapshot
     (later events do not change it).
     ``parallel_tool_calls=False`` keeps the first tool call of a turn and drops the rest.
+    ``namespaces`` maps function names to the namespace tool they came in (a call to
+    one names its namespace).
     """
 
-    def __init__(self, head: dict[str, Any]) -> None:
+    def __init__(self, head: dict[str, Any], namespaces: dict[str, str] | None = None) -> None:
         self.response = head
+        self._namespaces = namespaces or {}
         self._sequence = 0
         self._parallel = bool(head["parallel_tool_calls"])
         self._message: dict[str, Any] | None = None  # the message item being written
@@ -200,6 +203,8 @@ class ResponseBuilder:
         arguments = json.dumps(call.arguments, ensure_ascii=False)
         item = {"id": new_item_id("fc"), "type": "function_call", "status": "in_progress",
                 "call_id": call.id, "name": call.name, "arguments": ""}
+        if call.name in self._namespaces:
+            item["namespace"] = self._namespaces[call.name]
         self.output.append(item)
         index = len(self.output) - 1
         events.append(self._item_event("response.output_item.added", item))

@@ -43,13 +43,15 @@ class InputItem(Body):
 
 
 class ResponsesTool(Body):
-    """A tool as the Responses API writes it: flat, ``{"type": "function", "name", ...}``."""
+    """A tool as the Responses API writes it: flat, ``{"type": "function", "name", ...}``,
+    or a ``namespace`` that groups function tools under its ``name``."""
 
     type: str
     name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: list[ResponsesTool] | None = None
 
 
 class ToolChoiceObject(Body):
