@@ -202,7 +202,7 @@ def test_path_like_names_are_400_and_touch_nothing(
         assert "/etc" not in message or name == "/etc/passwd"
     assert store_snapshot() == before
     listed = {m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
-    assert listed == {"mock:latest", "mock-embed:latest"}
+    assert listed == {"mock:latest", "mock-think:latest", "mock-embed:latest"}
 
 
 def test_busy_device_is_503_with_retry_after(start: Callable[..., LiveServer]) -> None:

@@ -55,6 +55,7 @@ from .types import (
     Message,
     ModelInfo,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
 )
 
@@ -172,7 +173,7 @@ class Generation:
                     engine.record_failure(device, f"{model}: {message}")
                     raise InferenceTimeoutError(message) from None
                 now = time.perf_counter()
-                if isinstance(event, TextDelta | ToolCallDelta):
+                if isinstance(event, TextDelta | ThinkingDelta | ToolCallDelta):
                     if last is None:
                         engine.bus.emit(FirstToken(model, device, now - began))
                     else:
@@ -435,6 +436,9 @@ class Engine:
                 f"\"{model.name}\" is a text-only model and does not accept images",
                 param="images",
             )
+        # One policy for every dialect: thinking only for models whose template has it.
+        if request.think not in (None, False) and not model.can(Capability.THINKING):
+            raise CapabilityError(f"\"{model.name}\" does not support thinking", param="think")
         await self._probed.wait()
         backend = self._counting_backend(model, self.settings.device)
         tokens = await backend.count_tokens(model, request)

@@ -166,6 +166,9 @@ class ResponseFormat:
 ToolChoice = Literal["auto", "none", "required"] | str
 """``auto``, ``none``, ``required``, or the name of the one tool that must be called."""
 
+ThinkLevel = Literal["low", "medium", "high"]
+"""How hard a reasoning model should think, where its template lets it be told."""
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
@@ -185,6 +188,11 @@ class GenerationRequest:
     tool_choice: ToolChoice = "auto"
     options: SamplingOptions = field(default_factory=SamplingOptions)
     response_format: ResponseFormat | None = None
+    #: Reasoning (models with the ``thinking`` capability): None is the model's own
+    #: default, False renders the template without thinking, True or a level asks for
+    #: it. ``thinking_budget`` caps the reasoning tokens (None: no cap of its own).
+    think: bool | ThinkLevel | None = None
+    thinking_budget: int | None = None
     keep_alive: float | None = None
     #: A conversation that does not fit the context loses its oldest messages (never
     #: the leading system ones nor the last) instead of being refused (Ollama's way).
@@ -238,6 +246,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    """A piece of the model's reasoning, split from the answer by the backend."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     """One complete tool call, parsed from the model's output."""
 
@@ -267,14 +282,17 @@ class Done:
 
     ``stop_sequence`` is the caller's stop string that ended the generation (it is not
     part of the streamed text), or None when it ended another way.
+    ``reasoning_tokens`` counts the generated tokens (part of
+    ``usage.completion_tokens``) that were reasoning (:class:`ThinkingDelta`).
     """
 
     finish_reason: FinishReason
     usage: Usage
     stop_sequence: str | None = None
+    reasoning_tokens: int = 0
 
 
-GenerationEvent = TextDelta | ToolCallDelta | Done
+GenerationEvent = TextDelta | ThinkingDelta | ToolCallDelta | Done
 
 
 # --- device and routing facts ---------------------------------------------------------

@@ -20,6 +20,7 @@ from npu_proxy.engine.types import (
     ModelInfo,
     ResponseFormat,
     SamplingOptions,
+    ThinkLevel,
     ToolCall,
     ToolSpec,
 )
@@ -41,9 +42,8 @@ B = TypeVar("B", bound=CommonBody)
 
 
 def _check_features(info: ModelInfo, body: CommonBody) -> None:
-    """Refuse what the model or this server cannot do, as Ollama does, with a 400."""
-    if body.think not in (None, False) and not info.can(Capability.THINKING):
-        raise CapabilityError(f'"{info.name}" does not support thinking', param="think")
+    """Refuse what the model or this server cannot do, as Ollama does, with a 400.
+    (Thinking and tools are the engine's one policy for every dialect.)"""
     if body.logprobs:
         raise InvalidRequestError("logprobs are not supported by this server", param="logprobs")
 
@@ -84,6 +84,7 @@ class _Common:
     keep_alive: float | None
     options: SamplingOptions
     response_format: ResponseFormat | None
+    think: bool | ThinkLevel | None
 
     def request(
         self,
@@ -98,7 +99,7 @@ class _Common:
         return GenerationRequest(
             model=self.name, messages=messages, prompt=prompt, suffix=suffix, tools=tools,
             options=self.options, response_format=self.response_format,
-            keep_alive=self.keep_alive, truncate=truncate,
+            keep_alive=self.keep_alive, truncate=truncate, think=self.think,
         )
 
 
@@ -109,7 +110,7 @@ async def _read(
     keep_alive = parse_keep_alive(body.keep_alive)
     info = ctx.store.resolve(name)
     options = parse_options(body.options, _defaults(info))
-    return body, _Common(name, info, keep_alive, options, parse_format(body.format))
+    return body, _Common(name, info, keep_alive, options, parse_format(body.format), body.think)
 
 
 def inference_routes(ctx: ServerContext) -> APIRouter:
@@ -140,7 +141,7 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             turns = [Message(role="system", content=system)] if system else []
             turns.append(Message(role="user", content=body.prompt, images=images))
             generation = common.request(messages=tuple(turns), suffix=body.suffix or None)
-        encoder = GenerateEncoder(name)
+        encoder = GenerateEncoder(name, show_thinking=body.think is not False)
         return await respond(ctx, request, generation, encoder, body.stream is not False)
 
     @router.post("/api/chat")
@@ -172,7 +173,7 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             # context unless the client asks for an error instead (truncate: false).
             truncate=body.truncate is not False,
         )
-        encoder = ChatEncoder(name)
+        encoder = ChatEncoder(name, show_thinking=body.think is not False)
         return await respond(ctx, request, generation, encoder, body.stream is not False)
 
     return router

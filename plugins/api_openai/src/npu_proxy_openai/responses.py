@@ -50,7 +50,8 @@ async def create_response(ctx: ServerContext, store: ResponseStore, request: Req
     work = responses_request(body, _history(store, body.previous_response_id))
     keep = body.store is not False and store.enabled
     builder = ResponseBuilder(
-        response_head(body, new_item_id("resp"), int(time.time()), keep), work.namespaces
+        response_head(body, new_item_id("resp"), int(time.time()), keep), work.namespaces,
+        show_thinking=work.request.think is not False,
     )
 
     def save() -> None:

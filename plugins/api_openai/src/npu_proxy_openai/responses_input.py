@@ -26,7 +26,7 @@ from npu_proxy.engine.types import (
 )
 
 from .responses_schema import InputItem, InputPart, ResponsesRequest, ResponsesTool, TextFormat
-from .translate import decode_call, decode_image_url
+from .translate import decode_call, decode_image_url, think_of_effort
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def responses_request(body: ResponsesRequest, history: tuple[Message, ...] = ())
             max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p
         ),
         response_format=_format(body.text.format if body.text else None),
+        think=think_of_effort(body.reasoning.effort if body.reasoning else None),
     )
     return ResponsesWork(request, conversation, namespaces)
 

@@ -5,7 +5,9 @@ One :class:`ResponseBuilder` serves both ways of answering: a streamed reply sen
 every event it returns (each with its ``sequence_number``), a whole one feeds it the
 collected events and sends :attr:`ResponseBuilder.response`. So the streamed and the
 whole reply are the same object by construction. Text becomes a ``message`` item with
-one ``output_text`` part; each tool call a ``function_call`` item.
+one ``output_text`` part; each tool call a ``function_call`` item; reasoning a
+``reasoning`` item with one ``reasoning_text`` part (streamed as
+``response.reasoning_text.delta``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from npu_proxy.engine.types import (
     GenerationEvent,
     Message,
     TextDelta,
+    ThinkingDelta,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -46,7 +49,7 @@ def cached_tokens(usage: Usage) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def usage_body(usage: Usage) -> dict[str, Any]:
+def usage_body(usage: Usage, reasoning_tokens: int) -> dict[str, Any]:
     """The Responses API ``usage`` object, from the generation's own counts."""
     body: dict[str, Any] = {"input_tokens": usage.prompt_tokens}
     cached = cached_tokens(usage)
@@ -54,9 +57,7 @@ def usage_body(usage: Usage) -> dict[str, Any]:
         body["input_tokens_details"] = {"cached_tokens": cached}
     body.update(
         output_tokens=usage.completion_tokens,
-        # No reasoning events were produced by this generation, so none of its output
-        # tokens were reasoning.
-        output_tokens_details={"reasoning_tokens": 0},
+        output_tokens_details={"reasoning_tokens": reasoning_tokens},
         total_tokens=usage.prompt_tokens + usage.completion_tokens,
     )
     return body
@@ -109,12 +110,20 @@ class ResponseBuilder:
     (later events do not change it).
     ``parallel_tool_calls=False`` keeps the first tool call of a turn and drops the rest.
     ``namespaces`` maps function names to the namespace tool they came in (a call to
-    one names its namespace).
+    one names its namespace). ``show_thinking=False`` (reasoning effort ``none``) leaves
+    reasoning out.
     """
 
-    def __init__(self, head: dict[str, Any], namespaces: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        head: dict[str, Any],
+        namespaces: dict[str, str] | None = None,
+        show_thinking: bool = True,
+    ) -> None:
         self.response = head
         self._namespaces = namespaces or {}
+        self._show_thinking = show_thinking
+        self._reasoning: dict[str, Any] | None = None  # the reasoning item being written
         self._sequence = 0
         self._parallel = bool(head["parallel_tool_calls"])
         self._message: dict[str, Any] | None = None  # the message item being written
@@ -139,6 +148,8 @@ class ResponseBuilder:
     def feed(self, event: GenerationEvent) -> list[Event]:
         if isinstance(event, TextDelta):
             return self._text_delta(event.text)
+        if isinstance(event, ThinkingDelta):
+            return self._thinking_delta(event.text)
         if isinstance(event, ToolCallDelta):
             return self._call(event.call)
         return self._finish(event)
@@ -162,10 +173,41 @@ class ResponseBuilder:
         self._sequence += 1
         return event
 
+    def _thinking_delta(self, text: str) -> list[Event]:
+        if not (text and self._show_thinking):
+            return []
+        events = self._close_message() if self._message is not None else []
+        if self._reasoning is None:
+            self._reasoning = {"id": new_item_id("rs"), "type": "reasoning", "summary": [],
+                               "content": [], "status": "in_progress"}
+            self.output.append(self._reasoning)
+            events.append(self._item_event("response.output_item.added", self._reasoning))
+            self._reasoning["content"].append({"type": "reasoning_text", "text": ""})
+        self._reasoning["content"][0]["text"] += text
+        events.append(self._reasoning_event("response.reasoning_text.delta", delta=text))
+        return events
+
+    def _close_reasoning(self) -> list[Event]:
+        item = self._reasoning
+        if item is None:
+            return []
+        events = [self._reasoning_event("response.reasoning_text.done",
+                                        text=item["content"][0]["text"])]
+        self._reasoning = None
+        item["status"] = "completed"
+        events.append(self._item_event("response.output_item.done", item))
+        return events
+
+    def _reasoning_event(self, kind: str, **fields: Any) -> Event:
+        assert self._reasoning is not None
+        index = next(i for i, known in enumerate(self.output) if known is self._reasoning)
+        return self._event(kind, item_id=self._reasoning["id"], output_index=index,
+                           content_index=0, **fields)
+
     def _text_delta(self, text: str) -> list[Event]:
         if not text:
             return []
-        events = []
+        events = self._close_reasoning()
         if self._message is None:
             self._message = {"id": new_item_id("msg"), "type": "message",
                              "status": "in_progress", "role": "assistant", "content": []}
@@ -184,7 +226,7 @@ class ResponseBuilder:
     def _close_message(self) -> list[Event]:
         message = self._message
         if message is None:
-            return []
+            return self._close_reasoning()
         part = message["content"][0]
         events = [
             self._part_event("response.output_text.done", None, text=part["text"], logprobs=[]),
@@ -222,7 +264,7 @@ class ResponseBuilder:
         self.response["status"] = "incomplete" if incomplete else "completed"
         if incomplete:
             self.response["incomplete_details"] = {"reason": "max_output_tokens"}
-        self.response["usage"] = usage_body(done.usage)
+        self.response["usage"] = usage_body(done.usage, done.reasoning_tokens)
         kind = "response.incomplete" if incomplete else "response.completed"
         events.append(self._event(kind, response=self.response))
         return events

@@ -19,6 +19,7 @@ from npu_proxy.engine.types import (
     Message,
     ResponseFormat,
     SamplingOptions,
+    ThinkLevel,
     ToolCall,
     ToolChoice,
     ToolSpec,
@@ -29,6 +30,7 @@ from .schemas import (
     ChatMessage,
     ContentPart,
     NamedToolChoice,
+    ReasoningEffort,
     ResponseFormatParam,
     SamplingParams,
     ToolParam,
@@ -50,6 +52,22 @@ def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOp
         frequency_penalty=body.frequency_penalty,
         stop=tuple(s for s in stop if s),
     )
+
+
+def think_of_effort(effort: ReasoningEffort | None) -> bool | ThinkLevel | None:
+    """OpenAI's reasoning effort as the engine's ``think``: ``none`` turns thinking off,
+    ``minimal`` is the lowest level and ``xhigh`` the highest a template knows; no
+    effort leaves the model's own default."""
+    if effort is None:
+        return None
+    if effort == "none":
+        return False
+    return _EFFORT_LEVELS[effort]
+
+
+_EFFORT_LEVELS: dict[str, ThinkLevel] = {
+    "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"
+}
 
 
 def choice_requests(work: GenerationRequest, n: int) -> list[GenerationRequest]:
@@ -81,6 +99,7 @@ def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
         tool_choice=_tool_choice(body.tool_choice, tools),
         options=sampling_options(body, limit),
         response_format=_response_format(body.response_format),
+        think=think_of_effort(body.reasoning_effort),
     )
 
 
