@@ -91,8 +91,20 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
             message_dicts(request.messages),
             add_generation_prompt=True,
             tools=tool_dicts(tools) if tools else None,
+            extra_context=thinking_context(request),
         )
     )
+
+
+def thinking_context(request: GenerationRequest) -> dict[str, Any] | None:
+    """What a reasoning template reads: ``enable_thinking`` (Qwen3, SmolLM3) and, for a
+    level, ``reasoning_effort`` (gpt-oss); None leaves the template's own default."""
+    if request.think is None:
+        return None
+    context: dict[str, Any] = {"enable_thinking": request.think is not False}
+    if isinstance(request.think, str):
+        context["reasoning_effort"] = request.think
+    return context
 
 
 def forced_tool_schema(tools: tuple[ToolSpec, ...]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from .catalog import EMBEDDING_ALIASES, IR_ALIASES
 from .gguf import FILE_TYPES, GGUFError, parameter_size, read_header, read_metadata_prefix
+from .reasoning import template_thinks
 
 #: ``general.architecture`` values OpenVINO GenAI's own GGUF reader turns into a model.
 #: Source: openvino.genai ``src/cpp/src/gguf_utils/gguf_modeling.cpp``,
@@ -164,9 +165,12 @@ def quantization_in_name(name: str) -> str:
 def _capabilities(embedding: bool, template: str) -> frozenset[Capability]:
     if embedding:
         return frozenset({Capability.EMBEDDING})
+    found = {Capability.COMPLETION}
     if "tools" in template:
-        return frozenset({Capability.COMPLETION, Capability.TOOLS})
-    return frozenset({Capability.COMPLETION})
+        found.add(Capability.TOOLS)
+    if template_thinks(template):
+        found.add(Capability.THINKING)
+    return frozenset(found)
 
 
 def describe_gguf(path: Path, name: str) -> ModelInfo:

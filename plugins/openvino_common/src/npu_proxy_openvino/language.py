@@ -18,6 +18,7 @@ from npu_proxy.engine.types import (
     GenerationRequest,
     ModelInfo,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
     Usage,
 )
@@ -25,6 +26,7 @@ from npu_proxy.engine.types import (
 from . import tokens
 from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
 from .options import GenerationSpec, response_schema, validate_options
+from .reasoning import ThinkingSplitter, count_reasoning_tokens, markers_for, opens_thinking
 from .runner import Outcome, TextGenerator
 from .stops import StopStringFilter
 from .streaming import Finished
@@ -108,6 +110,7 @@ class OpenVINOLanguageModel(LoadedModel):
         self._slots = asyncio.Semaphore(max_parallel)
         #: Usage of the last generation that reached the device, cancelled ones included.
         self.last_usage: Usage | None = None
+        self._opens_thinking: bool | None = None  # see _thinking_splitter
 
     def render_prompt(self, request: GenerationRequest) -> str:
         """The exact prompt text the device receives for ``request`` (blocking)."""
@@ -129,6 +132,8 @@ class OpenVINOLanguageModel(LoadedModel):
             self._generator.configure, f"the {self.device}",
         )
         tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
+        splitter = await self._thinking_splitter(request)
+        thinking: list[str] = []
         outcome: Outcome | None = None
         stops = StopStringFilter(request.options.stop) if request.options.stop else None
         async with self._slots:
@@ -139,10 +144,8 @@ class OpenVINOLanguageModel(LoadedModel):
                         outcome = item.result
                         break
                     text = stops.feed(item) if stops else item
-                    if tool_filter and text:
-                        text = tool_filter.feed(text)
-                    if text:
-                        yield TextDelta(text)
+                    for event in _split(text, splitter, tool_filter, thinking):
+                        yield event
                     if stops and stops.hit is not None:
                         # The answer is over; closing the stream stops the device at the
                         # next token even if GenAI's own stop check did not fire.
@@ -164,10 +167,8 @@ class OpenVINOLanguageModel(LoadedModel):
         else:
             finish = FinishReason.LENGTH if outcome.finish == "length" else FinishReason.STOP
         held = stops.finish() if stops else ""
-        if tool_filter and held:
-            held = tool_filter.feed(held)
-        if held:
-            yield TextDelta(held)
+        for event in _split(held, splitter, tool_filter, thinking, last=True):
+            yield event
         if tool_filter is not None:
             text, calls = tool_filter.finish()
             if text:
@@ -177,11 +178,52 @@ class OpenVINOLanguageModel(LoadedModel):
             if calls:
                 finish = FinishReason.TOOL_CALLS
                 stop_sequence = None
-        yield Done(finish_reason=finish, usage=usage, stop_sequence=stop_sequence)
+        reasoning = await asyncio.to_thread(
+            count_reasoning_tokens, self._tokenizer, "".join(thinking)
+        ) if thinking else 0
+        yield Done(finish_reason=finish, usage=usage, stop_sequence=stop_sequence,
+                   reasoning_tokens=reasoning)
+
+    async def _thinking_splitter(self, request: GenerationRequest) -> ThinkingSplitter | None:
+        """A splitter for a reasoning model's chat; None for a raw prompt or a model
+        that does not reason. Whether its template opens the thinking is learnt once."""
+        markers = markers_for(self.info.family, self.info.template)
+        if markers is None or request.messages is None:
+            return None
+        if self._opens_thinking is None:
+            self._opens_thinking = await asyncio.to_thread(
+                opens_thinking, self._tokenizer, markers
+            )
+        return ThinkingSplitter(markers, inside=self._opens_thinking)
 
     async def unload(self) -> None:
         async with self._slots:
             await asyncio.to_thread(self._generator.close)
+
+
+def _split(
+    text: str,
+    splitter: ThinkingSplitter | None,
+    tool_filter: ToolCallFilter | None,
+    thinking: list[str],
+    *,
+    last: bool = False,
+) -> list[TextDelta | ThinkingDelta]:
+    """The events of a piece of answer: reasoning (kept in ``thinking`` too) split off
+    first, then the rest through the tool-call filter. ``last``: the generation ended."""
+    parts = splitter.feed(text) if splitter and text else [("text", text)] if text else []
+    if last and splitter:
+        parts += splitter.finish()
+    events: list[TextDelta | ThinkingDelta] = []
+    for kind, part in parts:
+        if kind == "thinking":
+            thinking.append(part)
+            events.append(ThinkingDelta(part))
+            continue
+        shown = tool_filter.feed(part) if tool_filter and part else part
+        if shown:
+            events.append(TextDelta(shown))
+    return events
 
 
 def _usage(outcome: Outcome, counted: int, start: int) -> Usage:
