@@ -436,7 +436,11 @@ class Engine:
                 f"\"{model.name}\" is a text-only model and does not accept images",
                 param="images",
             )
-        # One policy for every dialect: thinking only for models whose template has it.
+        # One policy for every dialect: tools and thinking only for models whose chat
+        # template handles them (never tools pasted into a prompt in one dialect and
+        # refused in another).
+        if request.tools and request.tool_choice != "none" and not model.can(Capability.TOOLS):
+            raise CapabilityError(f"\"{model.name}\" does not support tools", param="tools")
         if request.think not in (None, False) and not model.can(Capability.THINKING):
             raise CapabilityError(f"\"{model.name}\" does not support thinking", param="think")
         await self._probed.wait()

@@ -161,8 +161,6 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             )
             for t in body.tools or ()
         )
-        if tools and not info.can(Capability.TOOLS):
-            raise CapabilityError(f'"{info.name}" does not support tools', param="tools")
         system = _stored_system(info)
         if system and not any(m.role == "system" for m in messages):
             messages.insert(0, Message(role="system", content=system))

@@ -114,7 +114,26 @@ def _wanted_tool(request: GenerationRequest) -> ToolSpec | None:
         return None
     if request.tool_choice not in ("auto", "required"):
         return next((t for t in request.tools if t.name == request.tool_choice), None)
-    return request.tools[0]
+    return _tool_asked_for(request.tools, request.messages[-1].content)
+
+
+def _tool_asked_for(tools: tuple[ToolSpec, ...], text: str) -> ToolSpec:
+    """The tool the message asks for, as a model would pick it: the first whose name,
+    or a word of its name (``time`` of ``get_time``), the message mentions; the first
+    tool when none is mentioned."""
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+
+    def mentioned(tool: ToolSpec) -> bool:
+        parts = [p for p in re.split(r"[_\-.]", tool.name.lower()) if len(p) > 2]
+        return tool.name.lower() in text.lower() or any(
+            p in words and p not in _VERBS for p in parts
+        )
+
+    return next((tool for tool in tools if mentioned(tool)), tools[0])
+
+
+#: Words in tool names that say nothing about which tool is meant.
+_VERBS = frozenset({"get", "set", "run", "list", "make", "create", "fetch", "call"})
 
 
 @dataclass

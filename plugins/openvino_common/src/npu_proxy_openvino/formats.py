@@ -162,11 +162,22 @@ def quantization_in_name(name: str) -> str:
     return match.group(1).upper() if match else ""
 
 
+#: ``tools`` used inside a Jinja tag or expression (``{% if tools %}``,
+#: ``{{ tools | tojson }}``), not the word in a template's prose.
+_TOOLS_IN_TEMPLATE = re.compile(r"\{[%{][^}]*\btools\b")
+
+
+def template_renders_tools(template: str) -> bool:
+    """Whether a chat template renders the tools it is given (then the model was
+    trained to call them, and its calls are parsed back)."""
+    return bool(_TOOLS_IN_TEMPLATE.search(template))
+
+
 def _capabilities(embedding: bool, template: str) -> frozenset[Capability]:
     if embedding:
         return frozenset({Capability.EMBEDDING})
     found = {Capability.COMPLETION}
-    if "tools" in template:
+    if template_renders_tools(template):
         found.add(Capability.TOOLS)
     if template_thinks(template):
         found.add(Capability.THINKING)
