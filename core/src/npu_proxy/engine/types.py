@@ -153,6 +153,8 @@ class SamplingOptions:
     frequency_penalty: float | None = None
     stop: tuple[str, ...] = ()
     num_ctx: int | None = None
+    #: report each generated token's log-probability (:attr:`Done.logprobs`)
+    logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,14 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token (its text) and the log-probability the model gave it (<= 0)."""
+
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The final event of every generation that did not fail.
 
@@ -284,12 +294,15 @@ class Done:
     part of the streamed text), or None when it ended another way.
     ``reasoning_tokens`` counts the generated tokens (part of
     ``usage.completion_tokens``) that were reasoning (:class:`ThinkingDelta`).
+    ``logprobs`` has one entry per generated token, in order, when the request asked
+    for them (``SamplingOptions.logprobs``).
     """
 
     finish_reason: FinishReason
     usage: Usage
     stop_sequence: str | None = None
     reasoning_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 GenerationEvent = TextDelta | ThinkingDelta | ToolCallDelta | Done

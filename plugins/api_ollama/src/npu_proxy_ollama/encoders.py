@@ -65,11 +65,18 @@ class Encoder(StreamEncoder[GenerationEvent]):
         return {"model": self.model, "created_at": now_rfc3339()}
 
     def _final(self, done: Done) -> dict[str, Any]:
-        return {
+        final = {
             "done": True,
             "done_reason": done_reason(done.finish_reason),
             **statistics(done.usage),
         }
+        if done.logprobs:
+            # Ollama's shape; the whole answer's tokens, with the last chunk when streamed.
+            final["logprobs"] = [
+                {"token": e.token, "logprob": e.logprob, "bytes": list(e.token.encode())}
+                for e in done.logprobs
+            ]
+        return final
 
     def call_json(self, call: ToolCall) -> dict[str, Any]:
         """A tool call as Ollama writes it; ``index`` counts the calls of this turn."""

@@ -7,7 +7,7 @@ backend applies the model's own chat template, and Go templates are not executed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -44,8 +44,12 @@ B = TypeVar("B", bound=CommonBody)
 def _check_features(info: ModelInfo, body: CommonBody) -> None:
     """Refuse what the model or this server cannot do, as Ollama does, with a 400.
     (Thinking and tools are the engine's one policy for every dialect.)"""
-    if body.logprobs:
-        raise InvalidRequestError("logprobs are not supported by this server", param="logprobs")
+    if body.top_logprobs:
+        raise InvalidRequestError(
+            "top_logprobs greater than 0 is not supported: the server reports the chosen "
+            "token's log-probability only, not the most likely alternatives",
+            param="top_logprobs",
+        )
 
 
 def _defaults(info: ModelInfo) -> dict[str, Any]:
@@ -109,7 +113,7 @@ async def _read(
     body, name = await read_named(request, schema)
     keep_alive = parse_keep_alive(body.keep_alive)
     info = ctx.store.resolve(name)
-    options = parse_options(body.options, _defaults(info))
+    options = replace(parse_options(body.options, _defaults(info)), logprobs=bool(body.logprobs))
     return body, _Common(name, info, keep_alive, options, parse_format(body.format), body.think)
 
 

@@ -25,6 +25,7 @@ from npu_proxy.engine.types import (
     ToolSpec,
 )
 
+from .logprobs import refuse_top_logprobs
 from .schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -37,7 +38,9 @@ from .schemas import (
 )
 
 
-def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOptions:
+def sampling_options(
+    body: SamplingParams, max_tokens: int | None, logprobs: bool = False
+) -> SamplingOptions:
     """The sampling fields both generation routes share (``n`` is each route's own)."""
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingOptions(
@@ -51,6 +54,7 @@ def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOp
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         stop=tuple(s for s in stop if s),
+        logprobs=logprobs,
     )
 
 
@@ -87,6 +91,7 @@ def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
         raise InvalidRequestError(
             "stream_options is only allowed when stream is true", "stream_options"
         )
+    refuse_top_logprobs(body.top_logprobs, "top_logprobs")
     # max_completion_tokens replaced max_tokens; a client that sends both means the new one.
     limit = body.max_completion_tokens
     if limit is None:
@@ -97,7 +102,7 @@ def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
         messages=_messages(body.messages),
         tools=tools,
         tool_choice=_tool_choice(body.tool_choice, tools),
-        options=sampling_options(body, limit),
+        options=sampling_options(body, limit, bool(body.logprobs)),
         response_format=_response_format(body.response_format),
         think=think_of_effort(body.reasoning_effort),
     )

@@ -32,6 +32,7 @@ from npu_proxy.engine.types import (
     ModelInfo,
     TextDelta,
     ThinkingDelta,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
     ToolSpec,
@@ -62,6 +63,15 @@ def render(request: GenerationRequest, model: ModelInfo | None = None) -> str:
         # what a reasoning template renders for enable_thinking
         lines.append(f"<|think|>{str(request.think).lower()}")
     return "\n".join(lines) + "\n<|assistant|>"
+
+
+def token_logprob(piece: GenerationEvent) -> TokenLogprob:
+    """The mock's "log-probability" of a piece (one token): a fixed value in [-4, 0)
+    drawn from its text, so the same piece always gets the same one."""
+    text = json.dumps(piece.call.arguments) if isinstance(piece, ToolCallDelta) else (
+        piece.text if isinstance(piece, TextDelta | ThinkingDelta) else "")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return TokenLogprob(text, -(digest[0] + 1) / 64)
 
 
 #: Words the mock reasoning model thinks at each effort (None and True: medium).
@@ -176,12 +186,15 @@ class MockLoadedModel(LoadedModel):
         try:
             pieces, reason, stop = self._plan(request, prompt)
             thought = sum(1 for piece in pieces if isinstance(piece, ThinkingDelta))
+            logprobs: list[TokenLogprob] = []
             for piece in pieces:
                 await asyncio.sleep(backend.token_delay)
                 if backend.fail_after is not None and generated >= backend.fail_after:
                     raise RuntimeError("simulated device failure")
                 generated += 1
                 counters.tokens_emitted += 1
+                if request.options.logprobs:
+                    logprobs.append(token_logprob(piece))
                 if first is None:
                     first = time.perf_counter_ns()
                 yield piece
@@ -195,7 +208,8 @@ class MockLoadedModel(LoadedModel):
                 decode_duration=end - first,
             )
             yield Done(
-                finish_reason=reason, usage=usage, stop_sequence=stop, reasoning_tokens=thought
+                finish_reason=reason, usage=usage, stop_sequence=stop, reasoning_tokens=thought,
+                logprobs=tuple(logprobs),
             )
         finally:
             counters.active -= 1

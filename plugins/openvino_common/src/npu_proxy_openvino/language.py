@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from npu_proxy.engine.backend import LoadedModel
-from npu_proxy.engine.errors import BackendError, PromptTooLongError
+from npu_proxy.engine.errors import BackendError, InvalidRequestError, PromptTooLongError
 from npu_proxy.engine.types import (
     Done,
     FinishReason,
@@ -19,6 +19,7 @@ from npu_proxy.engine.types import (
     ModelInfo,
     TextDelta,
     ThinkingDelta,
+    TokenLogprob,
     ToolCallDelta,
     Usage,
 )
@@ -127,6 +128,13 @@ class OpenVINOLanguageModel(LoadedModel):
         returns; ``FinishReason.TOOL_CALLS`` when the answer was parsed as tool calls.
         """
         start = time.perf_counter_ns()
+        if request.options.logprobs and not self._generator.reports_logprobs:
+            raise InvalidRequestError(
+                f"logprobs are not available on the {self.device} for {self.info.name}: "
+                "only continuous batching (CPU or GPU, NPU_PROXY_CONTINUOUS_BATCHING=1) "
+                "reports each token's log-probability",
+                param="logprobs",
+            )
         prepared = await asyncio.to_thread(
             prepare_generation, request, self._tokenizer, self._limits,
             self._generator.configure, f"the {self.device}",
@@ -181,8 +189,9 @@ class OpenVINOLanguageModel(LoadedModel):
         reasoning = await asyncio.to_thread(
             count_reasoning_tokens, self._tokenizer, "".join(thinking)
         ) if thinking else 0
+        logprobs = tuple(TokenLogprob(t, lp) for t, lp in outcome.logprobs)
         yield Done(finish_reason=finish, usage=usage, stop_sequence=stop_sequence,
-                   reasoning_tokens=reasoning)
+                   reasoning_tokens=reasoning, logprobs=logprobs)
 
     async def _thinking_splitter(self, request: GenerationRequest) -> ThinkingSplitter | None:
         """A splitter for a reasoning model's chat; None for a raw prompt or a model

@@ -23,7 +23,8 @@ class Outcome:
     """What one finished (or cancelled) generation produced, with measured figures.
 
     ``finish`` is ``"stop"``, ``"length"`` or ``"cancelled"``. Durations are ns;
-    token counts are ``None`` when the pipeline did not report them.
+    token counts are ``None`` when the pipeline did not report them. ``logprobs``:
+    each generated token's text and log-probability, when asked for and reported.
     """
 
     text: str
@@ -32,6 +33,7 @@ class Outcome:
     completion_tokens: int | None
     ttft_ns: int
     generate_ns: int
+    logprobs: tuple[tuple[str, float], ...] = ()
 
 
 class GenerationStream(Protocol):
@@ -51,7 +53,12 @@ class GenerationStream(Protocol):
 
 
 class TextGenerator(Protocol):
-    """A model resident on a device that can generate text."""
+    """A model resident on a device that can generate text.
+
+    ``reports_logprobs``: its outcomes carry each token's log-probability when asked.
+    """
+
+    reports_logprobs: bool
 
     def configure(self, spec: GenerationSpec) -> Any:
         """The per-request config :meth:`stream` takes, built from ``spec`` (blocking).
@@ -93,8 +100,11 @@ class LLMPipelineGenerator:
     """:class:`TextGenerator` over ``openvino_genai.LLMPipeline`` (or an imitation).
 
     The pipeline handles one generation at a time (openvino.genai#2480): callers
-    serialise, which the model wrapper does with a semaphore.
+    serialise, which the model wrapper does with a semaphore. Its results give one
+    score per sequence, not per token, so it reports no logprobs.
     """
+
+    reports_logprobs = False
 
     def __init__(self, pipeline: Any) -> None:
         import openvino_genai
