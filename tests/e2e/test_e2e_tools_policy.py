@@ -116,3 +116,14 @@ def test_a_model_without_tools_is_refused_alike_in_every_dialect(server: LiveSer
 def test_the_default_model_is_refused_alike_in_every_dialect(real_server: LiveServer) -> None:
     seen = refusals(real_server.url, "smollm2:135m")
     assert seen == {d: (400, '"smollm2:135m" does not support tools') for d in DIALECTS}
+
+
+def test_generic_tools_opt_in_serves_them_alike(tmp_path: Path) -> None:
+    """``NPU_PROXY_GENERIC_TOOLS=1``: a model without a tools template takes tools too,
+    in every dialect alike."""
+    app = make_app(test_settings(tmp_path, generic_tools=True), ["mock", "ollama", "openai",
+                                                                  "anthropic"],
+                   {"plain": inline_plugin(npu_proxy_register_models=_plain_model)})
+    with LiveServer(app) as live:
+        found = {dialect: ask(live.url, "plain", dialect) for dialect in DIALECTS}
+    assert found == {dialect: [("get_time", {"zone": "mock"})] for dialect in DIALECTS}

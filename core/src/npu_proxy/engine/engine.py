@@ -438,8 +438,9 @@ class Engine:
             )
         # One policy for every dialect: tools and thinking only for models whose chat
         # template handles them (never tools pasted into a prompt in one dialect and
-        # refused in another).
-        if request.tools and request.tool_choice != "none" and not model.can(Capability.TOOLS):
+        # refused in another), unless generic tool prompts are turned on for all.
+        if (request.tools and request.tool_choice != "none" and not model.can(Capability.TOOLS)
+                and not self.settings.generic_tools):
             raise CapabilityError(f"\"{model.name}\" does not support tools", param="tools")
         if request.think not in (None, False) and not model.can(Capability.THINKING):
             raise CapabilityError(f"\"{model.name}\" does not support thinking", param="think")
