@@ -26,7 +26,7 @@ from npu_proxy.engine.types import (
 )
 
 from .responses_schema import InputItem, InputPart, ResponsesRequest, ResponsesTool, TextFormat
-from .translate import decode_call, decode_image_url, think_of_effort
+from .translate import decode_call, decode_image_url, structured_output, think_of_effort
 
 
 @dataclass(frozen=True)
@@ -219,10 +219,4 @@ def _tool_choice(body: ResponsesRequest, tools: tuple[ToolSpec, ...]) -> ToolCho
 def _format(fmt: TextFormat | None) -> ResponseFormat | None:
     if fmt is None or fmt.type == "text":
         return None
-    if fmt.type == "json_object":
-        return ResponseFormat(kind="json")
-    if fmt.schema_ is None:
-        raise InvalidRequestError(
-            "text.format of type json_schema needs a schema", "text.format.schema"
-        )
-    return ResponseFormat(kind="json_schema", schema=fmt.schema_)
+    return structured_output(fmt.type, fmt.schema_, "text.format.schema")

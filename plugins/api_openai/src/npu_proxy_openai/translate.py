@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import (
@@ -235,12 +235,17 @@ def _tool_choice(choice: str | NamedToolChoice | None, tools: tuple[ToolSpec, ..
 def _response_format(fmt: ResponseFormatParam | None) -> ResponseFormat | None:
     if fmt is None or fmt.type == "text":
         return None
-    if fmt.type == "json_object":
-        return ResponseFormat(kind="json")
     schema: dict[str, Any] | None = fmt.json_schema.schema_ if fmt.json_schema else None
+    return structured_output(fmt.type, schema, "response_format.json_schema")
+
+
+def structured_output(
+    kind: Literal["json_object", "json_schema"], schema: dict[str, Any] | None, param: str
+) -> ResponseFormat:
+    """The engine's structured output for ``json_object``, or ``json_schema`` with the
+    ``schema`` found at ``param`` (a 400 naming it when it is missing)."""
+    if kind == "json_object":
+        return ResponseFormat(kind="json")
     if schema is None:
-        raise InvalidRequestError(
-            "response_format of type json_schema needs json_schema.schema",
-            "response_format.json_schema",
-        )
+        raise InvalidRequestError(f"{param}: a json_schema format needs a schema", param)
     return ResponseFormat(kind="json_schema", schema=schema)

@@ -367,35 +367,27 @@ class MockBackend(Backend):
 def mock_models() -> list[ModelInfo]:
     """The simulated models: a chat model with tools, a reasoning model (tools and
     thinking) and an embedding model."""
+    chat = ModelInfo(
+        name="mock:latest",
+        format="mock",
+        family="mock",
+        capabilities=frozenset({Capability.COMPLETION, Capability.TOOLS}),
+        context_length=8192,
+        size=1_000_000,
+        digest=hashlib.sha256(b"mock:latest").hexdigest(),
+        parameter_size="1M",
+        quantization_level="none",
+        architecture="mock",
+        source="npu-proxy-mock",
+        template="{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}",
+    )
     return [
-        ModelInfo(
-            name="mock:latest",
-            format="mock",
-            family="mock",
-            capabilities=frozenset({Capability.COMPLETION, Capability.TOOLS}),
-            context_length=8192,
-            size=1_000_000,
-            digest=hashlib.sha256(b"mock:latest").hexdigest(),
-            parameter_size="1M",
-            quantization_level="none",
-            architecture="mock",
-            source="npu-proxy-mock",
-            template="{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}",
-        ),
-        ModelInfo(
+        chat,
+        replace(
+            chat,
             name="mock-think:latest",
-            format="mock",
-            family="mock",
-            capabilities=frozenset(
-                {Capability.COMPLETION, Capability.TOOLS, Capability.THINKING}
-            ),
-            context_length=8192,
-            size=1_000_000,
+            capabilities=chat.capabilities | {Capability.THINKING},
             digest=hashlib.sha256(b"mock-think:latest").hexdigest(),
-            parameter_size="1M",
-            quantization_level="none",
-            architecture="mock",
-            source="npu-proxy-mock",
             template=(
                 "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
                 "{% if enable_thinking is defined %}<|think|>{{ enable_thinking }}\n"
