@@ -320,6 +320,21 @@ def test_device_failure_mid_stream_fails_the_response(
     assert [e.sequence_number for e in events] == list(range(len(events)))
 
 
+def test_output_text_logprobs_when_included(client: openai.OpenAI) -> None:
+    include = ["message.output_text.logprobs"]
+    whole = client.responses.create(model=MODEL, input="Hello", include=include)  # type: ignore[list-item]
+    (part,) = whole.output[0].content  # type: ignore[union-attr]
+    assert whole.usage is not None and len(part.logprobs) == whole.usage.output_tokens  # type: ignore[union-attr]
+    assert all(entry.logprob <= 0 for entry in part.logprobs)  # type: ignore[union-attr]
+    assert "".join(entry.token for entry in part.logprobs) == part.text  # type: ignore[union-attr]
+    events = list(client.responses.create(model=MODEL, input="Hello", include=include,  # type: ignore[list-item]
+                                          stream=True))
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert [lp.logprob for lp in done.logprobs] == [lp.logprob for lp in part.logprobs]  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.responses.create(model=MODEL, input="Hello", include=include, top_logprobs=2)  # type: ignore[list-item]
+
+
 def test_store_bounds_count_and_age() -> None:
     now = [0.0]
     store = ResponseStore(max_entries=2, max_age=10, clock=lambda: now[0])

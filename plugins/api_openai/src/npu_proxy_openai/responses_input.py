@@ -25,8 +25,12 @@ from npu_proxy.engine.types import (
     ToolSpec,
 )
 
+from .logprobs import refuse_top_logprobs
 from .responses_schema import InputItem, InputPart, ResponsesRequest, ResponsesTool, TextFormat
 from .translate import decode_call, decode_image_url, structured_output, think_of_effort
+
+#: The ``include`` value that asks for the output text's token log-probabilities.
+LOGPROBS = "message.output_text.logprobs"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ def responses_request(body: ResponsesRequest, history: tuple[Message, ...] = ())
                 "items, or continue one with previous_response_id",
                 name,
             )
+    refuse_top_logprobs(body.top_logprobs, "top_logprobs")
     conversation = (*history, *input_messages(body.input))
     if not conversation:
         raise InvalidRequestError("input is required", "input")
@@ -65,7 +70,8 @@ def responses_request(body: ResponsesRequest, history: tuple[Message, ...] = ())
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         options=SamplingOptions(
-            max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p
+            max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p,
+            logprobs=LOGPROBS in (body.include or ()),
         ),
         response_format=_format(body.text.format if body.text else None),
         think=think_of_effort(body.reasoning.effort if body.reasoning else None),

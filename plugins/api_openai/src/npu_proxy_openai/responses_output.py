@@ -31,6 +31,7 @@ from npu_proxy.engine.types import (
 )
 
 from .errors import error_body
+from .logprobs import chat_logprobs
 from .responses_schema import ResponsesRequest
 
 Event = dict[str, Any]
@@ -229,7 +230,8 @@ class ResponseBuilder:
             return self._close_reasoning()
         part = message["content"][0]
         events = [
-            self._part_event("response.output_text.done", None, text=part["text"], logprobs=[]),
+            self._part_event("response.output_text.done", None, text=part["text"],
+                             logprobs=part["logprobs"]),
             self._part_event("response.content_part.done", part),
         ]
         self._message = None
@@ -259,6 +261,10 @@ class ResponseBuilder:
         return events
 
     def _finish(self, done: Done) -> list[Event]:
+        if done.logprobs and self._message is not None and not (
+                done.reasoning_tokens or self._calls):
+            # The values arrive with the end of the generation; every token was text.
+            self._message["content"][0]["logprobs"] = chat_logprobs(done.logprobs)["content"]
         events = self._close_message()
         incomplete = done.finish_reason == FinishReason.LENGTH and not self._calls
         self.response["status"] = "incomplete" if incomplete else "completed"

@@ -99,5 +99,7 @@ class ResponsesRequest(Body):
     stream: bool = False
     background: bool | None = None
     truncation: Literal["auto", "disabled"] | None = None
+    include: list[str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     conversation: Any = None
     prompt: Any = None
