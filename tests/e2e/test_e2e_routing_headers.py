@@ -33,6 +33,7 @@ def calls(text: str) -> list[tuple[str, dict[str, object]]]:
         ("/api/generate", {"model": "mock", "prompt": text, "stream": False}),
         ("/v1/chat/completions", {"model": "mock", "messages": chat}),
         ("/v1/completions", {"model": "mock", "prompt": text}),
+        ("/v1/responses", {"model": "mock", "input": text}),
         ("/v1/messages", {"model": "mock", "messages": chat, "max_tokens": 8}),
     ]
 

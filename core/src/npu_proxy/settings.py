@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     max_parallel: int = Field(
         4, ge=1, description="Concurrent generations per CPU/GPU device (NPU: always 1)."
     )
+    generic_tools: bool = Field(
+        False, description="Serve tools also for models whose chat template renders none: "
+        "a generic tool prompt describes them and JSON answers become calls (0: such "
+        "models refuse tools in every dialect)."
+    )
 
     # --- network safety ---------------------------------------------------------------
     api_key: SecretStr | None = Field(

@@ -40,6 +40,7 @@ from .engine.types import (
     GenerationEvent,
     GenerationRequest,
     TextDelta,
+    ThinkingDelta,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -257,12 +258,14 @@ class EventSource(Protocol):
 @dataclass(frozen=True)
 class Collected:
     """A finished generation: its text, its tool calls, how it ended, and every event
-    in the order it came (for encoders that build their reply from the events)."""
+    in the order it came (for encoders that build their reply from the events), and
+    its reasoning (``thinking``, empty when the model produced none)."""
 
     text: str
     calls: tuple[ToolCall, ...]
     done: Done
     events: tuple[GenerationEvent, ...]
+    thinking: str = ""
 
     @property
     def usage(self) -> Usage:
@@ -291,6 +294,7 @@ async def collect(source: EventSource) -> Collected:
         calls=tuple(e.call for e in events if isinstance(e, ToolCallDelta)),
         done=events[-1],
         events=tuple(events),
+        thinking="".join(e.text for e in events if isinstance(e, ThinkingDelta)),
     )
 
 

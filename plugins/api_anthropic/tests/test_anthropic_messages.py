@@ -83,7 +83,7 @@ def test_system_prompt_blocks_and_sampling_reach_the_model(
     client: anthropic.Anthropic, counters: MockCounters
 ) -> None:
     client.messages.create(
-        model=MODEL,
+        model="mock-think",  # thinking is enabled below: a reasoning model
         max_tokens=16,
         system=[{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
                 {"type": "text", "text": "Answer in English."}],

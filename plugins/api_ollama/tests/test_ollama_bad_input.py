@@ -99,7 +99,8 @@ def test_malformed_bodies_are_400(
         ("/api/generate", {"model": "mock", "prompt": "x", "format": "xml"}, "format"),
         ("/api/generate", {"model": "mock", "prompt": "x", "images": ["***"]}, "base64"),
         ("/api/generate", {"model": "mock", "prompt": "x", "suffix": "y"}, "insert"),
-        ("/api/generate", {"model": "mock", "prompt": "x", "logprobs": True}, "logprobs"),
+        ("/api/generate", {"model": "mock", "prompt": "x", "logprobs": True, "top_logprobs": 2},
+         "top_logprobs"),
         ("/api/chat", {"model": "mock", "messages": [{}]}, "role"),
         ("/api/chat", {"model": "mock", "messages": [{"role": "wizard", "content": "x"}]}, "role"),
         ("/api/chat", {"model": "mock", "messages": "hello"}, "messages"),
@@ -202,7 +203,7 @@ def test_path_like_names_are_400_and_touch_nothing(
         assert "/etc" not in message or name == "/etc/passwd"
     assert store_snapshot() == before
     listed = {m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
-    assert listed == {"mock:latest", "mock-embed:latest"}
+    assert listed == {"mock:latest", "mock-think:latest", "mock-embed:latest"}
 
 
 def test_busy_device_is_503_with_retry_after(start: Callable[..., LiveServer]) -> None:

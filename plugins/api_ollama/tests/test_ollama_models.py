@@ -25,7 +25,7 @@ def test_list_has_sizes_digests_and_details(server: LiveServer) -> None:
     listing = ollama.Client(host=server.url).list()
     assert isinstance(listing, ollama.ListResponse)
     by_name = {m.model: m for m in listing.models}
-    assert set(by_name) == {"mock:latest", "mock-embed:latest"}
+    assert set(by_name) == {"mock:latest", "mock-think:latest", "mock-embed:latest"}
     chat = by_name["mock:latest"]
     assert chat.size == 1_000_000 and chat.digest and len(chat.digest) == 64
     assert chat.modified_at is not None

@@ -166,11 +166,14 @@ def test_sampling_and_cloud_only_fields_are_accepted(client: openai.OpenAI) -> N
         service_tier="auto",
         parallel_tool_calls=True,
         logprobs=True,
-        top_logprobs=2,
         extra_body={"top_k": 20, "min_p": 0.05},
     )
     assert reply.choices[0].message.content
-    assert reply.choices[0].logprobs is None
+    # logprobs are honoured now: one value per generated token (top_logprobs is a 400,
+    # see test_openai_logprobs.py).
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert reply.usage is not None and len(logprobs.content) == reply.usage.completion_tokens
 
 
 class Weather(pydantic.BaseModel):

@@ -97,3 +97,37 @@ def test_real_embeddings_default_call(real_client: openai.OpenAI) -> None:
 
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
     assert default.usage.prompt_tokens > len(texts)
+
+
+def test_real_logprobs_one_per_generated_token(real_client: openai.OpenAI) -> None:
+    whole = real_client.chat.completions.create(
+        model=CHAT_MODEL, messages=QUESTION, max_tokens=12, temperature=0, logprobs=True
+    )
+    choice = whole.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    entries = choice.logprobs.content
+    assert whole.usage is not None and len(entries) == whole.usage.completion_tokens
+    assert all(e.logprob <= 0 for e in entries)
+    assert any(e.logprob < 0 for e in entries)  # a real distribution, not a constant
+    assert "".join(e.token for e in entries).strip() == (choice.message.content or "").strip()
+
+    chunks = list(real_client.chat.completions.create(
+        model=CHAT_MODEL, messages=QUESTION, max_tokens=12, temperature=0, logprobs=True,
+        stream=True,
+    ))
+    streamed = [e.logprob for c in chunks if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content or ()]
+    assert len(streamed) == len(entries)
+    assert streamed == pytest.approx([e.logprob for e in entries], abs=1e-3)
+
+    text = real_client.completions.create(
+        model=CHAT_MODEL, prompt="The capital of France is", max_tokens=6, temperature=0,
+        logprobs=0,
+    )
+    legacy = text.choices[0].logprobs
+    assert legacy is not None and legacy.token_logprobs is not None
+    assert text.usage is not None and len(legacy.token_logprobs) == text.usage.completion_tokens
+    assert all(value <= 0 for value in legacy.token_logprobs)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        real_client.chat.completions.create(model=CHAT_MODEL, messages=QUESTION, max_tokens=4,
+                                            logprobs=True, top_logprobs=2)

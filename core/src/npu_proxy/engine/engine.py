@@ -57,6 +57,7 @@ from .types import (
     ModelInfo,
     PreparedPrompt,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
 )
 
@@ -174,7 +175,7 @@ class Generation:
                     engine.record_failure(device, f"{model}: {message}")
                     raise InferenceTimeoutError(message) from None
                 now = time.perf_counter()
-                if isinstance(event, TextDelta | ToolCallDelta):
+                if isinstance(event, TextDelta | ThinkingDelta | ToolCallDelta):
                     if last is None:
                         engine.bus.emit(FirstToken(model, device, now - began))
                     else:
@@ -446,6 +447,14 @@ class Engine:
                 f"\"{model.name}\" is a text-only model and does not accept images",
                 param="images",
             )
+        # One policy for every dialect: tools and thinking only for models whose chat
+        # template handles them (never tools pasted into a prompt in one dialect and
+        # refused in another), unless generic tool prompts are turned on for all.
+        if (request.tools and request.tool_choice != "none" and not model.can(Capability.TOOLS)
+                and not self.settings.generic_tools):
+            raise CapabilityError(f"\"{model.name}\" does not support tools", param="tools")
+        if request.think not in (None, False) and not model.can(Capability.THINKING):
+            raise CapabilityError(f"\"{model.name}\" does not support thinking", param="think")
         await self._probed.wait()
         backend = self._counting_backend(model, self.settings.device)
         # The prompt is rendered and tokenized here, once: the context check, routing

@@ -153,6 +153,8 @@ class SamplingOptions:
     frequency_penalty: float | None = None
     stop: tuple[str, ...] = ()
     num_ctx: int | None = None
+    #: report each generated token's log-probability (:attr:`Done.logprobs`)
+    logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,9 @@ class ResponseFormat:
 
 ToolChoice = Literal["auto", "none", "required"] | str
 """``auto``, ``none``, ``required``, or the name of the one tool that must be called."""
+
+ThinkLevel = Literal["low", "medium", "high"]
+"""How hard a reasoning model should think, where its template lets it be told."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -205,6 +210,11 @@ class GenerationRequest:
     tool_choice: ToolChoice = "auto"
     options: SamplingOptions = field(default_factory=SamplingOptions)
     response_format: ResponseFormat | None = None
+    #: Reasoning (models with the ``thinking`` capability): None is the model's own
+    #: default, False renders the template without thinking, True or a level asks for
+    #: it. ``thinking_budget`` caps the reasoning tokens (None: no cap of its own).
+    think: bool | ThinkLevel | None = None
+    thinking_budget: int | None = None
     keep_alive: float | None = None
     #: A conversation that does not fit the context loses its oldest messages (never
     #: the leading system ones nor the last) instead of being refused (Ollama's way).
@@ -261,6 +271,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    """A piece of the model's reasoning, split from the answer by the backend."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     """One complete tool call, parsed from the model's output."""
 
@@ -294,19 +311,33 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token (its text) and the log-probability the model gave it (<= 0)."""
+
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The final event of every generation that did not fail.
 
     ``stop_sequence`` is the caller's stop string that ended the generation (it is not
     part of the streamed text), or None when it ended another way.
+    ``reasoning_tokens`` counts the generated tokens (part of
+    ``usage.completion_tokens``) that were reasoning (:class:`ThinkingDelta`).
+    ``logprobs`` has one entry per generated token, in order, when the request asked
+    for them (``SamplingOptions.logprobs``).
     """
 
     finish_reason: FinishReason
     usage: Usage
     stop_sequence: str | None = None
+    reasoning_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
-GenerationEvent = TextDelta | ToolCallDelta | Done
+GenerationEvent = TextDelta | ThinkingDelta | ToolCallDelta | Done
 
 
 # --- device and routing facts ---------------------------------------------------------

@@ -6,7 +6,9 @@ The mapping, turn by turn:
 - user text -> a user message; each ``tool_result`` -> a tool message (in order, so
   text after the results follows them); images -> message images (a text-only model
   then refuses the request with a clear 400);
-- assistant text -> content, ``tool_use`` -> tool calls; ``thinking`` is dropped.
+- assistant text -> content, ``tool_use`` -> tool calls; ``thinking`` is dropped;
+- ``thinking`` (enabled or adaptive) -> the engine's ``think`` with ``budget_tokens``
+  as the cap on reasoning tokens; without it a reasoning model is asked not to think.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ def generation_request(body: PromptParams, model: str) -> GenerationRequest:
         tool_choice=convert_tool_choice(body.tool_choice, tools),
         options=options,
         response_format=response_format(body),
+        # Anthropic's models think only when asked to: so does a local reasoning model.
+        think=body.thinking is not None and body.thinking.type != "disabled",
+        thinking_budget=body.thinking.budget_tokens if body.thinking else None,
     )
 
 

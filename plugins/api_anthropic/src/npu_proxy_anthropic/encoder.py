@@ -7,6 +7,8 @@ keeps the assembled message, so streaming and non-streaming replies cannot disag
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from typing import Any
 
@@ -15,6 +17,7 @@ from npu_proxy.engine.types import (
     FinishReason,
     GenerationEvent,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
 )
 
@@ -102,9 +105,16 @@ class MessageEncoder:
     """
 
     def __init__(
-        self, message_id: str, model: str, input_tokens: int, stops: tuple[str, ...] = ()
+        self,
+        message_id: str,
+        model: str,
+        input_tokens: int,
+        stops: tuple[str, ...] = (),
+        show_thinking: bool = True,
     ) -> None:
         self.id = message_id
+        self.show_thinking = show_thinking
+        self._open_thinking: int | None = None  # index of the thinking block still open
         self.model = model
         self.content: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
@@ -131,7 +141,9 @@ class MessageEncoder:
 
     def feed(self, event: GenerationEvent) -> list[Event]:
         if isinstance(event, TextDelta):
-            return self._text(self._scanner.feed(event.text))
+            return self._close_thinking() + self._text(self._scanner.feed(event.text))
+        if isinstance(event, ThinkingDelta):
+            return self._thinking(event.text)
         if isinstance(event, ToolCallDelta):
             return self._tool_use(event)
         return self._done(event)
@@ -150,6 +162,35 @@ class MessageEncoder:
                        "delta": {"type": "text_delta", "text": text}})
         return events
 
+    def _thinking(self, text: str) -> list[Event]:
+        if not (text and self.show_thinking):
+            return []
+        events: list[Event] = []
+        if self._open_thinking is None:
+            events = self._close_text()
+            self._open_thinking = len(self.content)
+            self.content.append({"type": "thinking", "thinking": "", "signature": ""})
+            events.append({"type": "content_block_start", "index": self._open_thinking,
+                           "content_block": {"type": "thinking", "thinking": "",
+                                             "signature": ""}})
+        self.content[self._open_thinking]["thinking"] += text
+        events.append({"type": "content_block_delta", "index": self._open_thinking,
+                       "delta": {"type": "thinking_delta", "thinking": text}})
+        return events
+
+    def _close_thinking(self) -> list[Event]:
+        """Ends the thinking block with its signature: a SHA-256 digest of the thinking
+        (Anthropic's is encrypted; clients only pass it back, which is dropped)."""
+        if self._open_thinking is None:
+            return []
+        index, self._open_thinking = self._open_thinking, None
+        block = self.content[index]
+        digest = hashlib.sha256(block["thinking"].encode()).digest()
+        block["signature"] = base64.b64encode(digest).decode()
+        return [{"type": "content_block_delta", "index": index,
+                 "delta": {"type": "signature_delta", "signature": block["signature"]}},
+                {"type": "content_block_stop", "index": index}]
+
     def _close_text(self) -> list[Event]:
         if self._open_text is None:
             return []
@@ -158,7 +199,7 @@ class MessageEncoder:
 
     def _tool_use(self, event: ToolCallDelta) -> list[Event]:
         call = event.call
-        events = self._text(self._scanner.finish()) + self._close_text()
+        events = self._close_thinking() + self._text(self._scanner.finish()) + self._close_text()
         index = len(self.content)
         self.content.append({"type": "tool_use", "id": call.id, "name": call.name,
                              "input": call.arguments})
@@ -174,7 +215,7 @@ class MessageEncoder:
         return events
 
     def _done(self, done: Done) -> list[Event]:
-        events = self._text(self._scanner.finish()) + self._close_text()
+        events = self._close_thinking() + self._text(self._scanner.finish()) + self._close_text()
         has_tool_use = any(block["type"] == "tool_use" for block in self.content)
         self.stop_reason, self.stop_sequence = stop_reason(
             done, has_tool_use, self._scanner.matched

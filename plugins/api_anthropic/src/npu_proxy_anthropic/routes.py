@@ -52,7 +52,8 @@ def build_router(ctx: ServerContext, settings: AnthropicSettings) -> APIRouter:
 
         def encoder_for(generation: Generation) -> MessageEncoder:
             return MessageEncoder(new_message_id(), body.model, generation.route.token_count,
-                                  engine_request.options.stop)
+                                  engine_request.options.stop,
+                                  show_thinking=engine_request.think is not False)
 
         if body.stream:
             generation = await admit(ctx.engine, request, engine_request)

@@ -1,7 +1,7 @@
 """The Messages API request body as Anthropic documents it, validated strictly.
 
 Strict mode mirrors the real API: ``"stream": "yes"`` or ``"max_tokens": "10"`` are
-errors, not coerced. Fields the server cannot act on (``metadata``, ``thinking``,
+errors, not coerced. Fields the server cannot act on (``metadata``,
 ``cache_control``, ``service_tier``, ...) are accepted and ignored, because clients such
 as Claude Code send them on every request.
 """
@@ -147,6 +147,14 @@ class OutputConfig(Wire):
     format: OutputFormat | None = None
 
 
+class ThinkingConfig(Wire):
+    """Extended thinking: ``enabled`` (with ``budget_tokens``, the cap on reasoning
+    tokens), ``adaptive`` (the model decides) or ``disabled``."""
+
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+
+
 class PromptParams(Wire):
     """What ``/v1/messages/count_tokens`` needs: everything that shapes the prompt."""
 
@@ -156,6 +164,7 @@ class PromptParams(Wire):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     output_config: OutputConfig | None = None
+    thinking: ThinkingConfig | None = None
 
 
 class MessagesRequest(PromptParams):

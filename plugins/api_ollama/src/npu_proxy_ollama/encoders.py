@@ -14,26 +14,44 @@ from collections.abc import Iterable
 from typing import Any
 
 from npu_proxy.engine.errors import EngineError
-from npu_proxy.engine.types import Done, GenerationEvent, TextDelta, ToolCall, ToolCallDelta
+from npu_proxy.engine.types import (
+    Done,
+    GenerationEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallDelta,
+)
 from npu_proxy.streaming import NDJSON, Collected, StreamEncoder
 
 from .wire import done_reason, line, now_rfc3339, statistics
 
 
 class Encoder(StreamEncoder[GenerationEvent]):
-    """Shared by both endpoints; subclasses say where the text goes."""
+    """Shared by both endpoints; subclasses say where the text goes.
+
+    Reasoning goes in ``thinking`` (Ollama's field); with ``show_thinking=False``
+    (the request said ``think: false``) it is left out.
+    """
 
     media_type = NDJSON
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, show_thinking: bool = True) -> None:
         self.model = model
+        self.show_thinking = show_thinking
         self._calls = 0
         self._ended = False
 
     def encode(self, event: GenerationEvent) -> Iterable[bytes]:
         self._ended = isinstance(event, Done)
+        if isinstance(event, ThinkingDelta) and not (self.show_thinking and event.text):
+            return ()
         payload = self.chunk(event)
         return () if payload is None else (line(payload),)
+
+    def thinking_of(self, reply: Collected) -> dict[str, str]:
+        """The ``thinking`` field of a whole reply, if it has (and may show) any."""
+        return {"thinking": reply.thinking} if self.show_thinking and reply.thinking else {}
 
     def closing(self) -> Iterable[bytes]:
         if self._ended:
@@ -47,11 +65,18 @@ class Encoder(StreamEncoder[GenerationEvent]):
         return {"model": self.model, "created_at": now_rfc3339()}
 
     def _final(self, done: Done) -> dict[str, Any]:
-        return {
+        final = {
             "done": True,
             "done_reason": done_reason(done.finish_reason),
             **statistics(done.usage),
         }
+        if done.logprobs:
+            # Ollama's shape; the whole answer's tokens, with the last chunk when streamed.
+            final["logprobs"] = [
+                {"token": e.token, "logprob": e.logprob, "bytes": list(e.token.encode())}
+                for e in done.logprobs
+            ]
+        return final
 
     def call_json(self, call: ToolCall) -> dict[str, Any]:
         """A tool call as Ollama writes it; ``index`` counts the calls of this turn."""
@@ -78,12 +103,15 @@ class GenerateEncoder(Encoder):
             if not event.text:
                 return None
             return {**self._head(), "response": event.text, "done": False}
+        if isinstance(event, ThinkingDelta):
+            return {**self._head(), "response": "", "thinking": event.text, "done": False}
         if isinstance(event, Done):
             return {**self._head(), "response": "", **self._final(event)}
         return None  # /api/generate takes no tools, so no call can arrive
 
     def whole(self, reply: Collected) -> dict[str, Any]:
-        return {**self._head(), "response": reply.text, **self._final(reply.done)}
+        return {**self._head(), "response": reply.text, **self.thinking_of(reply),
+                **self._final(reply.done)}
 
 
 class ChatEncoder(Encoder):
@@ -100,10 +128,13 @@ class ChatEncoder(Encoder):
             if not event.text:
                 return None
             return {**self._head(), "message": self._message(event.text), "done": False}
+        if isinstance(event, ThinkingDelta):
+            message = {**self._message(""), "thinking": event.text}
+            return {**self._head(), "message": message, "done": False}
         if isinstance(event, ToolCallDelta):
             return {**self._head(), "message": self._message("", [event.call]), "done": False}
         return {**self._head(), "message": self._message(""), **self._final(event)}
 
     def whole(self, reply: Collected) -> dict[str, Any]:
-        message = self._message(reply.text, list(reply.calls))
+        message = {**self._message(reply.text, list(reply.calls)), **self.thinking_of(reply)}
         return {**self._head(), "message": message, **self._final(reply.done)}

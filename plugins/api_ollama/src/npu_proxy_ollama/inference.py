@@ -7,7 +7,7 @@ backend applies the model's own chat template, and Go templates are not executed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
@@ -20,6 +20,7 @@ from npu_proxy.engine.types import (
     ModelInfo,
     ResponseFormat,
     SamplingOptions,
+    ThinkLevel,
     ToolCall,
     ToolSpec,
 )
@@ -41,11 +42,14 @@ B = TypeVar("B", bound=CommonBody)
 
 
 def _check_features(info: ModelInfo, body: CommonBody) -> None:
-    """Refuse what the model or this server cannot do, as Ollama does, with a 400."""
-    if body.think not in (None, False) and not info.can(Capability.THINKING):
-        raise CapabilityError(f'"{info.name}" does not support thinking', param="think")
-    if body.logprobs:
-        raise InvalidRequestError("logprobs are not supported by this server", param="logprobs")
+    """Refuse what the model or this server cannot do, as Ollama does, with a 400.
+    (Thinking and tools are the engine's one policy for every dialect.)"""
+    if body.top_logprobs:
+        raise InvalidRequestError(
+            "top_logprobs greater than 0 is not supported: the server reports the chosen "
+            "token's log-probability only, not the most likely alternatives",
+            param="top_logprobs",
+        )
 
 
 def _defaults(info: ModelInfo) -> dict[str, Any]:
@@ -84,6 +88,7 @@ class _Common:
     keep_alive: float | None
     options: SamplingOptions
     response_format: ResponseFormat | None
+    think: bool | ThinkLevel | None
 
     def request(
         self,
@@ -98,7 +103,7 @@ class _Common:
         return GenerationRequest(
             model=self.name, messages=messages, prompt=prompt, suffix=suffix, tools=tools,
             options=self.options, response_format=self.response_format,
-            keep_alive=self.keep_alive, truncate=truncate,
+            keep_alive=self.keep_alive, truncate=truncate, think=self.think,
         )
 
 
@@ -108,8 +113,8 @@ async def _read(
     body, name = await read_named(request, schema)
     keep_alive = parse_keep_alive(body.keep_alive)
     info = ctx.store.resolve(name)
-    options = parse_options(body.options, _defaults(info))
-    return body, _Common(name, info, keep_alive, options, parse_format(body.format))
+    options = replace(parse_options(body.options, _defaults(info)), logprobs=bool(body.logprobs))
+    return body, _Common(name, info, keep_alive, options, parse_format(body.format), body.think)
 
 
 def inference_routes(ctx: ServerContext) -> APIRouter:
@@ -140,7 +145,7 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             turns = [Message(role="system", content=system)] if system else []
             turns.append(Message(role="user", content=body.prompt, images=images))
             generation = common.request(messages=tuple(turns), suffix=body.suffix or None)
-        encoder = GenerateEncoder(name)
+        encoder = GenerateEncoder(name, show_thinking=body.think is not False)
         return await respond(ctx, request, generation, encoder, body.stream is not False)
 
     @router.post("/api/chat")
@@ -160,8 +165,6 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             )
             for t in body.tools or ()
         )
-        if tools and not info.can(Capability.TOOLS):
-            raise CapabilityError(f'"{info.name}" does not support tools', param="tools")
         system = _stored_system(info)
         if system and not any(m.role == "system" for m in messages):
             messages.insert(0, Message(role="system", content=system))
@@ -172,7 +175,7 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             # context unless the client asks for an error instead (truncate: false).
             truncate=body.truncate is not False,
         )
-        encoder = ChatEncoder(name)
+        encoder = ChatEncoder(name, show_thinking=body.think is not False)
         return await respond(ctx, request, generation, encoder, body.stream is not False)
 
     return router

@@ -18,6 +18,7 @@ from npu_proxy.engine.errors import EngineError
 from npu_proxy.engine.types import (
     GenerationEvent,
     TextDelta,
+    ThinkingDelta,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -28,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import error_body
+from .logprobs import chat_logprobs
 from .running import (
     Choices,
     Envelope,
@@ -65,8 +67,10 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
         else:
             choices = Choices(ctx, first, works)
             events, close = choices.events(), choices.aclose
+        chunks = ChatChunks(len(works), envelope, include_usage, works[0].think is not False,
+                            works[0].options.logprobs)
         return await stream_response(
-            request, events, ChatChunks(len(works), envelope, include_usage), close=close,
+            request, events, chunks, close=close,
             headers={**STREAM_HEADERS, **first.route.headers()},
         )
     generation, replies = await run_all(ctx, request, works)
@@ -76,8 +80,9 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
             "choices": [
                 {
                     "index": index,
-                    "message": _message(reply),
-                    "logprobs": None,
+                    "message": _message(reply, works[0].think is not False),
+                    "logprobs": (chat_logprobs(reply.done.logprobs)
+                                 if works[0].options.logprobs else None),
                     "finish_reason": finish_reason(reply.done, bool(reply.calls)),
                 }
                 for index, reply in enumerate(replies)
@@ -88,13 +93,16 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
     )
 
 
-def _message(reply: Collected) -> dict[str, Any]:
+def _message(reply: Collected, show_thinking: bool) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         # OpenAI sends null content when the model answered only with tool calls.
         "content": reply.text if reply.text or not reply.calls else None,
         "refusal": None,
     }
+    if show_thinking and reply.thinking:
+        # Where vLLM, DeepSeek and llama.cpp put a reasoning model's thinking.
+        message["reasoning_content"] = reply.thinking
     if reply.calls:
         message["tool_calls"] = [tool_call_body(c) for c in reply.calls]
     return message
@@ -109,22 +117,30 @@ async def _single(generation: Generation) -> AsyncIterator[tuple[int, Generation
 class ChatChunks(StreamEncoder[tuple[int, GenerationEvent]]):
     """The SSE body of a streamed chat completion with ``n`` choices, from ``(choice
     index, event)`` pairs: each choice's role first, its finish reason last, then the
-    usage of all of them and ``[DONE]``. A failure ends the stream with an error event."""
+    usage of all of them and ``[DONE]``. A failure ends the stream with an error event.
+    With ``logprobs`` each choice's last chunk carries its tokens' log-probabilities.
+    Reasoning goes in ``delta.reasoning_content`` (left out with ``show_thinking=False``)."""
 
     media_type = EVENT_STREAM
 
-    def __init__(self, n: int, envelope: Envelope, include_usage: bool) -> None:
+    def __init__(
+        self, n: int, envelope: Envelope, include_usage: bool, show_thinking: bool = True,
+        logprobs: bool = False,
+    ) -> None:
         self.n = n
+        self.logprobs = logprobs
         self.envelope = envelope
         self.include_usage = include_usage
+        self.show_thinking = show_thinking
         self._calls = [0] * n
         self._usages: list[Usage] = []
 
-    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None,
+               logprobs: dict[str, Any] | None = None) -> bytes:
         data = {
             **self.envelope.head("chat.completion.chunk"),
             "choices": [
-                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             ],
         }
         if self.include_usage:
@@ -138,12 +154,17 @@ class ChatChunks(StreamEncoder[tuple[int, GenerationEvent]]):
         index, item = event
         if isinstance(item, TextDelta):
             return [self._chunk(index, {"content": item.text})] if item.text else []
+        if isinstance(item, ThinkingDelta):
+            if not (self.show_thinking and item.text):
+                return []
+            return [self._chunk(index, {"reasoning_content": item.text})]
         if isinstance(item, ToolCallDelta):
             call = {"index": self._calls[index], **tool_call_body(item.call)}
             self._calls[index] += 1
             return [self._chunk(index, {"tool_calls": [call]})]
         self._usages.append(item.usage)
-        return [self._chunk(index, {}, finish_reason(item, self._calls[index] > 0))]
+        logprobs = chat_logprobs(item.logprobs) if self.logprobs else None
+        return [self._chunk(index, {}, finish_reason(item, self._calls[index] > 0), logprobs)]
 
     def closing(self) -> Iterable[bytes]:
         frames = []

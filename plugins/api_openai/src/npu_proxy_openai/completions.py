@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import error_body
+from .logprobs import completion_logprobs, refuse_top_logprobs
 from .running import Envelope, finish_reason, new_id, usage_body
 from .schemas import CompletionRequest, parse
 from .streaming import DONE, STREAM_HEADERS, sse
@@ -64,7 +65,14 @@ def completion_requests(ctx: ServerContext, body: CompletionRequest) -> list[Gen
             "n greater than 1 is not supported for text completions: request one choice "
             "at a time, or use /v1/chat/completions", "n"
         )
-    options = sampling_options(body, body.max_tokens)
+    # The legacy logprobs is a count of alternatives; 0 asks for the chosen tokens only.
+    refuse_top_logprobs(body.logprobs, "logprobs")
+    if body.logprobs is not None and body.echo:
+        raise InvalidRequestError(
+            "logprobs with echo is not supported: the server reports the generated "
+            "tokens' log-probabilities, not the prompt's", "logprobs"
+        )
+    options = sampling_options(body, body.max_tokens, body.logprobs is not None)
     if body.suffix:
         model = ctx.store.resolve(body.model)
         if not model.can(Capability.INSERT):
@@ -101,7 +109,8 @@ async def create_completion(ctx: ServerContext, request: Request) -> Response:
             {
                 "text": (work.prompt or "") + reply.text if body.echo else reply.text,
                 "index": index,
-                "logprobs": None,
+                "logprobs": (completion_logprobs(reply.done.logprobs)
+                             if work.options.logprobs else None),
                 "finish_reason": finish_reason(reply.done, False),
             }
         )
@@ -151,10 +160,12 @@ class CompletionChunks(StreamEncoder[tuple[int, GenerationEvent | None]]):
         self.include_usage = include_usage
         self._usages: list[Usage] = []
 
-    def _chunk(self, index: int, text: str, finish: str | None = None) -> bytes:
+    def _chunk(self, index: int, text: str, finish: str | None = None,
+               logprobs: dict[str, Any] | None = None) -> bytes:
         data: dict[str, Any] = {
             **self.envelope.head("text_completion"),
-            "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"text": text, "index": index, "logprobs": logprobs,
+                         "finish_reason": finish}],
         }
         if self.include_usage:
             data["usage"] = None
@@ -169,7 +180,9 @@ class CompletionChunks(StreamEncoder[tuple[int, GenerationEvent | None]]):
             return [self._chunk(index, item.text)] if item.text else []
         if isinstance(item, Done):
             self._usages.append(item.usage)
-            return [self._chunk(index, "", finish_reason(item, False))]
+            logprobs = (completion_logprobs(item.logprobs)
+                        if self.works[index].options.logprobs else None)
+            return [self._chunk(index, "", finish_reason(item, False), logprobs)]
         return []  # a raw prompt offers no tools, so no call can arrive
 
     def closing(self) -> Iterable[bytes]:

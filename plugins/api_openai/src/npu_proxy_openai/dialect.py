@@ -13,29 +13,52 @@ from fastapi import APIRouter
 from npu_proxy.api import ApiDialect
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import EngineError
+from npu_proxy.settings import load_plugin_settings
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import chat, completions, embeddings, models
+from . import chat, completions, embeddings, models, responses
 from .errors import error_response
+from .responses_store import ResponseStore
+from .settings import OpenAISettings
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class OpenAIApi(ApiDialect):
-    """``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``."""
+    """``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``,
+    ``/v1/embeddings``, ``/v1/models``.
+
+    :param settings: the dialect's options; read from ``NPU_PROXY_*`` when omitted.
+    """
 
     name = "openai"
     prefixes = ("/v1",)
 
+    def __init__(self, settings: OpenAISettings | None = None) -> None:
+        self.settings = settings or load_plugin_settings(OpenAISettings)
+
     def router(self, ctx: ServerContext) -> APIRouter:
         router = APIRouter(tags=["openai"])
+        # One store per app: responses never leak from one app (or test) to another.
+        store = ResponseStore(
+            self.settings.responses_store_size, self.settings.responses_store_ttl
+        )
 
         async def chat_completions(request: Request) -> Response:
             return await chat.create_chat_completion(ctx, request)
 
         async def text_completions(request: Request) -> Response:
             return await completions.create_completion(ctx, request)
+
+        async def create_response(request: Request) -> Response:
+            return await responses.create_response(ctx, store, request)
+
+        async def retrieve_response(request: Request) -> Response:
+            return await responses.retrieve_response(store, request.path_params["response_id"])
+
+        async def delete_response(request: Request) -> Response:
+            return await responses.delete_response(store, request.path_params["response_id"])
 
         async def create_embeddings(request: Request) -> Response:
             return await embeddings.create_embeddings(ctx, request)
@@ -49,6 +72,9 @@ class OpenAIApi(ApiDialect):
         routes: list[tuple[str, str, Handler]] = [
             ("POST", "/v1/chat/completions", chat_completions),
             ("POST", "/v1/completions", text_completions),
+            ("POST", "/v1/responses", create_response),
+            ("GET", "/v1/responses/{response_id}", retrieve_response),
+            ("DELETE", "/v1/responses/{response_id}", delete_response),
             ("POST", "/v1/embeddings", create_embeddings),
             ("GET", "/v1/models", list_models),
             # ":path" because ids such as "hf.co/org/repo:tag" contain slashes.

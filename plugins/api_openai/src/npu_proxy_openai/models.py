@@ -11,16 +11,23 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 from npu_proxy.context import ServerContext
-from npu_proxy.engine.types import ModelInfo
+from npu_proxy.engine.types import Capability, ModelInfo
 from starlette.responses import Response
 
 OWNER = "npu-proxy"
 
 
 def model_body(info: ModelInfo, fallback_created: int) -> dict[str, Any]:
-    """One model object; ``created`` is when the model arrived in the store."""
+    """One model object; ``created`` is when the model arrived in the store.
+
+    ``capabilities`` is not OpenAI's: it lists what the model can do (Ollama's names,
+    in ``/api/show``'s order), so a client can tell before it asks.
+    """
     created = int(info.modified_at.timestamp()) if info.modified_at else fallback_created
-    return {"id": info.name, "object": "model", "created": created, "owned_by": OWNER}
+    return {
+        "id": info.name, "object": "model", "created": created, "owned_by": OWNER,
+        "capabilities": [c.value for c in Capability if info.can(c)],
+    }
 
 
 async def list_models(ctx: ServerContext) -> Response:

@@ -103,6 +103,9 @@ class NamedToolChoice(Body):
     function: NamedFunction
 
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
 class SamplingParams(Body):
     """Sampling fields shared by chat and text completions.
 
@@ -134,6 +137,7 @@ class ChatCompletionRequest(SamplingParams):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    reasoning_effort: ReasoningEffort | None = None
 
 
 class CompletionRequest(SamplingParams):

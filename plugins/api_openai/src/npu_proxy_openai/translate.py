@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import (
@@ -19,23 +19,28 @@ from npu_proxy.engine.types import (
     Message,
     ResponseFormat,
     SamplingOptions,
+    ThinkLevel,
     ToolCall,
     ToolChoice,
     ToolSpec,
 )
 
+from .logprobs import refuse_top_logprobs
 from .schemas import (
     ChatCompletionRequest,
     ChatMessage,
     ContentPart,
     NamedToolChoice,
+    ReasoningEffort,
     ResponseFormatParam,
     SamplingParams,
     ToolParam,
 )
 
 
-def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOptions:
+def sampling_options(
+    body: SamplingParams, max_tokens: int | None, logprobs: bool = False
+) -> SamplingOptions:
     """The sampling fields both generation routes share (``n`` is each route's own)."""
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingOptions(
@@ -49,7 +54,24 @@ def sampling_options(body: SamplingParams, max_tokens: int | None) -> SamplingOp
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         stop=tuple(s for s in stop if s),
+        logprobs=logprobs,
     )
+
+
+def think_of_effort(effort: ReasoningEffort | None) -> bool | ThinkLevel | None:
+    """OpenAI's reasoning effort as the engine's ``think``: ``none`` turns thinking off,
+    ``minimal`` is the lowest level and ``xhigh`` the highest a template knows; no
+    effort leaves the model's own default."""
+    if effort is None:
+        return None
+    if effort == "none":
+        return False
+    return _EFFORT_LEVELS[effort]
+
+
+_EFFORT_LEVELS: dict[str, ThinkLevel] = {
+    "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"
+}
 
 
 def choice_requests(work: GenerationRequest, n: int) -> list[GenerationRequest]:
@@ -69,6 +91,7 @@ def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
         raise InvalidRequestError(
             "stream_options is only allowed when stream is true", "stream_options"
         )
+    refuse_top_logprobs(body.top_logprobs, "top_logprobs")
     # max_completion_tokens replaced max_tokens; a client that sends both means the new one.
     limit = body.max_completion_tokens
     if limit is None:
@@ -79,8 +102,9 @@ def chat_request(body: ChatCompletionRequest) -> GenerationRequest:
         messages=_messages(body.messages),
         tools=tools,
         tool_choice=_tool_choice(body.tool_choice, tools),
-        options=sampling_options(body, limit),
+        options=sampling_options(body, limit, bool(body.logprobs)),
         response_format=_response_format(body.response_format),
+        think=think_of_effort(body.reasoning_effort),
     )
 
 
@@ -104,7 +128,7 @@ def _messages(messages: list[ChatMessage]) -> tuple[Message, ...]:
             result.append(Message(role="user", content=text, images=images))
         elif message.role == "assistant":
             calls = tuple(
-                _call(c.id, c.function.name, c.function.arguments, f"{where}.tool_calls")
+                decode_call(c.id, c.function.name, c.function.arguments, f"{where}.tool_calls")
                 for c in message.tool_calls or ()
             )
             names.update((c.id, c.name) for c in calls)
@@ -150,7 +174,11 @@ def _content(message: ChatMessage, where: str) -> tuple[str, tuple[bytes, ...]]:
 
 def _image(part: ContentPart, param: str) -> bytes:
     assert part.image_url is not None
-    url = part.image_url.url
+    return decode_image_url(part.image_url.url, param)
+
+
+def decode_image_url(url: str, param: str) -> bytes:
+    """The bytes of an inline ``data:<type>;base64,`` image; remote URLs are refused."""
     header, comma, data = url.partition(",")
     # Remote URLs are not fetched: the server would become a way to reach other hosts.
     if not (header.startswith("data:") and header.endswith(";base64") and comma):
@@ -165,7 +193,8 @@ def _image(part: ContentPart, param: str) -> bytes:
         raise InvalidRequestError(f"{param}: the image is not valid base64", param) from None
 
 
-def _call(call_id: str, name: str, arguments: str, param: str) -> ToolCall:
+def decode_call(call_id: str, name: str, arguments: str, param: str) -> ToolCall:
+    """A call the client sends back, its ``arguments`` a JSON object in a string."""
     try:
         decoded = json.loads(arguments) if arguments.strip() else {}
     except json.JSONDecodeError:
@@ -206,12 +235,17 @@ def _tool_choice(choice: str | NamedToolChoice | None, tools: tuple[ToolSpec, ..
 def _response_format(fmt: ResponseFormatParam | None) -> ResponseFormat | None:
     if fmt is None or fmt.type == "text":
         return None
-    if fmt.type == "json_object":
-        return ResponseFormat(kind="json")
     schema: dict[str, Any] | None = fmt.json_schema.schema_ if fmt.json_schema else None
+    return structured_output(fmt.type, schema, "response_format.json_schema")
+
+
+def structured_output(
+    kind: Literal["json_object", "json_schema"], schema: dict[str, Any] | None, param: str
+) -> ResponseFormat:
+    """The engine's structured output for ``json_object``, or ``json_schema`` with the
+    ``schema`` found at ``param`` (a 400 naming it when it is missing)."""
+    if kind == "json_object":
+        return ResponseFormat(kind="json")
     if schema is None:
-        raise InvalidRequestError(
-            "response_format of type json_schema needs json_schema.schema",
-            "response_format.json_schema",
-        )
+        raise InvalidRequestError(f"{param}: a json_schema format needs a schema", param)
     return ResponseFormat(kind="json_schema", schema=schema)

@@ -15,7 +15,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from npu_proxy.engine.backend import Backend, LoadedModel
@@ -31,6 +31,8 @@ from npu_proxy.engine.types import (
     GenerationRequest,
     ModelInfo,
     TextDelta,
+    ThinkingDelta,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
     ToolSpec,
@@ -49,14 +51,45 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
-def render(request: GenerationRequest) -> str:
-    """The prompt as the mock "model" sees it: a simple chat template, or the raw prompt."""
+def render(request: GenerationRequest, model: ModelInfo | None = None) -> str:
+    """The prompt as the mock "model" sees it: a simple chat template, or the raw prompt.
+    A reasoning ``model``'s template also renders whether it should think."""
     if request.prompt is not None:
         return request.prompt + (request.suffix or "")
     lines = [f"<|{m.role}|>{m.content}" for m in request.messages or ()]
     if request.tools:
         lines.insert(0, "<|tools|>" + json.dumps([t.name for t in request.tools]))
+    if request.think is not None and model is not None and model.can(Capability.THINKING):
+        # what a reasoning template renders for enable_thinking
+        lines.append(f"<|think|>{str(request.think).lower()}")
     return "\n".join(lines) + "\n<|assistant|>"
+
+
+def token_logprob(piece: GenerationEvent) -> TokenLogprob:
+    """The mock's "log-probability" of a piece (one token): a fixed value in [-4, 0)
+    drawn from its text, so the same piece always gets the same one."""
+    text = json.dumps(piece.call.arguments) if isinstance(piece, ToolCallDelta) else (
+        piece.text if isinstance(piece, TextDelta | ThinkingDelta) else "")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return TokenLogprob(text, -(digest[0] + 1) / 64)
+
+
+#: Words the mock reasoning model thinks at each effort (None and True: medium).
+THINKING_WORDS = {"low": 4, "medium": 8, "high": 16}
+
+
+def thinking_words(request: GenerationRequest, prompt: str) -> list[str]:
+    """What the mock reasoning model thinks before it answers: a word per token, more
+    the harder it is asked to think, never more than ``thinking_budget``; nothing when
+    thinking is off or for a raw prompt."""
+    if request.think is False or request.messages is None:
+        return []
+    level = request.think if isinstance(request.think, str) else "medium"
+    size = THINKING_WORDS[level]
+    if request.thinking_budget is not None:
+        size = min(size, request.thinking_budget)
+    words = reply_words("thinking:" + prompt)
+    return [("" if i == 0 else " ") + words[i % len(words)] for i in range(size)]
 
 
 def reply_words(prompt: str) -> list[str]:
@@ -91,7 +124,26 @@ def _wanted_tool(request: GenerationRequest) -> ToolSpec | None:
         return None
     if request.tool_choice not in ("auto", "required"):
         return next((t for t in request.tools if t.name == request.tool_choice), None)
-    return request.tools[0]
+    return _tool_asked_for(request.tools, request.messages[-1].content)
+
+
+def _tool_asked_for(tools: tuple[ToolSpec, ...], text: str) -> ToolSpec:
+    """The tool the message asks for, as a model would pick it: the first whose name,
+    or a word of its name (``time`` of ``get_time``), the message mentions; the first
+    tool when none is mentioned."""
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+
+    def mentioned(tool: ToolSpec) -> bool:
+        parts = [p for p in re.split(r"[_\-.]", tool.name.lower()) if len(p) > 2]
+        return tool.name.lower() in text.lower() or any(
+            p in words and p not in _VERBS for p in parts
+        )
+
+    return next((tool for tool in tools if mentioned(tool)), tools[0])
+
+
+#: Words in tool names that say nothing about which tool is meant.
+_VERBS = frozenset({"get", "set", "run", "list", "make", "create", "fetch", "call"})
 
 
 @dataclass
@@ -118,7 +170,7 @@ class MockLoadedModel(LoadedModel):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         backend, counters = self.backend, self.backend.counters
-        prompt = render(request)
+        prompt = render(request, self.info)
         prompt_tokens = count_tokens(prompt)
         limit = backend.prompt_limit(self.info)
         if limit is not None and prompt_tokens > limit:
@@ -133,12 +185,16 @@ class MockLoadedModel(LoadedModel):
         finished = False
         try:
             pieces, reason, stop = self._plan(request, prompt)
+            thought = sum(1 for piece in pieces if isinstance(piece, ThinkingDelta))
+            logprobs: list[TokenLogprob] = []
             for piece in pieces:
                 await asyncio.sleep(backend.token_delay)
                 if backend.fail_after is not None and generated >= backend.fail_after:
                     raise RuntimeError("simulated device failure")
                 generated += 1
                 counters.tokens_emitted += 1
+                if request.options.logprobs:
+                    logprobs.append(token_logprob(piece))
                 if first is None:
                     first = time.perf_counter_ns()
                 yield piece
@@ -151,7 +207,10 @@ class MockLoadedModel(LoadedModel):
                 prefill_duration=first - began,
                 decode_duration=end - first,
             )
-            yield Done(finish_reason=reason, usage=usage, stop_sequence=stop)
+            yield Done(
+                finish_reason=reason, usage=usage, stop_sequence=stop, reasoning_tokens=thought,
+                logprobs=tuple(logprobs),
+            )
         finally:
             counters.active -= 1
             if finished:
@@ -162,7 +221,23 @@ class MockLoadedModel(LoadedModel):
     def _plan(
         self, request: GenerationRequest, prompt: str
     ) -> tuple[list[GenerationEvent], FinishReason, str | None]:
-        """The events to stream, the finish reason and the stop string that hit."""
+        """The events to stream, the finish reason and the stop string that hit: the
+        reasoning first (a reasoning model), then the answer, ``max_tokens`` in all."""
+        thinking: list[GenerationEvent] = []
+        if self.info.can(Capability.THINKING):
+            thinking = [ThinkingDelta(w) for w in thinking_words(request, prompt)]
+        limit = request.options.max_tokens
+        if limit is not None and limit <= len(thinking):
+            return thinking[:limit], FinishReason.LENGTH, None
+        if limit is not None:
+            request = replace(request, options=replace(request.options,
+                                                       max_tokens=limit - len(thinking)))
+        pieces, reason, stop = self._answer(request, prompt)
+        return [*thinking, *pieces], reason, stop
+
+    def _answer(
+        self, request: GenerationRequest, prompt: str
+    ) -> tuple[list[GenerationEvent], FinishReason, str | None]:
         tool = _wanted_tool(request)
         if tool is not None:
             call = ToolCall(
@@ -271,7 +346,7 @@ class MockBackend(Backend):
         return self.max_prompt_len
 
     async def count_tokens(self, model: ModelInfo, request: GenerationRequest) -> int:
-        return count_tokens(render(request))
+        return count_tokens(render(request, model))
 
     async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
         return [count_tokens(t) for t in texts]
@@ -290,21 +365,34 @@ class MockBackend(Backend):
 
 
 def mock_models() -> list[ModelInfo]:
-    """The simulated models: a chat model with tools and an embedding model."""
+    """The simulated models: a chat model with tools, a reasoning model (tools and
+    thinking) and an embedding model."""
+    chat = ModelInfo(
+        name="mock:latest",
+        format="mock",
+        family="mock",
+        capabilities=frozenset({Capability.COMPLETION, Capability.TOOLS}),
+        context_length=8192,
+        size=1_000_000,
+        digest=hashlib.sha256(b"mock:latest").hexdigest(),
+        parameter_size="1M",
+        quantization_level="none",
+        architecture="mock",
+        source="npu-proxy-mock",
+        template="{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}",
+    )
     return [
-        ModelInfo(
-            name="mock:latest",
-            format="mock",
-            family="mock",
-            capabilities=frozenset({Capability.COMPLETION, Capability.TOOLS}),
-            context_length=8192,
-            size=1_000_000,
-            digest=hashlib.sha256(b"mock:latest").hexdigest(),
-            parameter_size="1M",
-            quantization_level="none",
-            architecture="mock",
-            source="npu-proxy-mock",
-            template="{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}",
+        chat,
+        replace(
+            chat,
+            name="mock-think:latest",
+            capabilities=chat.capabilities | {Capability.THINKING},
+            digest=hashlib.sha256(b"mock-think:latest").hexdigest(),
+            template=(
+                "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                "{% if enable_thinking is defined %}<|think|>{{ enable_thinking }}\n"
+                "{% endif %}<|assistant|><think>"
+            ),
         ),
         ModelInfo(
             name="mock-embed:latest",

@@ -255,7 +255,10 @@ class ContinuousBatchingGenerator:
     ``GenerationConfig`` (sampling, seed, stop strings, structured output), built by the
     step loop from the request's :class:`GenerationSpec`. Build it with :meth:`start`
     (blocking: builds the pipeline where it is placed); :meth:`close` shuts it down.
+    Each output carries its tokens' log-probabilities, so it reports logprobs.
     """
+
+    reports_logprobs = True
 
     def __init__(self, launch: Launcher, placement: BatchingPlacement, *,
                  device: str = "") -> None:

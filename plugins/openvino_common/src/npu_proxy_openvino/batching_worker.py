@@ -27,7 +27,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -228,6 +228,8 @@ class _Job:
     cancelled: bool = False
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    #: each generated token and its log-probability; None when the request did not ask
+    logprobs: list[tuple[int, float]] | None = None
 
 
 class _Stepper:
@@ -258,6 +260,8 @@ class _Stepper:
         if kind == "add":
             _, request_id, prompt, spec = message
             self._admit(request_id, prompt, spec)
+            if spec.options.logprobs and request_id in self._jobs:
+                self._jobs[request_id].logprobs = []
         elif kind == "cancel":
             job = self._jobs.get(message[1])
             if job is not None:
@@ -304,6 +308,9 @@ class _Stepper:
                     for output in handle.read().values():
                         ids.extend(output.generated_ids)
                         job.finish_reason = output.finish_reason
+                        if job.logprobs is not None:
+                            job.logprobs.extend(zip(output.generated_ids,
+                                                    output.generated_log_probs, strict=True))
                 if ids:
                     job.tokens += len(ids)
                     if not job.first_ns:
@@ -337,7 +344,14 @@ class _Stepper:
             return
         if not job.cancelled:
             self._emit(job, job.detokenizer.finish())
-        self._events.append(("end", job.id, _outcome(job, handle)))
+        outcome = _outcome(job, handle)
+        if job.logprobs is not None:
+            # One token at a time: each entry's own text, as OpenAI's logprobs show it.
+            tokens = [self._tokenizer.decode([token]) for token, _ in job.logprobs]
+            outcome = replace(outcome, logprobs=tuple(
+                (text, float(logprob)) for text, (_, logprob) in zip(tokens, job.logprobs,
+                                                                     strict=True)))
+        self._events.append(("end", job.id, outcome))
 
     def _emit(self, job: _Job, text: str) -> None:
         if text:

@@ -17,6 +17,8 @@ from npu_proxy.engine.types import GenerationRequest, Message, ToolCall, ToolSpe
 
 HERMES_OPEN = "<tool_call>"
 HERMES_CLOSE = "</tool_call>"
+MISTRAL_CALLS = "[TOOL_CALLS]"
+MISTRAL_ARGS = "[ARGS]"
 
 
 def message_dicts(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
@@ -91,8 +93,20 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
             message_dicts(request.messages),
             add_generation_prompt=True,
             tools=tool_dicts(tools) if tools else None,
+            extra_context=thinking_context(request),
         )
     )
+
+
+def thinking_context(request: GenerationRequest) -> dict[str, Any] | None:
+    """What a reasoning template reads: ``enable_thinking`` (Qwen3, SmolLM3) and, for a
+    level, ``reasoning_effort`` (gpt-oss); None leaves the template's own default."""
+    if request.think is None:
+        return None
+    context: dict[str, Any] = {"enable_thinking": request.think is not False}
+    if isinstance(request.think, str):
+        context["reasoning_effort"] = request.think
+    return context
 
 
 def forced_tool_schema(tools: tuple[ToolSpec, ...]) -> dict[str, Any]:
@@ -130,12 +144,16 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 def parse_tool_calls(text: str, known: set[str]) -> tuple[str, list[ToolCall]]:
     """Split ``text`` into remaining content and the tool calls it contains.
 
-    Understood shapes: Hermes ``<tool_call>{...}</tool_call>`` blocks (anywhere in the
-    text, closing tag optional at the end), or the whole answer being JSON: a call
+    Understood shapes: Hermes/Qwen ``<tool_call>{...}</tool_call>`` blocks (anywhere in
+    the text, closing tag optional at the end), Mistral's ``[TOOL_CALLS]`` followed by
+    a JSON list of calls or by ``name[ARGS]{...}`` calls, or the whole answer being
+    JSON (Llama 3 and most others): a call
     ``{"name": ..., "arguments"|"parameters": {...}}``, a list of calls, or
     ``{"tool_calls": [...]}`` (optionally in a Markdown code fence). A call naming a
     function not in ``known`` is not a call: the text is returned untouched.
     """
+    if MISTRAL_CALLS in text:
+        return _mistral_calls(text, known)
     if HERMES_OPEN in text:
         calls: list[ToolCall] = []
         for block in _HERMES_BLOCK.findall(text):
@@ -155,6 +173,25 @@ def parse_tool_calls(text: str, known: set[str]) -> tuple[str, list[ToolCall]]:
     parsed = _loads(body)
     found = _calls_from(parsed, known) if parsed is not None else None
     return ("", found) if found else (text, [])
+
+
+def _mistral_calls(text: str, known: set[str]) -> tuple[str, list[ToolCall]]:
+    head, _, body = text.partition(MISTRAL_CALLS)
+    calls: list[ToolCall] = []
+    for segment in body.split(MISTRAL_CALLS):
+        segment = segment.strip()
+        name, marker, arguments = segment.partition(MISTRAL_ARGS)
+        if marker:  # name[ARGS]{...}: the newer tokenizers' form
+            parsed = _loads(arguments)
+            call = _call_from({"name": name.strip(), "arguments": parsed}, known)
+            found = [call] if call is not None and parsed is not None else None
+        else:  # a JSON list of calls
+            value = _loads(segment)
+            found = _calls_from(value, known) if value is not None else None
+        if not found:
+            return text, []
+        calls.extend(found)
+    return head.strip(), calls
 
 
 def _loads(text: str) -> Any:

@@ -37,6 +37,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from .catalog import EMBEDDING_ALIASES, IR_ALIASES
 from .gguf import FILE_TYPES, GGUFError, parameter_size, read_header, read_metadata_prefix
+from .reasoning import template_thinks
 
 #: ``general.architecture`` values OpenVINO GenAI's own GGUF reader turns into a model.
 #: Source: openvino.genai ``src/cpp/src/gguf_utils/gguf_modeling.cpp``,
@@ -161,12 +162,26 @@ def quantization_in_name(name: str) -> str:
     return match.group(1).upper() if match else ""
 
 
+#: ``tools`` used inside a Jinja tag or expression (``{% if tools %}``,
+#: ``{{ tools | tojson }}``), not the word in a template's prose.
+_TOOLS_IN_TEMPLATE = re.compile(r"\{[%{][^}]*\btools\b")
+
+
+def template_renders_tools(template: str) -> bool:
+    """Whether a chat template renders the tools it is given (then the model was
+    trained to call them, and its calls are parsed back)."""
+    return bool(_TOOLS_IN_TEMPLATE.search(template))
+
+
 def _capabilities(embedding: bool, template: str) -> frozenset[Capability]:
     if embedding:
         return frozenset({Capability.EMBEDDING})
-    if "tools" in template:
-        return frozenset({Capability.COMPLETION, Capability.TOOLS})
-    return frozenset({Capability.COMPLETION})
+    found = {Capability.COMPLETION}
+    if template_renders_tools(template):
+        found.add(Capability.TOOLS)
+    if template_thinks(template):
+        found.add(Capability.THINKING)
+    return frozenset(found)
 
 
 def describe_gguf(path: Path, name: str) -> ModelInfo:

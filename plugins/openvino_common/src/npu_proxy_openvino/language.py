@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from npu_proxy.engine.backend import LoadedModel
-from npu_proxy.engine.errors import BackendError, PromptTooLongError
+from npu_proxy.engine.errors import BackendError, InvalidRequestError, PromptTooLongError
 from npu_proxy.engine.types import (
     Done,
     FinishReason,
@@ -18,6 +18,8 @@ from npu_proxy.engine.types import (
     GenerationRequest,
     ModelInfo,
     TextDelta,
+    ThinkingDelta,
+    TokenLogprob,
     ToolCallDelta,
     Usage,
 )
@@ -25,6 +27,7 @@ from npu_proxy.engine.types import (
 from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
 from .options import GenerationSpec, response_schema, validate_options
 from .prompt import is_prepared, prompt_ids
+from .reasoning import ThinkingSplitter, count_reasoning_tokens, markers_for, opens_thinking
 from .runner import Outcome, TextGenerator
 from .stops import StopStringFilter
 from .streaming import Finished
@@ -109,6 +112,7 @@ class OpenVINOLanguageModel(LoadedModel):
         self._slots = asyncio.Semaphore(max_parallel)
         #: Usage of the last generation that reached the device, cancelled ones included.
         self.last_usage: Usage | None = None
+        self._opens_thinking: bool | None = None  # see _thinking_splitter
 
     def render_prompt(self, request: GenerationRequest) -> str:
         """The exact prompt text the device reads for ``request`` (blocking)."""
@@ -125,6 +129,13 @@ class OpenVINOLanguageModel(LoadedModel):
         returns; ``FinishReason.TOOL_CALLS`` when the answer was parsed as tool calls.
         """
         start = time.perf_counter_ns()
+        if request.options.logprobs and not self._generator.reports_logprobs:
+            raise InvalidRequestError(
+                f"logprobs are not available on the {self.device} for {self.info.name}: "
+                "only continuous batching (CPU or GPU, NPU_PROXY_CONTINUOUS_BATCHING=1) "
+                "reports each token's log-probability",
+                param="logprobs",
+            )
         arguments = (request, self._tokenizer, self._limits, self._generator.configure,
                      f"the {self.device}")
         # A prompt the engine prepared needs no tokenizer here: only checks and a config,
@@ -132,6 +143,8 @@ class OpenVINOLanguageModel(LoadedModel):
         prepared = (prepare_generation(*arguments) if is_prepared(request)
                     else await asyncio.to_thread(prepare_generation, *arguments))
         tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
+        splitter = await self._thinking_splitter(request)
+        thinking: list[str] = []
         outcome: Outcome | None = None
         stops = StopStringFilter(request.options.stop) if request.options.stop else None
         async with self._slots:
@@ -142,10 +155,8 @@ class OpenVINOLanguageModel(LoadedModel):
                         outcome = item.result
                         break
                     text = stops.feed(item) if stops else item
-                    if tool_filter and text:
-                        text = tool_filter.feed(text)
-                    if text:
-                        yield TextDelta(text)
+                    for event in _split(text, splitter, tool_filter, thinking):
+                        yield event
                     if stops and stops.hit is not None:
                         # The answer is over; closing the stream stops the device at the
                         # next token even if GenAI's own stop check did not fire.
@@ -167,10 +178,8 @@ class OpenVINOLanguageModel(LoadedModel):
         else:
             finish = FinishReason.LENGTH if outcome.finish == "length" else FinishReason.STOP
         held = stops.finish() if stops else ""
-        if tool_filter and held:
-            held = tool_filter.feed(held)
-        if held:
-            yield TextDelta(held)
+        for event in _split(held, splitter, tool_filter, thinking, last=True):
+            yield event
         if tool_filter is not None:
             text, calls = tool_filter.finish()
             if text:
@@ -180,11 +189,53 @@ class OpenVINOLanguageModel(LoadedModel):
             if calls:
                 finish = FinishReason.TOOL_CALLS
                 stop_sequence = None
-        yield Done(finish_reason=finish, usage=usage, stop_sequence=stop_sequence)
+        reasoning = await asyncio.to_thread(
+            count_reasoning_tokens, self._tokenizer, "".join(thinking)
+        ) if thinking else 0
+        logprobs = tuple(TokenLogprob(t, lp) for t, lp in outcome.logprobs)
+        yield Done(finish_reason=finish, usage=usage, stop_sequence=stop_sequence,
+                   reasoning_tokens=reasoning, logprobs=logprobs)
+
+    async def _thinking_splitter(self, request: GenerationRequest) -> ThinkingSplitter | None:
+        """A splitter for a reasoning model's chat; None for a raw prompt or a model
+        that does not reason. Whether its template opens the thinking is learnt once."""
+        markers = markers_for(self.info.family, self.info.template)
+        if markers is None or request.messages is None:
+            return None
+        if self._opens_thinking is None:
+            self._opens_thinking = await asyncio.to_thread(
+                opens_thinking, self._tokenizer, markers
+            )
+        return ThinkingSplitter(markers, inside=self._opens_thinking)
 
     async def unload(self) -> None:
         async with self._slots:
             await asyncio.to_thread(self._generator.close)
+
+
+def _split(
+    text: str,
+    splitter: ThinkingSplitter | None,
+    tool_filter: ToolCallFilter | None,
+    thinking: list[str],
+    *,
+    last: bool = False,
+) -> list[TextDelta | ThinkingDelta]:
+    """The events of a piece of answer: reasoning (kept in ``thinking`` too) split off
+    first, then the rest through the tool-call filter. ``last``: the generation ended."""
+    parts = splitter.feed(text) if splitter and text else [("text", text)] if text else []
+    if last and splitter:
+        parts += splitter.finish()
+    events: list[TextDelta | ThinkingDelta] = []
+    for kind, part in parts:
+        if kind == "thinking":
+            thinking.append(part)
+            events.append(ThinkingDelta(part))
+            continue
+        shown = tool_filter.feed(part) if tool_filter and part else part
+        if shown:
+            events.append(TextDelta(shown))
+    return events
 
 
 def _usage(outcome: Outcome, counted: int, start: int) -> Usage:

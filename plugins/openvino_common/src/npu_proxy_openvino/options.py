@@ -81,6 +81,8 @@ def apply_options(
 
     config.max_new_tokens = max_new_tokens
     config.apply_chat_template = False
+    if options.logprobs:
+        config.logprobs = 1  # the chosen token's log-probability (GenAI computes no more)
     if options.temperature is not None:
         if options.temperature == 0:
             config.do_sample = False

@@ -26,7 +26,8 @@ class Outcome:
     ``finish`` is ``"stop"``, ``"length"`` or ``"cancelled"``. Durations are ns;
     token counts are ``None`` when the pipeline did not report them. ``cached_tokens``
     of the prompt were read from the prefix cache (at least that many; 0 when the
-    generator cannot vouch for any).
+    generator cannot vouch for any). ``logprobs``: each generated token's text and
+    log-probability, when asked for and reported.
     """
 
     text: str
@@ -36,6 +37,7 @@ class Outcome:
     ttft_ns: int
     generate_ns: int
     cached_tokens: int = 0
+    logprobs: tuple[tuple[str, float], ...] = ()
 
 
 class GenerationStream(Protocol):
@@ -55,7 +57,12 @@ class GenerationStream(Protocol):
 
 
 class TextGenerator(Protocol):
-    """A model resident on a device that can generate text."""
+    """A model resident on a device that can generate text.
+
+    ``reports_logprobs``: its outcomes carry each token's log-probability when asked.
+    """
+
+    reports_logprobs: bool
 
     def configure(self, spec: GenerationSpec) -> Any:
         """The per-request config :meth:`stream` takes, built from ``spec`` (blocking).
@@ -98,8 +105,11 @@ class LLMPipelineGenerator:
     """:class:`TextGenerator` over ``openvino_genai.LLMPipeline`` (or an imitation).
 
     The pipeline handles one generation at a time (openvino.genai#2480): callers
-    serialise, which the model wrapper does with a semaphore.
+    serialise, which the model wrapper does with a semaphore. Its results give one
+    score per sequence, not per token, so it reports no logprobs.
     """
+
+    reports_logprobs = False
 
     def __init__(self, pipeline: Any) -> None:
         import openvino_genai

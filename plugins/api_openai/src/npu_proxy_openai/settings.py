@@ -1,0 +1,20 @@
+"""The OpenAI dialect's own settings, read from ``NPU_PROXY_*`` when it registers."""
+
+from __future__ import annotations
+
+from npu_proxy.settings import PluginSettings
+from pydantic import Field
+
+
+class OpenAISettings(PluginSettings):
+    """Field ``x`` is read from ``NPU_PROXY_X``."""
+
+    responses_store_size: int = Field(
+        100,
+        ge=0,
+        description="Responses kept in memory for previous_response_id and "
+        "GET /v1/responses/{id} (the oldest go first); 0 turns the store off.",
+    )
+    responses_store_ttl: float = Field(
+        3600.0, gt=0, description="Seconds a stored response is kept."
+    )

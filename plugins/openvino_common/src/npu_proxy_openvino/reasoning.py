@@ -1,0 +1,142 @@
+"""Reasoning models: which templates think, and the thinking split from the answer as
+the text streams.
+
+Reasoning models write their thinking inline, between markers their chat template
+knows (Qwen3, QwQ, DeepSeek-R1 distills, SmolLM3, Phi-4-reasoning: ``<think>`` ...
+``</think>``). :func:`markers_for` finds a model's markers: its family in
+:data:`FAMILY_MARKERS` first, then the markers its template writes. A template that
+opens the thinking itself (DeepSeek-R1 distills end the prompt with ``<think>``) makes
+the answer start inside it, which :class:`ThinkingSplitter` is told with ``inside``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+THINK = ("<think>", "</think>")
+
+
+@dataclass(frozen=True, slots=True)
+class Markers:
+    """The strings that open and close a model's reasoning."""
+
+    open: str
+    close: str
+
+
+#: Model families (GGUF ``general.architecture`` or the IR's ``model_type``) and the
+#: markers their reasoning uses; families not listed fall back to their template.
+FAMILY_MARKERS: dict[str, Markers] = {
+    family: Markers(*THINK)
+    for family in ("qwen3", "qwen3moe", "deepseek2", "smollm3", "phi3")
+}
+
+
+def template_thinks(template: str) -> bool:
+    """Whether a chat template knows reasoning: it takes ``enable_thinking`` (Qwen3,
+    SmolLM3) or writes a reasoning marker (DeepSeek-R1 distills)."""
+    return "enable_thinking" in template or any(
+        markers.open in template for markers in {*FAMILY_MARKERS.values()}
+    )
+
+
+def markers_for(family: str, template: str) -> Markers | None:
+    """The reasoning markers of a model, or None when it does not reason."""
+    if not template_thinks(template):
+        return None
+    known = FAMILY_MARKERS.get(family.lower())
+    if known is not None:
+        return known
+    return next((m for m in {*FAMILY_MARKERS.values()} if m.open in template), Markers(*THINK))
+
+
+Part = tuple[Literal["thinking", "text"], str]
+
+
+class ThinkingSplitter:
+    """Splits streamed text into thinking and answer at the model's markers.
+
+    Feed pieces in order; each call returns the parts now known (``("thinking", ...)``
+    or ``("text", ...)``), holding back only what may be the start of a marker. The
+    markers themselves are dropped. ``inside`` says the prompt already opened the
+    thinking. Thinking happens once, at the start: after the closing marker
+    everything is answer.
+    """
+
+    def __init__(self, markers: Markers, inside: bool = False) -> None:
+        self._markers = markers
+        self._state: Literal["start", "thinking", "after", "answer"] = (
+            "thinking" if inside else "start"
+        )
+        self._held = ""
+
+    def feed(self, piece: str) -> list[Part]:
+        text = self._held + piece
+        self._held = ""
+        parts: list[Part] = []
+        while text:
+            if self._state == "after":  # the blank lines after the closing marker go
+                text = text.lstrip("\r\n")
+                if not text:
+                    break
+                self._state = "answer"
+            if self._state == "answer":
+                parts.append(("text", text))
+                break
+            if self._state == "start":
+                stripped = text.lstrip()
+                if self._markers.open.startswith(stripped):  # could still become the tag
+                    self._held = text
+                    break
+                if stripped.startswith(self._markers.open):
+                    self._state = "thinking"
+                    text = stripped[len(self._markers.open):]
+                    continue
+                self._state = "answer"  # the model answered without thinking
+                continue
+            at = text.find(self._markers.close)
+            if at >= 0:
+                if at:
+                    parts.append(("thinking", text[:at]))
+                self._state = "after"
+                text = text[at + len(self._markers.close):]
+                continue
+            keep = _partial_suffix(text, self._markers.close)
+            if len(text) > keep:
+                parts.append(("thinking", text[: len(text) - keep]))
+            self._held = text[len(text) - keep:]
+            break
+        return parts
+
+    def finish(self) -> list[Part]:
+        """What was held back, once the generation ended."""
+        held, self._held = self._held, ""
+        if not held:
+            return []
+        return [("thinking" if self._state == "thinking" else "text", held)]
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that begins ``tag`` (0: none)."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[len(text) - size:]):
+            return size
+    return 0
+
+
+def opens_thinking(tokenizer: Any, markers: Markers) -> bool:
+    """Whether the template itself opens the thinking at the end of a prompt (then the
+    model's output starts inside it). Blocking: renders a one-message conversation."""
+    probe = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True
+    )
+    return str(probe).rstrip().endswith(markers.open)
+
+
+def count_reasoning_tokens(tokenizer: Any, thinking: str) -> int:
+    """The tokens of the thinking text, as the model's tokenizer spells it (blocking)."""
+    if not thinking:
+        return 0
+    encoded = tokenizer.encode(thinking, add_special_tokens=False)
+    return int(encoded.input_ids.get_shape()[1])
