@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -104,6 +105,7 @@ class Generation:
         loaded: LoadedModel,
         load_duration: int,
         started: int,
+        source: AsyncIterator[GenerationEvent] | None = None,
     ) -> None:
         self.engine = engine
         self.request = request
@@ -113,6 +115,8 @@ class Generation:
         self._loaded = loaded
         self._load_duration = load_duration
         self._started = started
+        #: the events, when the backend's ``open`` already started them
+        self._source = source
         self._iterator: AsyncIterator[GenerationEvent] | None = None
         self._closed = False
         #: the final event, once the generation ends normally
@@ -139,6 +143,10 @@ class Generation:
         """Stop the generation (if running) and free the slot. Idempotent."""
         if self._iterator is not None:
             await self._iterator.aclose()  # type: ignore[attr-defined]
+        elif self._source is not None:
+            # opened but never iterated: the device holds the request until it is closed
+            with contextlib.suppress(Exception):
+                await self._source.aclose()  # type: ignore[attr-defined]
         self._finish()
 
     def _finish(self) -> None:
@@ -153,7 +161,7 @@ class Generation:
     async def _events(self) -> AsyncIterator[GenerationEvent]:
         engine, model, device = self.engine, self.model.name, self.route.device
         deadline = asyncio.get_running_loop().time() + engine.settings.inference_timeout
-        source = self._loaded.generate(self.request)
+        source = self._source or self._loaded.generate(self.request)
         began = time.perf_counter()
         last: float | None = None
         gaps: list[float] = []
@@ -238,6 +246,20 @@ class Generation:
         return replace(done, usage=usage)
 
 
+def affinity_key(request: GenerationRequest) -> str:
+    """A key that stays the same across a conversation's turns: its leading system
+    messages and first user message (a raw prompt: its first 1024 characters)."""
+    digest = hashlib.blake2b(request.model.encode(), digest_size=12)
+    if request.messages is None:
+        digest.update((request.prompt or "")[:1024].encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
+    for message in request.messages:
+        digest.update(f"{message.role}\0{message.content}\0".encode("utf-8", "surrogatepass"))
+        if message.role == "user":
+            break
+    return digest.hexdigest()
+
+
 class Engine:
     """Routes, queues and runs requests on the registered backends (one per device)."""
 
@@ -293,6 +315,16 @@ class Engine:
         self._probed.set()
         return self.devices
 
+    def report_device(self, info: DeviceInfo) -> None:
+        """Replace what is known of ``info.device`` while the server runs.
+
+        For backends whose device comes and goes (a remote engine whose circuit opened
+        or closed): routing stops or resumes choosing it at once, and ``/health``
+        shows ``info.error``. Unknown devices are ignored. Call on the event loop.
+        """
+        if info.device in self.backends:
+            self.devices[info.device] = info
+
     def record_failure(self, device: str, message: str) -> None:
         """Remember a wedged or failed generation so /health can report it."""
         self.last_failure[device] = (datetime.now(UTC), message)
@@ -322,6 +354,7 @@ class Engine:
                 max_parallel=queue.slots,
                 prompt_limit=backend.prompt_limit(model),
                 model_loaded=device in loaded,
+                remote=backend.remote,
             )
         return states
 
@@ -353,11 +386,19 @@ class Engine:
         return model
 
     async def _admit(
-        self, model: ModelInfo, token_count: int, preferred: str
+        self,
+        model: ModelInfo,
+        token_count: int,
+        preferred: str,
+        excluded: dict[str, RouteReason] | None = None,
+        affinity_key: str = "",
     ) -> tuple[Route, Ticket, LoadedModel, int]:
-        """Route, queue and load, falling back past full queues and failed loads."""
+        """Route, queue and load, falling back past full queues and failed loads.
+
+        ``excluded`` holds devices already ruled out (and collects the new ones).
+        """
         await self._probed.wait()
-        excluded: dict[str, RouteReason] = {}
+        excluded = {} if excluded is None else excluded
         while True:
             ctx = RoutingContext(
                 model=model,
@@ -366,6 +407,7 @@ class Engine:
                 fallback_device=self.settings.fallback_device,
                 devices=self._states(model),
                 excluded=dict(excluded),
+                affinity_key=affinity_key,
             )
             decision = self.policy.choose(ctx)
             if decision.device is None or decision.device not in self.backends:
@@ -453,8 +495,37 @@ class Engine:
             # (minutes); bound it, as Ollama's default context bounds it.
             bounded = replace(options, max_tokens=self.settings.max_tokens)
             request = replace(request, options=bounded)
-        route, ticket, loaded, load_ns = await self._admit(model, tokens, self.settings.device)
-        return Generation(self, request, model, route, ticket, loaded, load_ns, started)
+        excluded: dict[str, RouteReason] = {}
+        key = affinity_key(request)
+        failure: EngineError | None = None  # the last device's failure before output
+        while True:
+            try:
+                route, ticket, loaded, load_ns = await self._admit(
+                    model, tokens, self.settings.device, excluded, key)
+            except EngineError:
+                if failure is None:
+                    raise
+                raise failure from None  # nothing left to fail over to: say what failed
+            try:
+                source = await loaded.open(request)
+            except EngineError as exc:
+                ticket.release()
+                self.lifecycle.release(route.device, model.name, request.keep_alive)
+                if exc.status < 500:
+                    raise
+                log.warning("%s failed before any output, trying another device: %s",
+                            route.device, exc.message)
+                self.bus.emit(GenerationFailed(model.name, route.device, exc.code))
+                self.record_failure(route.device, f"{model.name}: {exc.message}")
+                excluded[route.device] = RouteReason.FAILOVER
+                failure = exc
+                continue
+            except BaseException:
+                ticket.release()
+                self.lifecycle.release(route.device, model.name, request.keep_alive)
+                raise
+            return Generation(
+                self, request, model, route, ticket, loaded, load_ns, started, source)
 
     async def _fit_context(
         self, backend: Backend, model: ModelInfo, request: GenerationRequest, tokens: int
