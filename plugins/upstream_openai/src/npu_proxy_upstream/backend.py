@@ -231,6 +231,9 @@ class UpstreamBackend(Backend):
             response = await self._http().get("/models")
         except httpx.HTTPError as exc:
             raise _Unreachable(f"GET /models: {_why(exc)}") from None
+        if response.status_code in (401, 403):
+            raise _Unreachable(f"GET /models: the engine refused the API key "
+                               f"({response.status_code})")
         if response.status_code != 200:
             raise _Unreachable(f"GET /models answered {response.status_code}")
         try:
