@@ -258,8 +258,9 @@ class UpstreamBackend(Backend):
                             "engine an alias", self.config.name, model_id, exc.message)
                 continue
             served[name] = model_id
+            # vLLM says max_model_len; llama.cpp's server the context it runs (n_ctx)
             meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
-            context = entry.get("max_model_len") or (meta or {}).get("n_ctx_train") or 0
+            context = entry.get("max_model_len") or (meta or {}).get("n_ctx") or 0
             models.append(ModelInfo(
                 name=name,
                 format=REMOTE_FORMAT,

@@ -70,7 +70,11 @@ class FakeEngine:
                                 headers={"Retry-After": str(self.busy)})
         return None
 
-    async def _body(self, request: Request) -> dict[str, Any] | Response:
+    async def _accept(self, request: Request) -> dict[str, Any] | Response:
+        """The request's body, or the refusal the engine answers with instead."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         body: dict[str, Any] = await request.json()
         self.requests.append(body)
         if body.get("model") not in self.models:
@@ -117,10 +121,7 @@ class FakeEngine:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: Request, chat: bool) -> Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await self._body(request)
+        body = await self._accept(request)
         if isinstance(body, Response):
             return body
         pieces = self.reply(body)
@@ -176,10 +177,7 @@ class FakeEngine:
                 self.cancelled += 1
 
     async def _embeddings(self, request: Request) -> Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await self._body(request)
+        body = await self._accept(request)
         if isinstance(body, Response):
             return body
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]

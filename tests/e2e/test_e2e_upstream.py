@@ -1,0 +1,213 @@
+"""A front npu-proxy whose only real model runs on a second npu-proxy process.
+
+The upstream is ``npu-proxy serve`` started by the test (the real CPU backend, the
+embedded SmolLM2 and MiniLM); the front runs every dialect and the upstream plugin,
+with no local device. Each dialect's chat (streamed and whole), embeddings, discovery,
+the Anthropic model mapping, cancellation reaching the upstream, a busy upstream, and
+an upstream killed mid-stream and restarted are tried with the official clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import ollama
+import openai
+import pytest
+from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
+from npu_proxy_upstream.testing import health_devices, probed, upstream_table, wait_until
+
+MODEL = "smollm2:135m"
+CHAT = [{"role": "user", "content": "Say hello."}]
+
+
+class UpstreamProcess:
+    """``npu-proxy serve`` on a free port (or ``port``) with the real CPU backend."""
+
+    def __init__(self, store: Path, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_PROXY_")}
+        self.env.update(NPU_PROXY_MODEL_PATH=str(store), NPU_PROXY_DEVICE="CPU", **env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> UpstreamProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "npu_proxy", "--plugins", "openai,openvino,openvino-cpu",
+             "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, "the upstream npu-proxy exited"
+            assert time.monotonic() < deadline, "the upstream npu-proxy did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=2).json()["status"] == "ok":
+                    return self
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def in_flight(self) -> int:
+        return int(health_devices(self.url)["CPU"]["in_flight"])
+
+
+@contextlib.contextmanager
+def front_for(upstream_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              **keys: Any) -> Iterator[LiveServer]:
+    """Every dialect, and ``upstream_url`` as its one device ``upstream:up``."""
+    path = tmp_path / "upstreams.toml"
+    path.write_text(upstream_table("up", upstream_url + "/v1", **keys), "utf-8")
+    monkeypatch.setenv("NPU_PROXY_UPSTREAMS_FILE", str(path))
+    monkeypatch.setenv("NPU_PROXY_UPSTREAM_PROBE", "0.2")
+    app = make_app(test_settings(tmp_path / "front"),
+                   ["ollama", "openai", "anthropic", "upstream"])
+    with LiveServer(app) as server:
+        wait_until(lambda: probed(server.url))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model store for every upstream process: the compiled-model cache is shared."""
+    return tmp_path_factory.mktemp("upstream-models")
+
+
+@pytest.fixture(scope="module")
+def upstream(store: Path) -> Iterator[UpstreamProcess]:
+    """One generation at a time and no queue, so a second request finds it busy."""
+    with UpstreamProcess(store, NPU_PROXY_MAX_QUEUE="0", NPU_PROXY_MAX_PARALLEL="1") as process:
+        yield process
+
+
+@pytest.fixture
+def front(upstream: UpstreamProcess, tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
+    with front_for(upstream.url, tmp_path, monkeypatch) as server:
+        yield server
+
+
+def test_models_are_discovered_in_every_listing(front: LiveServer) -> None:
+    tags = [m["name"] for m in httpx.get(front.url + "/api/tags").json()["models"]]
+    assert MODEL in tags and "all-minilm:latest" in tags
+    ids = [m["id"] for m in httpx.get(front.url + "/v1/models").json()["data"]]
+    assert MODEL in ids
+    device = health_devices(front.url)["upstream:up"]
+    assert device["present"] and MODEL in device["properties"]["models"]
+
+
+def test_openai_chat_streamed_and_whole(front: LiveServer) -> None:
+    client = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=CHAT, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    whole = raw.parse()
+    assert raw.headers["x-npu-proxy-device"] == "upstream:up"
+    assert whole.choices[0].message.content
+    assert whole.usage is not None and whole.usage.prompt_tokens > 0
+    assert whole.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=8, temperature=0,  # type: ignore[arg-type]
+        stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        whole.choices[0].message.content  # greedy: the same text either way
+
+
+def test_ollama_chat_streamed_and_whole(front: LiveServer) -> None:
+    client = ollama.Client(host=front.url)
+    options = {"num_predict": 8, "temperature": 0}
+    whole = client.chat(model=MODEL, messages=CHAT, options=options)
+    assert whole.message.content and whole.eval_count and whole.prompt_eval_count
+    parts = list(client.chat(model=MODEL, messages=CHAT, options=options, stream=True))
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    assert parts[-1].done and parts[-1].eval_count == whole.eval_count
+
+
+def test_anthropic_messages_streamed_and_whole_through_the_model_mapping(
+    front: LiveServer,
+) -> None:
+    client = anthropic.Anthropic(base_url=front.url, api_key="unused", max_retries=0)
+    whole = client.messages.create(model="claude-3-5-haiku-latest", max_tokens=8,
+                                   messages=CHAT)  # type: ignore[arg-type]
+    text = "".join(b.text for b in whole.content if b.type == "text")
+    assert text and whole.usage.output_tokens > 0
+    with client.messages.stream(model="claude-3-5-haiku-latest", max_tokens=8,
+                                messages=CHAT) as stream:  # type: ignore[arg-type]
+        streamed = "".join(stream.text_stream)
+    assert streamed == text
+
+
+def test_embeddings_through_openai_and_ollama(front: LiveServer) -> None:
+    client = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+    vectors = client.embeddings.create(model="all-minilm", input=["a cat", "a dog"])
+    assert [len(v.embedding) for v in vectors.data] == [384, 384]
+    assert vectors.usage.prompt_tokens > 0
+    embedded = ollama.Client(host=front.url).embed(model="all-minilm", input="a cat")
+    assert len(embedded.embeddings[0]) == 384
+    assert embedded.embeddings[0] == pytest.approx(vectors.data[0].embedding, abs=1e-5)
+
+
+def test_a_client_that_leaves_frees_the_upstream_slot(
+    front: LiveServer, upstream: UpstreamProcess
+) -> None:
+    with httpx.stream("POST", front.url + "/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": CHAT, "max_tokens": 400, "stream": True}) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if '"content"' in line)
+        assert upstream.in_flight() == 1
+    wait_until(lambda: upstream.in_flight() == 0)
+
+
+def test_a_busy_upstream_is_503_with_retry_after(front: LiveServer) -> None:
+    with httpx.stream("POST", front.url + "/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": CHAT, "max_tokens": 400, "stream": True}) as running:
+        lines = running.iter_lines()
+        assert next(line for line in lines if '"content"' in line)
+        refused = httpx.post(front.url + "/v1/chat/completions", timeout=60,
+                             json={"model": MODEL, "messages": CHAT, "max_tokens": 4})
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "upstream up is busy" in refused.json()["error"]["message"]
+
+
+def test_an_upstream_killed_mid_stream_opens_the_circuit_until_it_restarts(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = UpstreamProcess(store)
+    with first, front_for(first.url, tmp_path, monkeypatch, failures=1) as front:
+        with httpx.stream("POST", front.url + "/v1/chat/completions", timeout=60, json={
+                "model": MODEL, "messages": CHAT, "max_tokens": 400,
+                "stream": True}) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if '"content"' in line)
+            first.kill()
+            rest = [line for line in lines if line.startswith("data: ")]
+        error = json.loads(rest[-1].removeprefix("data: "))["error"]
+        assert error["type"] == "server_error" and "upstream up failed" in error["message"]
+        down = health_devices(front.url)["upstream:up"]
+        assert not down["present"] and down["properties"]["circuit"] == "open"
+        assert "circuit open" in down["error"]
+        refused = httpx.post(front.url + "/v1/chat/completions", timeout=60,
+                             json={"model": MODEL, "messages": CHAT, "max_tokens": 4})
+        assert refused.status_code == 503
+        with UpstreamProcess(store, port=first.port):
+            # its probe answers again: the circuit closes and routing may choose it
+            wait_until(lambda: health_devices(front.url)["upstream:up"]["present"], 30)
+            up = health_devices(front.url)["upstream:up"]
+            assert up["properties"]["circuit"] == "closed" and not up["error"]
