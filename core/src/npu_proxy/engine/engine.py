@@ -106,6 +106,7 @@ class Generation:
         load_duration: int,
         started: int,
         source: AsyncIterator[GenerationEvent] | None = None,
+        opened: float | None = None,
     ) -> None:
         self.engine = engine
         self.request = request
@@ -115,8 +116,10 @@ class Generation:
         self._loaded = loaded
         self._load_duration = load_duration
         self._started = started
-        #: the events, when the backend's ``open`` already started them
+        #: the events, when the backend's ``open`` already started them, and when
+        #: (``perf_counter``) it began: the time to the first token counts from there
         self._source = source
+        self._opened = opened
         self._iterator: AsyncIterator[GenerationEvent] | None = None
         self._closed = False
         #: the final event, once the generation ends normally
@@ -162,7 +165,7 @@ class Generation:
         engine, model, device = self.engine, self.model.name, self.route.device
         deadline = asyncio.get_running_loop().time() + engine.settings.inference_timeout
         source = self._source or self._loaded.generate(self.request)
-        began = time.perf_counter()
+        began = self._opened or time.perf_counter()
         last: float | None = None
         gaps: list[float] = []
         try:
@@ -506,6 +509,7 @@ class Engine:
                 if failure is None:
                     raise
                 raise failure from None  # nothing left to fail over to: say what failed
+            opened = time.perf_counter()
             try:
                 source = await loaded.open(request)
             except EngineError as exc:
@@ -525,7 +529,7 @@ class Engine:
                 self.lifecycle.release(route.device, model.name, request.keep_alive)
                 raise
             return Generation(
-                self, request, model, route, ticket, loaded, load_ns, started, source)
+                self, request, model, route, ticket, loaded, load_ns, started, source, opened)
 
     async def _fit_context(
         self, backend: Backend, model: ModelInfo, request: GenerationRequest, tokens: int
