@@ -18,6 +18,7 @@ from npu_proxy.engine.errors import (
     ModelNotFoundError,
     ModelStoreError,
 )
+from npu_proxy.engine.events import DeviceChanged
 from npu_proxy.engine.routing import DeviceState, RoutingContext, fallback_order, replica_order
 from npu_proxy.engine.store import ModelStore
 from npu_proxy.engine.types import (
@@ -28,6 +29,7 @@ from npu_proxy.engine.types import (
     ModelInfo,
     TextDelta,
 )
+from npu_proxy.testing import RecordingSink
 
 
 def info(name: str, fmt: str = "remote") -> ModelInfo:
@@ -133,12 +135,18 @@ async def test_reported_device_state_steers_routing(
     remote = RemoteSim("upstream:one")
     ctx = await make_engine(SimBackend("CPU", max_prompt_len=1), remote, device="CPU")
     request = request_for("a prompt too long for the CPU")
+    sink = RecordingSink()
+    ctx.bus.sinks.append(sink)
     ctx.engine.report_device(DeviceInfo("upstream:one", False, error="circuit open"))
+    ctx.engine.report_device(DeviceInfo("upstream:one", False, error="still open"))
     ctx.engine.report_device(DeviceInfo("upstream:nowhere", True))  # unknown: ignored
     with pytest.raises(EngineError):
         await ctx.engine.generate(request)
-    assert ctx.engine.devices["upstream:one"].error == "circuit open"
+    assert ctx.engine.devices["upstream:one"].error == "still open"
     assert "upstream:nowhere" not in ctx.engine.devices
     ctx.engine.report_device(DeviceInfo("upstream:one", True))
+    assert sink.of(DeviceChanged) == [  # changes of presence only
+        DeviceChanged("upstream:one", False, "circuit open"),
+        DeviceChanged("upstream:one", True, "")]
     async with await ctx.engine.generate(request) as generation:
         assert generation.route.device == "upstream:one"

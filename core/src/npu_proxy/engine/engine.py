@@ -31,6 +31,7 @@ from .errors import (
     PromptTooLongError,
 )
 from .events import (
+    DeviceChanged,
     EmbeddingFinished,
     EventBus,
     FirstToken,
@@ -322,11 +323,16 @@ class Engine:
         """Replace what is known of ``info.device`` while the server runs.
 
         For backends whose device comes and goes (a remote engine whose circuit opened
-        or closed): routing stops or resumes choosing it at once, and ``/health``
-        shows ``info.error``. Unknown devices are ignored. Call on the event loop.
+        or closed): routing stops or resumes choosing it at once, ``/health`` shows
+        ``info.error``, and a change of presence is a :class:`DeviceChanged` event.
+        Unknown devices are ignored. Call on the event loop.
         """
-        if info.device in self.backends:
-            self.devices[info.device] = info
+        if info.device not in self.backends:
+            return
+        before = self.devices.get(info.device)
+        self.devices[info.device] = info
+        if before is None or before.present != info.present:
+            self.bus.emit(DeviceChanged(info.device, info.present, info.error))
 
     def record_failure(self, device: str, message: str) -> None:
         """Remember a wedged or failed generation so /health can report it."""
