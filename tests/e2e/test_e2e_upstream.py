@@ -211,3 +211,36 @@ def test_an_upstream_killed_mid_stream_opens_the_circuit_until_it_restarts(
             wait_until(lambda: health_devices(front.url)["upstream:up"]["present"], 30)
             up = health_devices(front.url)["upstream:up"]
             assert up["properties"]["circuit"] == "closed" and not up["error"]
+
+
+def test_tool_calls_pass_through_a_mock_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An npu-proxy serving the mock backend is the upstream: its tool calls reach each
+    dialect's client whole, and the tool's answer goes back to it."""
+    tools = [{"type": "function", "function": {
+        "name": "weather", "description": "the weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}]
+    mock_app = make_app(test_settings(tmp_path / "mock"), ["mock", "openai"])
+    with LiveServer(mock_app) as mock, front_for(mock.url, tmp_path, monkeypatch) as front:
+        client = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+        asked = [{"role": "user", "content": "Weather in Paris?"}]
+        reply = client.chat.completions.create(model="mock", messages=asked,  # type: ignore[arg-type]
+                                               tools=tools)  # type: ignore[arg-type]
+        call = reply.choices[0].message.tool_calls[0]  # type: ignore[index]
+        assert call.function.name == "weather"  # type: ignore[union-attr]
+        assert json.loads(call.function.arguments) == {"city": "mock"}  # type: ignore[union-attr]
+        assert reply.choices[0].finish_reason == "tool_calls"
+        answered = [*asked, reply.choices[0].message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+        final = client.chat.completions.create(model="mock", messages=answered,  # type: ignore[arg-type]
+                                               tools=tools)  # type: ignore[arg-type]
+        assert final.choices[0].message.content and final.choices[0].finish_reason == "stop"
+        chunks = list(anthropic.Anthropic(base_url=front.url, api_key="unused").messages.create(
+            model="mock", max_tokens=64, messages=[{"role": "user", "content": "Weather?"}],
+            tools=[{"name": "weather", "input_schema": tools[0]["function"]["parameters"]}],  # type: ignore[index,list-item]
+            stream=True))
+        uses = [c for c in chunks if c.type == "content_block_start"
+                and c.content_block.type == "tool_use"]  # type: ignore[union-attr]
+        assert uses and uses[0].content_block.name == "weather"  # type: ignore[union-attr]
