@@ -31,7 +31,6 @@ from npu_proxy.engine.errors import (
     InvalidRequestError,
     ModelLoadError,
 )
-from npu_proxy.engine.names import canonical
 from npu_proxy.engine.types import (
     Capability,
     DeviceInfo,
@@ -94,7 +93,7 @@ def _message(text: str) -> str:
     return text.strip()[:500] or "no message"
 
 
-def _why(exc: httpx.HTTPError) -> str:
+def describe_error(exc: httpx.HTTPError) -> str:
     """A short, secret-free reason for a transport error (no URL, no headers)."""
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or host unreachable"
@@ -230,7 +229,7 @@ class UpstreamBackend(Backend):
         try:
             response = await self._http().get("/models")
         except httpx.HTTPError as exc:
-            raise _Unreachable(f"GET /models: {_why(exc)}") from None
+            raise _Unreachable(f"GET /models: {describe_error(exc)}") from None
         if response.status_code in (401, 403):
             raise _Unreachable(f"GET /models: the engine refused the API key "
                                f"({response.status_code})")
@@ -252,7 +251,7 @@ class UpstreamBackend(Backend):
             if not isinstance(model_id, str) or not self.config.serves(model_id):
                 continue
             try:
-                name = canonical(self.config.prefix + model_id)
+                name = self.config.local_name(model_id)
             except InvalidRequestError as exc:
                 log.warning("upstream %s: model %r cannot be named here (%s); give the "
                             "engine an alias", self.config.name, model_id, exc.message)
@@ -319,7 +318,7 @@ class UpstreamBackend(Backend):
         return UpstreamError(f"upstream {name} failed ({status}): {message}")
 
     def _transport(self, exc: httpx.HTTPError, when: str) -> EngineError:
-        reason = _why(exc)
+        reason = describe_error(exc)
         self._failed(f"{when}: {reason}")
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
             return InferenceTimeoutError(

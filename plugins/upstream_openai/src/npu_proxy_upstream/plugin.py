@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from npu_proxy.checks import DoctorCheck
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.backend import Backend
 from npu_proxy.hookspecs import hookimpl
@@ -31,3 +32,11 @@ def npu_proxy_startup(ctx: ServerContext) -> None:
     for backend in ctx.engine.backends.values():
         if isinstance(backend, UpstreamBackend):
             backend.attach(ctx.store.set_discovered, ctx.engine.report_device)
+
+
+@hookimpl
+def npu_proxy_register_doctor_checks(register: Callable[[DoctorCheck], None]) -> None:
+    """``npu-proxy doctor`` lists each configured upstream's models, or says why not."""
+    from .doctor import AREA, check_upstreams
+
+    register(DoctorCheck("upstreams", AREA, check_upstreams))

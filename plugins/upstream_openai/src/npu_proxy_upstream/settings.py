@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from npu_proxy.engine.names import canonical
 from npu_proxy.settings import PluginSettings, SettingsError, load_plugin_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -92,6 +93,11 @@ class UpstreamConfig(BaseModel):
     def shown_url(self) -> str:
         """The URL without any user or password in it: safe to log and show."""
         return shown_url(self.url)
+
+    def local_name(self, model_id: str) -> str:
+        """The canonical name the engine's model ``model_id`` has here (prefix put in
+        front). Raises InvalidRequestError when it is not a valid model name."""
+        return canonical(self.prefix + model_id)
 
     def serves(self, model_id: str) -> bool:
         """Whether the engine's model ``model_id`` passes this upstream's filter."""
