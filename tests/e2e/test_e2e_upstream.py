@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,9 @@ class UpstreamProcess:
     def in_flight(self) -> int:
         return int(health_devices(self.url)["CPU"]["in_flight"])
 
+    def waiting(self) -> int:
+        return int(health_devices(self.url)["CPU"]["queue_depth"])
+
 
 @contextlib.contextmanager
 def front_for(upstream_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -92,8 +96,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def upstream(store: Path) -> Iterator[UpstreamProcess]:
-    """One generation at a time and no queue, so a second request finds it busy."""
-    with UpstreamProcess(store, NPU_PROXY_MAX_QUEUE="0", NPU_PROXY_MAX_PARALLEL="1") as process:
+    """One generation at a time and one waiting: a second request waits (silent), a
+    third finds it busy."""
+    with UpstreamProcess(store, NPU_PROXY_MAX_QUEUE="1", NPU_PROXY_MAX_PARALLEL="1") as process:
         yield process
 
 
@@ -174,16 +179,46 @@ def test_a_client_that_leaves_frees_the_upstream_slot(
     wait_until(lambda: upstream.in_flight() == 0)
 
 
-def test_a_busy_upstream_is_503_with_retry_after(front: LiveServer) -> None:
+@contextlib.contextmanager
+def occupied(front: LiveServer) -> Iterator[None]:
+    """A long stream through ``front`` holds the upstream's one slot meanwhile."""
     with httpx.stream("POST", front.url + "/v1/chat/completions", timeout=60, json={
             "model": MODEL, "messages": CHAT, "max_tokens": 400, "stream": True}) as running:
-        lines = running.iter_lines()
+        lines = running.iter_lines()  # kept: a dropped iterator closes the response
         assert next(line for line in lines if '"content"' in line)
+        yield
+
+
+def test_a_busy_upstream_is_503_with_retry_after(
+    front: LiveServer, upstream: UpstreamProcess
+) -> None:
+    answers: list[httpx.Response] = []
+    second = threading.Thread(target=lambda: answers.append(httpx.post(
+        front.url + "/v1/chat/completions", timeout=60,
+        json={"model": MODEL, "messages": CHAT, "max_tokens": 4})))
+    with occupied(front):
+        second.start()  # waits in the upstream's queue
+        wait_until(lambda: upstream.waiting() == 1, 30)
         refused = httpx.post(front.url + "/v1/chat/completions", timeout=60,
                              json={"model": MODEL, "messages": CHAT, "max_tokens": 4})
+    second.join(60)
     assert refused.status_code == 503
     assert int(refused.headers["retry-after"]) >= 1
     assert "upstream up is busy" in refused.json()["error"]["message"]
+    assert [a.status_code for a in answers] == [200]  # the waiting one ran once it could
+
+
+def test_a_silent_upstream_is_504_and_its_request_is_withdrawn(
+    upstream: UpstreamProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with front_for(upstream.url, tmp_path, monkeypatch, read_timeout=1.0) as front, \
+            occupied(front):
+        # the upstream queues it behind the running stream and sends nothing meanwhile
+        late = httpx.post(front.url + "/v1/chat/completions", timeout=60,
+                          json={"model": MODEL, "messages": CHAT, "max_tokens": 4})
+        assert late.status_code == 504
+        assert "upstream up sent nothing for 1 s" in late.json()["error"]["message"]
+        wait_until(lambda: upstream.waiting() == 0, 30)
 
 
 def test_an_upstream_killed_mid_stream_opens_the_circuit_until_it_restarts(
