@@ -63,11 +63,12 @@ def test_an_invalid_token_limit_stops_startup_naming_it(
      (RouteReason.QUEUE_FULL, "queue_full"), (RouteReason.LOAD_FAILED, "load_failed"),
      (RouteReason.UNSUPPORTED, "model_unsupported_on_device"),
      (RouteReason.ONLY_DEVICE, "only_available_device"),
-     (RouteReason.PREFIX_AFFINITY, "prefix_affinity")],
+     (RouteReason.PREFIX_AFFINITY, "prefix_affinity"),
+     (RouteReason.FAILOVER, "failover")],
 )
 def test_route_reasons_keep_their_wire_values(reason: RouteReason, wire: str) -> None:
     assert reason == wire and str(reason) == wire and f"{reason}" == wire
-    assert len(RouteReason) == 9
+    assert len(RouteReason) == 10
 
 
 def test_residency_states_keep_their_wire_values() -> None:

@@ -10,7 +10,7 @@ import httpx
 import ollama
 import pytest
 from npu_proxy.engine.engine import Generation
-from npu_proxy.engine.types import EmbeddingRequest, GenerationRequest, TextDelta
+from npu_proxy.engine.types import DeviceInfo, EmbeddingRequest, GenerationRequest, TextDelta
 
 Probe = Any  # the conftest's Probe (not importable under --import-mode=importlib)
 MODEL = "mock:latest"
@@ -210,3 +210,16 @@ def test_ollama_chat_requests_move_the_metrics(serve: Callable[..., Probe]) -> N
     assert after.get("npu_proxy_inter_token_latency_seconds_count", model=MODEL) == (
         generated - 3
     )
+
+
+def test_device_availability_follows_what_the_engine_is_told(probe: Probe) -> None:
+    engine = probe.server.ctx.engine
+    device = next(iter(engine.backends))
+
+    async def report(present: bool) -> None:
+        engine.report_device(DeviceInfo(device, present, error="" if present else "down"))
+
+    probe.call(report(False))
+    assert probe.scrape().get("npu_proxy_device_available", device=device) == 0
+    probe.call(report(True))
+    assert probe.scrape().get("npu_proxy_device_available", device=device) == 1

@@ -53,6 +53,19 @@ class LoadedModel(abc.ABC):
         (``load_duration`` may be 0: the engine fills in the load it measured).
         """
 
+    async def open(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Start ``request`` and return its events once the device has accepted it.
+
+        The engine calls this before it hands a generation to a dialect. An
+        :class:`~npu_proxy.engine.errors.EngineError` of status 500 or more raised here
+        means the device failed before producing anything: the engine then tries the
+        next device (route reason ``failover``), and tells the client this error only
+        when no device is left. A status below 500 is the request's own fault and goes
+        to the client at once. The default returns :meth:`generate` unstarted; a remote
+        engine overrides it to send the request and wait for the response to begin.
+        """
+        return self.generate(request)
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """Embed ``request.inputs`` in order. Only models with the embedding capability."""
         raise CapabilityError(f"\"{self.info.name}\" does not support generating embeddings")
@@ -77,6 +90,8 @@ class Backend(abc.ABC):
     max_loaded_models: int | None = None
     #: simulated backends serve when ``NPU_PROXY_REAL_INFERENCE=0``, real ones otherwise
     simulated: bool = False
+    #: a remote engine reached over the network: routing tries local devices first
+    remote: bool = False
 
     @abc.abstractmethod
     async def probe(self) -> DeviceInfo:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from .errors import (
     PromptTooLongError,
 )
 from .events import (
+    DeviceChanged,
     EmbeddingFinished,
     EventBus,
     FirstToken,
@@ -107,6 +109,8 @@ class Generation:
         loaded: LoadedModel,
         load_duration: int,
         started: int,
+        source: AsyncIterator[GenerationEvent] | None = None,
+        opened: float | None = None,
     ) -> None:
         self.engine = engine
         self.request = request
@@ -116,6 +120,10 @@ class Generation:
         self._loaded = loaded
         self._load_duration = load_duration
         self._started = started
+        #: the events, when the backend's ``open`` already started them, and when
+        #: (``perf_counter``) it began: the time to the first token counts from there
+        self._source = source
+        self._opened = opened
         self._iterator: AsyncIterator[GenerationEvent] | None = None
         self._closed = False
         #: the final event, once the generation ends normally
@@ -142,6 +150,10 @@ class Generation:
         """Stop the generation (if running) and free the slot. Idempotent."""
         if self._iterator is not None:
             await self._iterator.aclose()  # type: ignore[attr-defined]
+        elif self._source is not None:
+            # opened but never iterated: the device holds the request until it is closed
+            with contextlib.suppress(Exception):
+                await self._source.aclose()  # type: ignore[attr-defined]
         self._finish()
 
     def _finish(self) -> None:
@@ -156,8 +168,8 @@ class Generation:
     async def _events(self) -> AsyncIterator[GenerationEvent]:
         engine, model, device = self.engine, self.model.name, self.route.device
         deadline = asyncio.get_running_loop().time() + engine.settings.inference_timeout
-        source = self._loaded.generate(self.request)
-        began = time.perf_counter()
+        source = self._source or self._loaded.generate(self.request)
+        began = self._opened or time.perf_counter()
         last: float | None = None
         gaps: list[float] = []
         try:
@@ -244,6 +256,20 @@ class Generation:
         return replace(done, usage=usage)
 
 
+def affinity_key(request: GenerationRequest) -> str:
+    """A key that stays the same across a conversation's turns: its leading system
+    messages and first user message (a raw prompt: its first 1024 characters)."""
+    digest = hashlib.blake2b(request.model.encode(), digest_size=12)
+    if request.messages is None:
+        digest.update((request.prompt or "")[:1024].encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
+    for message in request.messages:
+        digest.update(f"{message.role}\0{message.content}\0".encode("utf-8", "surrogatepass"))
+        if message.role == "user":
+            break
+    return digest.hexdigest()
+
+
 class Engine:
     """Routes, queues and runs requests on the registered backends (one per device)."""
 
@@ -302,6 +328,21 @@ class Engine:
         self._probed.set()
         return self.devices
 
+    def report_device(self, info: DeviceInfo) -> None:
+        """Replace what is known of ``info.device`` while the server runs.
+
+        For backends whose device comes and goes (a remote engine whose circuit opened
+        or closed): routing stops or resumes choosing it at once, ``/health`` shows
+        ``info.error``, and a change of presence is a :class:`DeviceChanged` event.
+        Unknown devices are ignored. Call on the event loop.
+        """
+        if info.device not in self.backends:
+            return
+        before = self.devices.get(info.device)
+        self.devices[info.device] = info
+        if before is None or before.present != info.present:
+            self.bus.emit(DeviceChanged(info.device, info.present, info.error))
+
     def record_failure(self, device: str, message: str) -> None:
         """Remember a wedged or failed generation so /health can report it."""
         self.last_failure[device] = (datetime.now(UTC), message)
@@ -333,6 +374,7 @@ class Engine:
                 prompt_limit=backend.prompt_limit(model),
                 model_loaded=device in loaded,
                 prefix_tokens=held.get(device, 0) if device in loaded else 0,
+                remote=backend.remote,
             )
         return states
 
@@ -364,11 +406,20 @@ class Engine:
         return model
 
     async def _admit(
-        self, model: ModelInfo, token_count: int, preferred: str, prefix: tuple[int, ...] = ()
+        self,
+        model: ModelInfo,
+        token_count: int,
+        preferred: str,
+        excluded: dict[str, RouteReason] | None = None,
+        affinity_key: str = "",
+        prefix: tuple[int, ...] = (),
     ) -> tuple[Route, Ticket, LoadedModel, int]:
-        """Route, queue and load, falling back past full queues and failed loads."""
+        """Route, queue and load, falling back past full queues and failed loads.
+
+        ``excluded`` holds devices already ruled out (and collects the new ones).
+        """
         await self._probed.wait()
-        excluded: dict[str, RouteReason] = {}
+        excluded = {} if excluded is None else excluded
         while True:
             ctx = RoutingContext(
                 model=model,
@@ -378,6 +429,7 @@ class Engine:
                 devices=self._states(model, prefix),
                 excluded=dict(excluded),
                 prefix=prefix,
+                affinity_key=affinity_key,
             )
             decision = self.policy.choose(ctx)
             if decision.device is None or decision.device not in self.backends:
@@ -477,9 +529,38 @@ class Engine:
             # (minutes); bound it, as Ollama's default context bounds it.
             bounded = replace(options, max_tokens=self.settings.max_tokens)
             request = replace(request, options=bounded)
-        route, ticket, loaded, load_ns = await self._admit(model, tokens, self.settings.device,
-                                                           prepared.prefix)
-        return Generation(self, request, model, route, ticket, loaded, load_ns, started)
+        excluded: dict[str, RouteReason] = {}
+        key = affinity_key(request)
+        failure: EngineError | None = None  # the last device's failure before output
+        while True:
+            try:
+                route, ticket, loaded, load_ns = await self._admit(
+                    model, tokens, self.settings.device, excluded, key, prepared.prefix)
+            except EngineError:
+                if failure is None:
+                    raise
+                raise failure from None  # nothing left to fail over to: say what failed
+            opened = time.perf_counter()
+            try:
+                source = await loaded.open(request)
+            except EngineError as exc:
+                ticket.release()
+                self.lifecycle.release(route.device, model.name, request.keep_alive)
+                if exc.status < 500:
+                    raise
+                log.warning("%s failed before any output, trying another device: %s",
+                            route.device, exc.message)
+                self.bus.emit(GenerationFailed(model.name, route.device, exc.code))
+                self.record_failure(route.device, f"{model.name}: {exc.message}")
+                excluded[route.device] = RouteReason.FAILOVER
+                failure = exc
+                continue
+            except BaseException:
+                ticket.release()
+                self.lifecycle.release(route.device, model.name, request.keep_alive)
+                raise
+            return Generation(
+                self, request, model, route, ticket, loaded, load_ns, started, source, opened)
 
     async def _fit_context(
         self, backend: Backend, model: ModelInfo, request: GenerationRequest,

@@ -92,6 +92,16 @@ class QueueChanged:
     in_flight: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceChanged:
+    """A device went down or came back while the server runs (a remote engine's
+    circuit breaker, :meth:`~npu_proxy.engine.engine.Engine.report_device`)."""
+
+    device: str
+    available: bool
+    reason: str  # why it is down, safe to show ("" once it is back)
+
+
 MetricEvent = (
     RequestCompleted
     | RouteDecided
@@ -102,6 +112,7 @@ MetricEvent = (
     | ModelLoaded
     | ModelUnloaded
     | QueueChanged
+    | DeviceChanged
 )
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import Field
@@ -41,6 +42,9 @@ class RouteReason(enum.StrEnum):
     UNSUPPORTED = "model_unsupported_on_device"
     ONLY_DEVICE = "only_available_device"
     PREFIX_AFFINITY = "prefix_affinity"
+    #: the device chosen first failed before producing anything (a remote engine that
+    #: refused the connection, answered 5xx or 429, or timed out), so another one serves
+    FAILOVER = "failover"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class DeviceState:
     #: leading tokens of this prompt the device has read for this model and may still
     #: hold in its prefix cache (whole blocks; 0: none, or the device keeps no cache)
     prefix_tokens: int = 0
+    #: a remote engine (an upstream replica), tried after every local device
+    remote: bool = False
 
     @property
     def queue_full(self) -> bool:
@@ -81,6 +87,9 @@ class RoutingContext:
     fallback_device: str | None
     devices: Mapping[str, DeviceState]
     excluded: Mapping[str, RouteReason] = field(default_factory=dict)
+    #: a stable key of the conversation (its leading messages), so that one
+    #: conversation keeps going to the replica that caches its prefix; "" for none
+    affinity_key: str = ""
     prefix: tuple[int, ...] = ()
 
     def prefix_holder(self) -> str | None:
@@ -138,13 +147,32 @@ def why_not(ctx: RoutingContext, device: str) -> RouteReason:
 
 
 def fallback_order(ctx: RoutingContext) -> list[str]:
-    """The configured fallback device first, then NPU, GPU, CPU, then any other device."""
+    """The configured fallback device first, then NPU, GPU, CPU, then any other local
+    device by name, then the remote replicas in :func:`replica_order` for the
+    conversation's affinity key."""
     order: list[str] = []
     if ctx.fallback_device:
         order.append(ctx.fallback_device)
     order += [d for d in DEVICE_PREFERENCE if d not in order]
-    order += sorted(d for d in ctx.devices if d not in order)
+    rest = [d for d in ctx.devices if d not in order]
+    order += sorted(d for d in rest if not ctx.devices[d].remote)
+    order += replica_order(ctx.affinity_key or ctx.model.name,
+                           [d for d in rest if ctx.devices[d].remote])
     return order
+
+
+def replica_order(key: str, devices: Iterable[str]) -> list[str]:
+    """``devices`` ordered for ``key`` by rendezvous (highest random weight) hashing.
+
+    The same key always puts the same device first, and a device that leaves or joins
+    moves only the keys it wins: a conversation keeps its replica (and that replica's
+    prefix cache) while the others come and go. Deterministic across processes.
+    """
+
+    def weight(device: str) -> bytes:
+        return hashlib.blake2b(f"{device}\0{key}".encode(), digest_size=8).digest()
+
+    return sorted(devices, key=weight, reverse=True)
 
 
 class TokenThresholdSettings(PluginSettings):

@@ -1,8 +1,10 @@
 """The model store: every model the server can serve, and the one place to look it up.
 
-Two sources: models plugins ship (registered at startup, e.g. the embedded defaults)
-and models stored under ``NPU_PROXY_MODEL_PATH``, one folder per model with a
-``manifest.json``. A stored model shadows a registered one of the same name. Lookups
+Three sources: models plugins ship (registered at startup, e.g. the embedded defaults),
+models stored under ``NPU_PROXY_MODEL_PATH``, one folder per model with a
+``manifest.json``, and models a backend discovers while the server runs (a remote
+engine's ``/v1/models``, :meth:`ModelStore.set_discovered`). A stored model shadows a
+registered one of the same name, and both shadow a discovered one. Lookups
 come from an in-memory index; the disk is read at :meth:`ModelStore.scan` (in a
 worker thread) and written only through this class, which keeps the index current.
 """
@@ -17,7 +19,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,6 +140,8 @@ class ModelStore:
         self.formats = formats or ModelFormats()
         self._registered: dict[str, ModelInfo] = dict(registered or {})
         self._stored: dict[str, ModelInfo] = {}
+        #: models discovered at run time, per source (a backend's name)
+        self._discovered: dict[str, dict[str, ModelInfo]] = {}
         self._lock = threading.Lock()
 
     # --- lookups (in memory, safe on the event loop) ---------------------------------
@@ -150,6 +154,9 @@ class ModelStore:
         key = str(parse_model_name(name))
         with self._lock:
             info = self._stored.get(key) or self._registered.get(key)
+            if info is None:
+                info = next((found[key] for found in self._discovered.values()
+                             if key in found), None)
         if info is None:
             raise ModelNotFoundError(str(name))
         return info
@@ -157,8 +164,33 @@ class ModelStore:
     def models(self) -> list[ModelInfo]:
         """Every model, stored ones shadowing registered ones, sorted by name."""
         with self._lock:
-            merged = {**self._registered, **self._stored}
+            merged: dict[str, ModelInfo] = {}
+            for found in self._discovered.values():
+                merged.update({k: v for k, v in found.items() if k not in merged})
+            merged.update(self._registered)
+            merged.update(self._stored)
         return sorted(merged.values(), key=lambda m: m.name)
+
+    def set_discovered(self, source: str, models: Iterable[ModelInfo]) -> list[ModelInfo]:
+        """Replace the models ``source`` (a backend's name) discovered at run time.
+
+        Safe on the event loop (memory only). Each model's name is canonicalised and
+        its format checked; the models are listed after the stored and registered ones
+        of the same name, which shadow them (one name, several places to run). Raises
+        InvalidRequestError for a name that is not a valid model name. Returns the
+        models as stored (canonical names).
+        """
+        found: dict[str, ModelInfo] = {}
+        for info in models:
+            key = str(parse_model_name(info.name))
+            self.formats.validate(info)
+            found[key] = replace(info, name=key, builtin=True)
+        with self._lock:
+            if found:
+                self._discovered[source] = found
+            else:
+                self._discovered.pop(source, None)
+        return list(found.values())
 
     def register(self, info: ModelInfo) -> None:
         """Add a plugin-shipped model (startup only); ModelFormatError if its format refuses it."""
@@ -317,6 +349,9 @@ class ModelStore:
         if info is None:
             if key in self._registered:
                 raise ModelStoreError(f"model '{name}' is built in and cannot be deleted")
+            if any(key in found for found in self._discovered.values()):
+                raise ModelStoreError(
+                    f"model '{name}' is served by a remote engine and cannot be deleted here")
             raise ModelNotFoundError(name)
         folder = self.root / parse_model_name(key).folder
         shared = info.path is not None and any(

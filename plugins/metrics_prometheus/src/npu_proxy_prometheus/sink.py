@@ -7,6 +7,7 @@ and the six inference metrics), plus queue, routing, failure, embedding and load
 from __future__ import annotations
 
 from npu_proxy.engine.events import (
+    DeviceChanged,
     EmbeddingFinished,
     FirstToken,
     GenerationFailed,
@@ -123,6 +124,11 @@ class PrometheusSink(MetricsSink):
             "npu_proxy_in_flight_requests", "Requests holding a device slot.", ["device"],
             registry=r,
         )
+        self.device_available = Gauge(
+            "npu_proxy_device_available", "1 while a device whose state changes at run "
+            "time (a remote engine) is available, 0 while it is down.", ["device"],
+            registry=r,
+        )
         self.routing_decisions = Counter(
             "npu_proxy_routing_decisions_total", "Routing decisions by device and reason.",
             ["device", "reason"], registry=r,
@@ -167,6 +173,8 @@ class PrometheusSink(MetricsSink):
             case QueueChanged():
                 self.queue_depth.labels(device(event.device)).set(event.waiting)
                 self.in_flight.labels(device(event.device)).set(event.in_flight)
+            case DeviceChanged():
+                self.device_available.labels(device(event.device)).set(int(event.available))
 
     def _finished(self, event: GenerationFinished, model: str, device: str) -> None:
         self.inference_duration.labels(model, device).observe(event.duration)
