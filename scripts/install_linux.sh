@@ -227,6 +227,7 @@ ENV_SETTINGS=(
     "MAX_QUEUE|512|Requests that may wait per device before 503."
     "MAX_TOKENS|2048|Most tokens a generation produces when the request sets no limit (0: the context)."
     "MAX_PARALLEL|4|Concurrent generations per CPU/GPU device (the NPU always runs one)."
+    "GENERIC_TOOLS|0|1: serve tools also for models whose chat template renders none, through a generic tool prompt (0: they refuse tools)."
     "ROUTING|token_threshold|Routing policy, by name."
     "PLUGINS|ollama,openai,anthropic,openvino,openvino-npu,openvino-gpu,openvino-cpu,prometheus|Plugins to load. Unset or empty (the default): every installed plugin loads."
     "LOG_LEVEL|INFO|DEBUG, INFO, WARNING or ERROR."

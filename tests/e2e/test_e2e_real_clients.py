@@ -14,7 +14,8 @@ import ollama
 import openai
 import pytest
 from npu_proxy.engine.types import Capability
-from npu_proxy.testing import LiveServer
+from npu_proxy.settings import Settings
+from npu_proxy.testing import LiveServer, make_app
 
 LLM = "smollm2:135m"
 EMBED = "all-minilm"
@@ -93,30 +94,40 @@ def test_ollama_chat_drops_the_oldest_turns_to_fit_num_ctx(real_server: LiveServ
     assert refused.value.status_code == 400
 
 
+def seeded_choices(server: LiveServer) -> list[str]:
+    """Two choices of one request at temperature 1, seeds 11 and 12 (checked counts)."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    reply = client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Tell me a story."}],
+        n=2, seed=11, temperature=1.0, max_tokens=24,
+    )
+    texts = [c.message.content or "" for c in reply.choices]
+    assert reply.usage is not None
+    # both choices' tokens, each as the tokenizer counts its text (+-1 per choice)
+    counted = sum(reply_tokens(server, text) for text in texts)
+    assert abs(reply.usage.completion_tokens - counted) <= 2
+    return texts
+
+
 def test_openai_choices_sample_with_their_own_seeds(real_server: LiveServer) -> None:
-    client = openai.OpenAI(base_url=real_server.url + "/v1", api_key="none", max_retries=0)
-
-    def choices() -> list[str]:
-        reply = client.chat.completions.create(
-            model=LLM, messages=[{"role": "user", "content": "Tell me a story."}],
-            n=2, seed=11, temperature=1.0, max_tokens=24,
-        )
-        texts = [c.message.content or "" for c in reply.choices]
-        assert reply.usage is not None
-        # both choices' tokens, each as the tokenizer counts its text (+-1 per choice)
-        counted = sum(reply_tokens(real_server, text) for text in texts)
-        assert abs(reply.usage.completion_tokens - counted) <= 2
-        return texts
-
-    # The first request of a prompt reads it whole; its repeats read all but its last
-    # token from the prefix cache, which moves the logits' last bits (greedy answers do
-    # not change; a sample at temperature 1 can). From then on the same seeds give the
-    # same samples (docs/clients.md).
-    assert all(choices())
-    first = choices()
+    first = seeded_choices(real_server)
     assert all(first)
     assert first[0] != first[1]  # seeds 11 and 12: two samples, not one twice
-    assert choices() == first  # and the same two again for the same seed
+
+
+def test_seeded_samples_repeat_exactly_without_the_prefix_cache(
+    ov_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the prefix cache (the default) a repeat reads the prompt partly from the
+    # cache, which moves the logits' last bits: greedy answers never change, a sample at
+    # temperature 1 can (as with llama.cpp's prompt cache). Without it, the same seeds
+    # give the same samples every time (docs/clients.md).
+    monkeypatch.setenv("NPU_PROXY_PREFIX_CACHING", "0")
+    with LiveServer(make_app(ov_settings)) as server:
+        first = seeded_choices(server)
+        assert first[0] != first[1]
+        assert seeded_choices(server) == first
+        assert seeded_choices(server) == first
 
 
 def test_anthropic_messages_with_real_usage(real_server: LiveServer) -> None:

@@ -30,6 +30,8 @@ from npu_proxy_upstream.testing import health_devices, probed, upstream_table, w
 
 MODEL = "smollm2:135m"
 CHAT = [{"role": "user", "content": "Say hello."}]
+#: A request whose greedy answer runs to its 400 tokens: seconds of decoding on a CPU.
+LONG = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
 class UpstreamProcess:
@@ -183,7 +185,7 @@ def test_a_client_that_leaves_frees_the_upstream_slot(
 def occupied(front: LiveServer) -> Iterator[None]:
     """A long stream through ``front`` holds the upstream's one slot meanwhile."""
     with httpx.stream("POST", front.url + "/v1/chat/completions", timeout=60, json={
-            "model": MODEL, "messages": CHAT, "max_tokens": 400, "stream": True}) as running:
+            "model": MODEL, "messages": LONG, "max_tokens": 400, "stream": True}) as running:
         lines = running.iter_lines()  # kept: a dropped iterator closes the response
         assert next(line for line in lines if '"content"' in line)
         yield
