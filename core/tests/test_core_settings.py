@@ -78,3 +78,11 @@ def test_every_variable_is_documented() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for name in [*Settings.model_fields, *TokenThresholdSettings.model_fields]:
         assert f"`NPU_PROXY_{name.upper()}`" in docs, name
+
+
+def test_device_names_are_upper_case_but_a_remote_device_keeps_its_name() -> None:
+    settings = Settings(device=" npu ", fallback_device="Upstream:Lab",
+                        embedding_device="cpu")
+    assert (settings.device, settings.fallback_device, settings.embedding_device) == (
+        "NPU", "upstream:Lab", "CPU")
+    assert Settings(device="upstream:lab").device == "upstream:lab"

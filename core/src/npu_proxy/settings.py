@@ -69,6 +69,16 @@ DEFAULT_ORIGINS = (
 )
 
 
+def device_name(value: str) -> str:
+    """A device as settings name it: ``npu`` is ``NPU``; a remote one keeps its own name
+    (``upstream:lab``, only its kind lower-cased)."""
+    value = value.strip()
+    if ":" in value:
+        kind, name = value.split(":", 1)
+        return f"{kind.strip().lower()}:{name.strip()}"
+    return value.upper()
+
+
 def _device_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -193,7 +203,7 @@ class Settings(BaseSettings):
     @field_validator("device", "embedding_device")
     @classmethod
     def _upper_device(cls, value: str) -> str:
-        value = value.strip().upper()
+        value = device_name(value)
         if not value:
             raise ValueError("must name a device such as NPU, GPU or CPU")
         return value
@@ -203,7 +213,7 @@ class Settings(BaseSettings):
     def _fallback(cls, value: str | None) -> str | None:
         if value is None or value.strip().lower() in ("", "auto"):
             return None
-        return value.strip().upper()
+        return device_name(value)
 
     @field_validator("keep_alive", mode="before")
     @classmethod
