@@ -433,3 +433,16 @@ async def test_a_request_is_rendered_and_tokenized_once(
     # The count, the context check, routing and the generation share one tokenization.
     assert len(encoded) == 1 and "Name a colour." in encoded[0]
     assert reply.json()["prompt_eval_count"] <= int(reply.headers["x-npu-proxy-token-count"])
+
+
+async def test_prompts_prepared_at_once_in_many_threads_all_finish(
+    ov_settings: Settings, smollm2: ModelInfo,
+) -> None:
+    # Concurrent first requests once wedged the server inside the tokenizer for good.
+    backend = CpuBackend(ov_settings, ov_settings=stepping_here())
+    requests = [chat(f"Question number {i}: why is the sky blue?", max_tokens=4)
+                for i in range(8)]
+    for _ in range(5):
+        prepared = await asyncio.wait_for(
+            asyncio.gather(*(backend.prepare(smollm2, r) for r in requests)), timeout=60)
+        assert len({p.form for p in prepared}) == len(requests)

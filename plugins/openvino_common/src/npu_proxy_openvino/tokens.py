@@ -11,17 +11,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: Held while a tokenizer encodes and its result is read. Two threads each reading
+#: the ``input_ids`` of their own encode (``Tensor.data``) were seen to block each other
+#: for good inside OpenVINO, wedging the server; an encode takes about a millisecond.
+_ENCODING = threading.Lock()
+
 
 def count(tokenizer: Any, text: str) -> int:
     """Tokens of ``text`` as GenAI feeds a string prompt (special tokens included)."""
-    encoded = tokenizer.encode(text)
-    return int(encoded.input_ids.get_shape()[1])
+    with _ENCODING:
+        encoded = tokenizer.encode(text)
+        return int(encoded.input_ids.get_shape()[1])
 
 
 def encode(tokenizer: Any, text: str) -> tuple[int, ...]:
     """The token ids GenAI would feed for the string ``text`` (special tokens included)."""
-    ids = tokenizer.encode(text).input_ids
-    return tuple(int(i) for i in ids.data[0])
+    with _ENCODING:
+        ids = tokenizer.encode(text).input_ids
+        return tuple(int(i) for i in ids.data[0])
 
 
 def ids_tensor(ids: tuple[int, ...] | list[int]) -> Any:
@@ -37,8 +44,35 @@ def count_each(tokenizer: Any, texts: list[str]) -> list[int]:
     return [count(tokenizer, text) for text in texts]
 
 
+class SerialTokenizer:
+    """An ``openvino_genai.Tokenizer`` that runs one call at a time.
+
+    The server prepares prompts in worker threads, several at once, and concurrent
+    use of one GenAI tokenizer was seen to wedge the server (see :data:`_ENCODING`); a
+    call takes about a millisecond, so taking turns costs nothing that matters. Every
+    method of the tokenizer is forwarded under one lock; what a call returns is the
+    tokenizer's own result.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._tokenizer, name)
+        if not callable(attribute):
+            return attribute
+
+        def serial(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return serial
+
+
 class TokenizerCache:
-    """One ``openvino_genai.Tokenizer`` per model folder, loaded on first use.
+    """One ``openvino_genai.Tokenizer`` per model folder, loaded on first use, used by
+    one thread at a time (:class:`SerialTokenizer`).
 
     Blocking; call from a worker thread. ``load`` is injectable for tests.
     """
@@ -52,7 +86,7 @@ class TokenizerCache:
         with self._lock:
             tokenizer = self._items.get(folder)
             if tokenizer is None:
-                tokenizer = self._load(folder)
+                tokenizer = SerialTokenizer(self._load(folder))
                 self._items[folder] = tokenizer
             return tokenizer
 
