@@ -32,14 +32,15 @@ def fake() -> Iterator[tuple[FakeEngine, LiveServer]]:
 
 @pytest.fixture
 def front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Front:
-    """``front(toml, local=None, models=(), **settings)``: a front server whose upstreams
-    are the ``[upstreams.NAME]`` tables in ``toml``, with ``local`` as its CPU device
-    serving ``models``, probing an upstream that is down every 0.2 s; ready once its
-    first probes answered."""
+    """``front(toml, local=None, models=(), dialects=("openai",), **settings)``: a front
+    server speaking ``dialects`` whose upstreams are the ``[upstreams.NAME]`` tables in
+    ``toml``, with ``local`` as its CPU device serving ``models``, probing an upstream
+    that is down every 0.2 s; ready once its first probes answered."""
 
     @contextlib.contextmanager
     def start(toml: str, local: MockBackend | None = None,
-              models: tuple[ModelInfo, ...] = (), **settings: Any) -> Iterator[LiveServer]:
+              models: tuple[ModelInfo, ...] = (), dialects: tuple[str, ...] = ("openai",),
+              **settings: Any) -> Iterator[LiveServer]:
         path = tmp_path / "upstreams.toml"
         path.write_text(toml, "utf-8")
         monkeypatch.setenv("NPU_PROXY_UPSTREAMS_FILE", str(path))
@@ -51,7 +52,7 @@ def front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Front:
             inline["models"] = inline_plugin(
                 npu_proxy_register_models=lambda register: [register(m) for m in models])
         app = make_app(test_settings(tmp_path, device="CPU", **settings),
-                       ["openai", "upstream"], inline)
+                       [*dialects, "upstream"], inline)
         with LiveServer(app) as server:
             wait_until(lambda: probed(server.url))
             yield server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -102,3 +103,78 @@ def test_a_dead_replica_fails_over_and_its_circuit_opens(
         with LiveServer(engine_b.app(), port=live_b.port):  # b comes back
             wait_until(lambda: health_devices(server.url)["upstream:b"]["present"])
             assert where(chat(server, on_b[0], "back?"))[0] == "upstream:b"
+
+
+def long_text(words: int) -> str:
+    return " ".join(f"word{i}" for i in range(words))
+
+
+def test_a_prompt_over_the_local_context_overflows_whole(
+    replicas: list[tuple[FakeEngine, LiveServer]], front: Front
+) -> None:
+    model = replace(MODEL, context_length=40)
+    with front(tables(replicas), MockBackend("CPU"), (model,),
+               dialects=("openai", "ollama")) as server:
+        assert where(chat(server, "hi")) == ("CPU", "preferred_device")
+        device, reason = where(chat(server, long_text(60)))
+        assert device.startswith("upstream:") and reason == "device_prompt_limit_exceeded"
+        # Ollama's default truncate would drop the start of this conversation to fit the
+        # local context; an engine with room gets all of it instead.
+        messages = [{"role": "user", "content": long_text(60)},
+                    {"role": "assistant", "content": "noted"},
+                    {"role": "user", "content": "and then?"}]
+        response = httpx.post(server.url + "/api/chat", timeout=30, json={
+            "model": "mock", "stream": False, "messages": messages})
+        assert response.status_code == 200, response.text
+        device, reason = where(response)
+        assert device.startswith("upstream:") and reason == "device_prompt_limit_exceeded"
+        engine = replicas["ab".index(device.removeprefix("upstream:"))][0]
+        assert [m["content"] for m in engine.requests[-1]["messages"]] == [
+            m["content"] for m in messages]
+
+
+def test_a_prompt_over_every_context_is_refused_and_fits_locally_without_engines(
+    front: Front,
+) -> None:
+    engines = [FakeEngine(models=("mock",), context=80) for _ in range(2)]
+    model = replace(MODEL, context_length=40)
+    with contextlib.ExitStack() as stack:
+        replicas = [(e, stack.enter_context(LiveServer(e.app()))) for e in engines]
+        with front(tables(replicas), MockBackend("CPU"), (model,),
+                   dialects=("openai", "ollama")) as server:
+            # over the local context, within the engines' own: it goes to one
+            device, _ = where(chat(server, long_text(44)))
+            assert device.startswith("upstream:")
+            # over every context: refused, as without engines
+            response = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+                "model": "mock", "messages": [{"role": "user", "content": long_text(90)}]})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "context_length_exceeded"
+            # Ollama's default truncate keeps what fits the local context and answers
+            response = httpx.post(server.url + "/api/chat", timeout=30, json={
+                "model": "mock", "stream": False, "messages": [
+                    {"role": "user", "content": long_text(90)},
+                    {"role": "assistant", "content": "noted"},
+                    {"role": "user", "content": "and then?"}]})
+            assert response.status_code == 200, response.text
+            assert where(response)[0] == "CPU"
+
+
+def test_embeddings_fail_over_to_another_replica(front: Front) -> None:
+    engines = [FakeEngine(models=("fake-embed",)) for _ in range(2)]
+    with contextlib.ExitStack() as stack:
+        replicas = [(e, stack.enter_context(LiveServer(e.app()))) for e in engines]
+        with front(tables(replicas)) as server:
+            def embed() -> httpx.Response:
+                response = httpx.post(server.url + "/v1/embeddings", timeout=30, json={
+                    "model": "fake-embed", "input": ["one", "two"]})
+                assert response.status_code == 200, response.text
+                assert len(response.json()["data"]) == 2
+                return response
+
+            first, _ = where(embed())
+            dead = "ab".index(first.removeprefix("upstream:"))
+            replicas[dead][1].__exit__(None, None, None)
+            device, reason = where(embed())
+            assert device != first and reason == "failover"
+            assert len(engines[1 - dead].requests) == 1

@@ -356,13 +356,21 @@ class Engine:
 
     # --- routing ------------------------------------------------------------------------
 
-    def _states(self, model: ModelInfo, prefix: tuple[int, ...] = ()) -> dict[str, DeviceState]:
+    def _states(self, model: ModelInfo, prefix: tuple[int, ...] = (),
+                context: int = 0) -> dict[str, DeviceState]:
+        """What routing sees of each device for ``model``. ``context`` (when above 0) is
+        the request's context: a local device cannot read a prompt that fills it, so its
+        prompt limit is at most ``context - 1``; a remote engine has its own context
+        and says so through :meth:`Backend.prompt_limit`."""
         states = {}
         loaded = {r.device for r in self.lifecycle.find(model.name) if r.is_loaded}
         held = self.prefixes.holders(model.name, prefix) if prefix else {}
         for device, backend in self.backends.items():
             info = self.devices.get(device)
             queue = self.queues[device]
+            limit = backend.prompt_limit(model)
+            if context > 0 and not backend.remote:
+                limit = context - 1 if limit is None else min(limit, context - 1)
             states[device] = DeviceState(
                 device=device,
                 present=bool(info and info.present),
@@ -371,12 +379,26 @@ class Engine:
                 queue_limit=queue.limit,
                 in_flight=queue.in_flight,
                 max_parallel=queue.slots,
-                prompt_limit=backend.prompt_limit(model),
+                prompt_limit=limit,
                 model_loaded=device in loaded,
                 prefix_tokens=held.get(device, 0) if device in loaded else 0,
                 remote=backend.remote,
             )
         return states
+
+    def _remote_takes(self, model: ModelInfo, tokens: int) -> bool:
+        """Whether a present remote engine serves ``model`` and accepts ``tokens`` prompt
+        tokens: then a prompt too long for the local context overflows to it instead of
+        being refused or cut."""
+        for device, backend in self.backends.items():
+            info = self.devices.get(device)
+            if not (backend.remote and info is not None and info.present
+                    and backend.supports(model)):
+                continue
+            limit = backend.prompt_limit(model)
+            if limit is None or tokens <= limit:
+                return True
+        return False
 
     def _counting_backend(self, model: ModelInfo, preferred: str) -> Backend:
         first = self.backends.get(preferred)
@@ -413,10 +435,12 @@ class Engine:
         excluded: dict[str, RouteReason] | None = None,
         affinity_key: str = "",
         prefix: tuple[int, ...] = (),
+        context: int = 0,
     ) -> tuple[Route, Ticket, LoadedModel, int]:
         """Route, queue and load, falling back past full queues and failed loads.
 
-        ``excluded`` holds devices already ruled out (and collects the new ones).
+        ``excluded`` holds devices already ruled out (and collects the new ones);
+        ``context`` bounds what local devices accept (see :meth:`_states`).
         """
         await self._probed.wait()
         excluded = {} if excluded is None else excluded
@@ -426,7 +450,7 @@ class Engine:
                 token_count=token_count,
                 preferred_device=preferred,
                 fallback_device=self.settings.fallback_device,
-                devices=self._states(model, prefix),
+                devices=self._states(model, prefix, context),
                 excluded=dict(excluded),
                 prefix=prefix,
                 affinity_key=affinity_key,
@@ -512,12 +536,15 @@ class Engine:
         # The prompt is rendered and tokenized here, once: the context check, routing
         # and the backend's generation all use this one result.
         prepared = await backend.prepare(model, replace(request, prepared=None))
-        if request.truncate and request.messages and model.context_length > 0:
+        context = min(model.context_length, request.options.num_ctx or model.context_length)
+        # A remote engine with room for the whole prompt takes it whole (routing sends it
+        # there) rather than the conversation losing its start or the client a 400.
+        overflow = self._remote_takes(model, prepared.token_count)
+        if request.truncate and request.messages and model.context_length > 0 and not overflow:
             request, prepared = await self._fit_context(backend, model, request, prepared)
         request = replace(request, prepared=prepared)
         tokens = prepared.token_count
-        context = min(model.context_length, request.options.num_ctx or model.context_length)
-        if tokens >= context > 0:
+        if tokens >= context > 0 and not overflow:
             where = f"the context of {model.name}" + (
                 " (num_ctx)" if context < model.context_length else "")
             raise PromptTooLongError(tokens, context, where)
@@ -535,7 +562,8 @@ class Engine:
         while True:
             try:
                 route, ticket, loaded, load_ns = await self._admit(
-                    model, tokens, self.settings.device, excluded, key, prepared.prefix)
+                    model, tokens, self.settings.device, excluded, key, prepared.prefix,
+                    context)
             except EngineError:
                 if failure is None:
                     raise
@@ -617,19 +645,36 @@ class Engine:
             raise InvalidRequestError(
                 f"dimensions must be between 1 and {model.embedding_length}", param="dimensions"
             )
-        route, ticket, loaded, load_ns = await self._admit(
-            model, 0, self.settings.embedding_device
-        )
-        try:
-            result = await loaded.embed(request)
-        except EngineError:
-            raise
-        except Exception as exc:
-            log.exception("embedding with %s failed", model.name)
-            raise BackendError(f"the {route.device} backend failed to embed") from exc
-        finally:
-            ticket.release()
-            self.lifecycle.release(route.device, model.name, request.keep_alive)
+        excluded: dict[str, RouteReason] = {}
+        failure: EngineError | None = None  # the last device's failure
+        while True:
+            try:
+                route, ticket, loaded, load_ns = await self._admit(
+                    model, 0, self.settings.embedding_device, excluded)
+            except EngineError:
+                if failure is None:
+                    raise
+                raise failure from None  # nothing left to fail over to: say what failed
+            try:
+                result = await loaded.embed(request)
+                break
+            except EngineError as exc:
+                if exc.status < 500:
+                    raise
+                error = exc
+            except Exception as exc:
+                log.exception("embedding with %s failed", model.name)
+                error = BackendError(f"the {route.device} backend failed to embed")
+                error.__cause__ = exc
+            finally:
+                ticket.release()
+                self.lifecycle.release(route.device, model.name, request.keep_alive)
+            # An embedding is all or nothing, so a failed device is simply passed over.
+            log.warning("%s failed to embed, trying another device: %s",
+                        route.device, error.message)
+            self.record_failure(route.device, f"{model.name}: {error.message}")
+            excluded[route.device] = RouteReason.FAILOVER
+            failure = error
         total = time.perf_counter_ns() - started
         result = replace(result, load_duration=load_ns, total_duration=total)
         route = replace(route, token_count=result.prompt_tokens)

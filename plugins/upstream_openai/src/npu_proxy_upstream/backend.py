@@ -279,6 +279,16 @@ class UpstreamBackend(Backend):
     def supports(self, model: ModelInfo) -> bool:
         return model.name in self._served
 
+    def prompt_limit(self, model: ModelInfo) -> int | None:
+        """What the engine's own context leaves for a prompt, when its model list says
+        (vLLM's ``max_model_len``, llama.cpp's ``n_ctx``); ``None`` when it does not, and
+        the engine answers for itself. Never the local model's context: a prompt too
+        long for a local device overflows here."""
+        for served in self._models:
+            if served.name == model.name and served.context_length > 0:
+                return served.context_length - 1
+        return None
+
     async def count_tokens(self, model: ModelInfo, request: GenerationRequest) -> int:
         """0: the remote tokenizer is not reachable through the OpenAI API. A model
         that is also local is counted by the local backend; the remote engine's own

@@ -34,8 +34,11 @@ class FakeEngine:
     """An OpenAI-compatible engine under a test's control (see the module docstring)."""
 
     def __init__(self, models: tuple[str, ...] = ("fake-chat", "fake-embed"),
-                 key: str | None = None, token_delay: float = 0.005) -> None:
+                 key: str | None = None, token_delay: float = 0.005,
+                 context: int = 0) -> None:
         self.models = models
+        #: the context the model list reports (vLLM's ``max_model_len``); 0: none
+        self.context = context
         self.key = key
         self.token_delay = token_delay
         #: answer every request with 429 and this ``Retry-After`` (seconds) when set
@@ -110,8 +113,10 @@ class FakeEngine:
         refused = self._refuse(request)
         if refused is not None and refused.status_code == 401:
             return refused
+        extra = {"max_model_len": self.context} if self.context else {}
         return JSONResponse({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
+            {"id": m, "object": "model", "created": 0, "owned_by": "fake", **extra}
+            for m in self.models
         ]})
 
     async def _chat(self, request: Request) -> Response:
