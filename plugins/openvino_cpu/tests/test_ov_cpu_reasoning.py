@@ -64,3 +64,47 @@ async def test_a_thinking_template_streams_reasoning(
     assert plain[-1].reasoning_tokens == 0
     # The thinking re-tokenized: the generated tokens, give or take a merge at the edges.
     assert abs(done.reasoning_tokens - done.usage.completion_tokens) <= 1
+
+
+async def test_the_thinking_budget_closes_the_reasoning_and_the_model_answers(
+    ov_settings: Settings, smollm2: ModelInfo, cpu_llm_pipeline: Any
+) -> None:
+    """The R1-style template never closes the thinking by itself: with a budget of 5
+    tokens the backend closes it after 5 and the model goes on to answer."""
+    import openvino_genai
+
+    folder = ModelPreparer(ov_settings.model_path).prepare(smollm2)
+    tokenizer = openvino_genai.Tokenizer(str(folder))
+    tokenizer.set_chat_template(R1_STYLE)
+    thinker = replace(smollm2, template=R1_STYLE,
+                      capabilities=smollm2.capabilities | {Capability.THINKING})
+    model = OpenVINOLanguageModel(thinker, "CPU", LLMPipelineGenerator(cpu_llm_pipeline),
+                                  tokenizer, Limits(prompt=None, context=smollm2.context_length))
+
+    async def run(budget: int | None, max_tokens: int) -> list[Any]:
+        request = GenerationRequest(
+            model=smollm2.name, think=True, thinking_budget=budget,
+            messages=(Message(role="user", content="Why is the sky blue?"),),
+            options=SamplingOptions(max_tokens=max_tokens, temperature=0))
+        return [event async for event in model.generate(request)]
+
+    free = await run(None, 20)
+    capped = await run(5, 20)
+    thinking = "".join(e.text for e in capped if isinstance(e, ThinkingDelta))
+    answer = "".join(e.text for e in capped if isinstance(e, TextDelta))
+    free_thinking = "".join(e.text for e in free if isinstance(e, ThinkingDelta))
+    assert free_thinking.startswith(thinking) and len(thinking) < len(free_thinking)
+    assert answer.strip() and "</think>" not in answer + thinking
+    done = capped[-1]
+    assert isinstance(done, Done)
+    assert done.reasoning_tokens <= 6  # 5 tokens, give or take a merge at the edge
+    # every generated token counted once, the reasoning's and the answer's, within max_tokens
+    assert done.reasoning_tokens < done.usage.completion_tokens <= 20
+    # a budget the reasoning never reaches changes nothing
+    roomy = await run(1000, 20)
+    assert [type(e) for e in roomy[:-1]] == [type(e) for e in free[:-1]]
+    assert "".join(e.text for e in roomy if isinstance(e, ThinkingDelta)) == free_thinking
+    # a budget that leaves no room to answer ends at the length limit
+    tight = await run(5, 5)
+    assert isinstance(tight[-1], Done) and tight[-1].finish_reason.value == "length"
+    assert not [e for e in tight if isinstance(e, TextDelta)]

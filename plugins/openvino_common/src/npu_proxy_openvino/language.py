@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from npu_proxy.engine.backend import LoadedModel
@@ -27,7 +27,14 @@ from npu_proxy.engine.types import (
 from .chat import ToolCallFilter, active_tools, forced_tool_schema, render_prompt
 from .options import GenerationSpec, response_schema, validate_options
 from .prompt import is_prepared, prompt_ids
-from .reasoning import ThinkingSplitter, count_reasoning_tokens, markers_for, opens_thinking
+from .reasoning import (
+    ThinkingBudget,
+    ThinkingSplitter,
+    continuation,
+    count_reasoning_tokens,
+    markers_for,
+    opens_thinking,
+)
 from .runner import Outcome, TextGenerator
 from .stops import StopStringFilter
 from .streaming import Finished
@@ -44,12 +51,16 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class PreparedGeneration:
-    """A request ready for the device: its prompt's token ids, counted, configured."""
+    """A request ready for the device: its prompt's token ids, counted, configured.
+    ``spec`` is what ``config`` was made from and ``context`` the tokens prompt and
+    answer may fill together (to configure a continuation)."""
 
     prompt: tuple[int, ...]
     prompt_tokens: int
     config: Any
     tool_names: frozenset[str]
+    spec: GenerationSpec
+    context: int
 
 
 def prepare_generation(
@@ -81,8 +92,9 @@ def prepare_generation(
     if tools and request.tool_choice != "auto":
         # "required" or a named tool: constrain the answer to a well-formed call.
         schema = forced_tool_schema(tools)
-    config = configure(GenerationSpec(options, max_new, schema))
-    return PreparedGeneration(prompt, count, config, frozenset(t.name for t in tools))
+    spec = GenerationSpec(options, max_new, schema)
+    return PreparedGeneration(prompt, count, configure(spec), frozenset(t.name for t in tools),
+                              spec, context)
 
 
 class OpenVINOLanguageModel(LoadedModel):
@@ -144,39 +156,74 @@ class OpenVINOLanguageModel(LoadedModel):
                     else await asyncio.to_thread(prepare_generation, *arguments))
         tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
         splitter = await self._thinking_splitter(request)
+        budget = (ThinkingBudget(request.thinking_budget)
+                  if splitter is not None and request.thinking_budget is not None else None)
         thinking: list[str] = []
-        outcome: Outcome | None = None
+        outcomes: list[Outcome] = []
         stops = StopStringFilter(request.options.stop) if request.options.stop else None
+        prompt, config = prepared.prompt, prepared.config
+        out_of_room = False  # the reasoning used every token the answer had
         async with self._slots:
-            stream = self._generator.stream(prepared.prompt, prepared.config)
-            try:
-                async for item in stream:
-                    if isinstance(item, Finished):
-                        outcome = item.result
-                        break
-                    text = stops.feed(item) if stops else item
-                    for event in _split(text, splitter, tool_filter, thinking):
-                        yield event
-                    if stops and stops.hit is not None:
-                        # The answer is over; closing the stream stops the device at the
-                        # next token even if GenAI's own stop check did not fire.
-                        break
-            except (PromptTooLongError, asyncio.CancelledError, GeneratorExit):
-                raise
-            except Exception as exc:
-                raise _device_error(exc, self.device, prepared.prompt_tokens) from exc
-            finally:
-                await stream.aclose()
-                if stream.outcome is not None:
-                    self.last_usage = _usage(stream.outcome, prepared.prompt_tokens, start)
-        outcome = outcome or stream.outcome
-        assert outcome is not None and self.last_usage is not None
+            while True:
+                generated: list[str] = []
+                stream = self._generator.stream(prompt, config)
+                try:
+                    async for item in stream:
+                        if isinstance(item, Finished):
+                            break
+                        generated.append(item)
+                        if budget is not None and splitter is not None:
+                            budget.spend(splitter)
+                        text = stops.feed(item) if stops else item
+                        for event in _split(text, splitter, tool_filter, thinking):
+                            yield event
+                        if stops and stops.hit is not None:
+                            # The answer is over; closing the stream stops the device at
+                            # the next token even if GenAI's own stop check did not fire.
+                            break
+                        if budget is not None and splitter is not None and budget.spent(
+                                splitter):
+                            break
+                except (PromptTooLongError, asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    raise _device_error(exc, self.device, prepared.prompt_tokens) from exc
+                finally:
+                    await stream.aclose()
+                    if stream.outcome is not None:
+                        outcomes.append(stream.outcome)
+                        self.last_usage = _usage(
+                            joined(outcomes), prepared.prompt_tokens, start)
+                if budget is None or not budget.cut:
+                    break
+                # The reasoning used its budget: close it as the model would have, and
+                # let the model answer from there (the prompt's part is read from the
+                # prefix cache where there is one).
+                budget = None
+                assert splitter is not None
+                for event in _split(splitter.markers.close, splitter, tool_filter, thinking):
+                    yield event
+                continued = await asyncio.to_thread(
+                    continuation, self._tokenizer, prompt, "".join(generated),
+                    splitter.markers)
+                left = min(prepared.spec.max_new_tokens - sum(
+                    o.completion_tokens or 0 for o in outcomes), prepared.context - len(
+                    continued))
+                if left <= 0:
+                    out_of_room = True
+                    break
+                prompt = continued
+                config = self._generator.configure(replace(prepared.spec, max_new_tokens=left))
+        outcome = joined(outcomes)
+        assert self.last_usage is not None
         usage = self.last_usage
         stop_sequence = stops.hit if stops else None
         if stop_sequence is not None:
             finish = FinishReason.STOP
+        elif out_of_room or outcome.finish == "length":
+            finish = FinishReason.LENGTH
         else:
-            finish = FinishReason.LENGTH if outcome.finish == "length" else FinishReason.STOP
+            finish = FinishReason.STOP
         held = stops.finish() if stops else ""
         for event in _split(held, splitter, tool_filter, thinking, last=True):
             yield event
@@ -236,6 +283,25 @@ def _split(
         if shown:
             events.append(TextDelta(shown))
     return events
+
+
+def joined(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for a generation that ran in several legs (reasoning cut at its
+    budget, then the answer): the first leg's prompt and first token, every leg's
+    tokens and time. A last leg that never ran (no room left) finishes as length."""
+    first, last = outcomes[0], outcomes[-1]
+    if len(outcomes) == 1:
+        return first
+    return Outcome(
+        text="".join(o.text for o in outcomes),
+        finish=last.finish,
+        prompt_tokens=first.prompt_tokens,
+        completion_tokens=sum(o.completion_tokens or 0 for o in outcomes),
+        ttft_ns=first.ttft_ns,
+        generate_ns=sum(o.generate_ns for o in outcomes),
+        cached_tokens=first.cached_tokens,
+        logprobs=tuple(lp for o in outcomes for lp in o.logprobs),
+    )
 
 
 def _usage(outcome: Outcome, counted: int, start: int) -> Usage:

@@ -65,11 +65,16 @@ class ThinkingSplitter:
     """
 
     def __init__(self, markers: Markers, inside: bool = False) -> None:
-        self._markers = markers
+        self.markers = markers
         self._state: Literal["start", "thinking", "after", "answer"] = (
             "thinking" if inside else "start"
         )
         self._held = ""
+
+    @property
+    def thinking(self) -> bool:
+        """Whether the text so far is inside the reasoning (it opened and not closed)."""
+        return self._state == "thinking"
 
     def feed(self, piece: str) -> list[Part]:
         text = self._held + piece
@@ -86,23 +91,23 @@ class ThinkingSplitter:
                 break
             if self._state == "start":
                 stripped = text.lstrip()
-                if self._markers.open.startswith(stripped):  # could still become the tag
+                if self.markers.open.startswith(stripped):  # could still become the tag
                     self._held = text
                     break
-                if stripped.startswith(self._markers.open):
+                if stripped.startswith(self.markers.open):
                     self._state = "thinking"
-                    text = stripped[len(self._markers.open):]
+                    text = stripped[len(self.markers.open):]
                     continue
                 self._state = "answer"  # the model answered without thinking
                 continue
-            at = text.find(self._markers.close)
+            at = text.find(self.markers.close)
             if at >= 0:
                 if at:
                     parts.append(("thinking", text[:at]))
                 self._state = "after"
-                text = text[at + len(self._markers.close):]
+                text = text[at + len(self.markers.close):]
                 continue
-            keep = _partial_suffix(text, self._markers.close)
+            keep = _partial_suffix(text, self.markers.close)
             if len(text) > keep:
                 parts.append(("thinking", text[: len(text) - keep]))
             self._held = text[len(text) - keep:]
@@ -132,6 +137,43 @@ def opens_thinking(tokenizer: Any, markers: Markers) -> bool:
         [{"role": "user", "content": "hi"}], add_generation_prompt=True
     )
     return str(probe).rstrip().endswith(markers.open)
+
+
+class ThinkingBudget:
+    """A cap on reasoning tokens (Anthropic's ``budget_tokens``), spent one generated
+    token at a time while the reasoning is open.
+
+    GenAI has no such stop of its own, so the model wrapper ends the generation when
+    :meth:`spent` says the budget is gone, closes the reasoning itself and lets the
+    model answer from there (:func:`continuation`).
+    """
+
+    def __init__(self, tokens: int) -> None:
+        self.left = tokens
+        #: the budget ran out while the model was still reasoning
+        self.cut = False
+
+    def spend(self, splitter: ThinkingSplitter) -> None:
+        """Count one generated token; call before ``splitter`` sees it."""
+        if splitter.thinking:
+            self.left -= 1
+
+    def spent(self, splitter: ThinkingSplitter) -> bool:
+        """After ``splitter`` saw the token: whether the budget is gone while the
+        reasoning is still open (then the generation should stop)."""
+        self.cut = self.left <= 0 and splitter.thinking
+        return self.cut
+
+
+def continuation(
+    tokenizer: Any, prompt: tuple[int, ...], generated: str, markers: Markers
+) -> tuple[int, ...]:
+    """The prompt that resumes an answer whose reasoning was closed early: the prompt
+    as it was, the reasoning generated so far and the closing marker (blocking)."""
+    from . import tokens
+
+    return prompt + tokens.encode(tokenizer, f"{generated}\n{markers.close}\n\n",
+                                  special=False)
 
 
 def count_reasoning_tokens(tokenizer: Any, thinking: str) -> int:
