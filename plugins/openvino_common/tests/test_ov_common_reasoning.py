@@ -15,6 +15,7 @@ from npu_proxy.settings import Settings
 from npu_proxy_openvino.chat import render_prompt, thinking_context
 from npu_proxy_openvino.models import ModelPreparer
 from npu_proxy_openvino.reasoning import (
+    HARMONY,
     Markers,
     ThinkingSplitter,
     markers_for,
@@ -104,3 +105,37 @@ def test_thinking_context_reaches_a_real_template(
     assert opens_thinking(tokenizer, THINK)
     assert thinking_context(GenerationRequest(model="m", prompt="x", think="high")) == {
         "enable_thinking": True, "reasoning_effort": "high"}
+
+
+#: gpt-oss's harmony output: the analysis channel, then the final one (as the model
+#: writes it, special tokens kept).
+HARMONY_OUTPUT = (
+    "<|channel|>analysis<|message|>User asks for 2+2. That is 4.<|end|>"
+    "<|start|>assistant<|channel|>final<|message|>2 + 2 = 4.<|return|>"
+)
+#: The shape of a harmony template (written for these tests).
+HARMONY_STYLE = (
+    "{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start|>assistant{% endif %}"
+    "{# thinking in history: <|channel|>analysis<|message|> #}"
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 11, 200])
+def test_harmony_channels_split_at_any_piece_boundary(size: int) -> None:
+    pieces = [HARMONY_OUTPUT[i : i + size] for i in range(0, len(HARMONY_OUTPUT), size)]
+    thinking, answer = run(ThinkingSplitter(HARMONY), pieces)
+    assert thinking == "User asks for 2+2. That is 4."
+    assert answer == "2 + 2 = 4."
+    # straight to the final channel, without analysis
+    direct = "<|channel|>final<|message|>Four.<|return|>"
+    assert run(ThinkingSplitter(HARMONY), [direct[i : i + size] for i in range(
+        0, len(direct), size)]) == ("", "Four.")
+
+
+def test_harmony_templates_and_gpt_oss_are_recognised() -> None:
+    assert template_thinks(HARMONY_STYLE)
+    assert markers_for("gpt-oss", HARMONY_STYLE) is HARMONY
+    assert markers_for("", HARMONY_STYLE) is HARMONY  # by the template alone
+    assert HARMONY.special and not THINK.special
+    assert markers_for("gpt-oss", PLAIN) is None  # a template without reasoning

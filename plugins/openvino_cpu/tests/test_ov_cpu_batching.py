@@ -247,6 +247,21 @@ def test_detokenizer_never_splits_a_character(cpu_batching_pipeline: Any) -> Non
     assert not any("\ufffd" in piece for piece in pieces)
 
 
+def test_detokenizer_keeps_special_tokens_when_asked(cpu_batching_pipeline: Any) -> None:
+    """Reasoning markers that are special tokens (gpt-oss's harmony channels) reach the
+    splitter only when the detokenizer keeps them; by default it skips them."""
+    tokenizer = cpu_batching_pipeline.get_tokenizer()
+    ids = [int(i) for i in tokenizer.encode("<|im_start|>assistant\nHi<|im_end|>",
+                                            add_special_tokens=False).input_ids.data[0]]
+
+    def pieces(detokenizer: IncrementalDetokenizer) -> str:
+        return "".join(detokenizer.feed([token]) for token in ids) + detokenizer.finish()
+
+    assert pieces(IncrementalDetokenizer(tokenizer, special_tokens=True)) == (
+        "<|im_start|>assistant\nHi<|im_end|>")
+    assert pieces(IncrementalDetokenizer(tokenizer)) == "assistant\nHi"
+
+
 def test_detokenizer_keeps_long_answers_whole_with_one_decode_a_token(
     cpu_batching_pipeline: Any,
 ) -> None:
@@ -257,10 +272,10 @@ def test_detokenizer_keeps_long_answers_whole_with_one_decode_a_token(
     calls = 0
 
     class Counting:
-        def decode(self, window: list[int]) -> str:
+        def decode(self, window: list[int], skip_special_tokens: bool = True) -> str:
             nonlocal calls
             calls += 1
-            return str(tokenizer.decode(window))
+            return str(tokenizer.decode(window, skip_special_tokens=skip_special_tokens))
 
     detokenizer = IncrementalDetokenizer(Counting())
     pieces = [detokenizer.feed([token]) for token in ids]

@@ -36,7 +36,7 @@ from npu_proxy.testing import (
 )
 from npu_proxy_openvino import OpenVINOLanguageModel, tokens
 from npu_proxy_openvino.options import apply_options
-from npu_proxy_openvino.runner import LLMPipelineGenerator
+from npu_proxy_openvino.runner import LLMPipelineGenerator, PipelineConfig
 from npu_proxy_openvino.testing import (
     shared_batching_factory,
     shared_pipeline_factory,
@@ -200,7 +200,7 @@ def test_runner_stops_at_the_next_token(cpu_llm_pipeline: Any, smollm2: ModelInf
         return len(pieces) < 3
 
     ids = tokens.encode(cpu_llm_pipeline.get_tokenizer(), prompt + "<|im_start|>assistant\n")
-    outcome = generator.run(ids, config, on_piece)
+    outcome = generator.run(ids, PipelineConfig(config), on_piece)
     assert outcome.finish == "cancelled"
     shown = asyncio.run(backend.count_text_tokens(smollm2, ["".join(pieces[:3])]))[0]
     assert outcome.completion_tokens is not None
@@ -208,6 +208,27 @@ def test_runner_stops_at_the_next_token(cpu_llm_pipeline: Any, smollm2: ModelInf
     # (at most 3) + the single token in flight when CANCEL was returned.
     assert outcome.completion_tokens <= shown + 3 + 1
     assert after_stop <= 1  # only the final flush of held-back text follows
+
+
+def test_the_runner_keeps_special_tokens_when_asked(cpu_llm_pipeline: Any) -> None:
+    """With ``special_tokens`` the streamed text keeps the model's special tokens (here
+    the end-of-turn token that ends the answer); by default GenAI skips them."""
+    generator = LLMPipelineGenerator(cpu_llm_pipeline)
+    ids = tokens.encode(cpu_llm_pipeline.get_tokenizer(), (
+        "<|im_start|>user\nWhat is 2+2? Answer with one number.<|im_end|>\n"
+        "<|im_start|>assistant\n"))
+
+    def answer(special: bool) -> str:
+        config = apply_options(generator.new_config(), SamplingOptions(temperature=0),
+                               max_new_tokens=60)
+        pieces: list[str] = []
+        outcome = generator.run(ids, PipelineConfig(config, special), lambda p: (
+            pieces.append(p) is None))
+        assert outcome.finish == "stop"
+        return "".join(pieces)
+
+    plain, kept = answer(False), answer(True)
+    assert "<|im_end|>" not in plain and kept == plain + "<|im_end|>"
 
 
 async def test_task_cancellation_frees_the_device(lm: OpenVINOLanguageModel) -> None:

@@ -111,6 +111,7 @@ class WorkerSpec:
 
 class IncrementalDetokenizer:
     """Token ids in, text out, never splitting a multi-byte character; one decode a token.
+    ``special_tokens``: the text keeps the model's special tokens.
 
     Decodes a window of the latest tokens and emits what the window's text adds beyond
     what was emitted of it. Text ending in U+FFFD is an incomplete UTF-8 sequence and is
@@ -123,8 +124,9 @@ class IncrementalDetokenizer:
     WINDOW = 48
     CONTEXT = 4
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, special_tokens: bool = False) -> None:
         self._tokenizer = tokenizer
+        self._skip_special = not special_tokens
         self._ids: list[int] = []
         self._start = 0  # start of the window
         self._shown = 0  # characters of the window's text already emitted
@@ -150,7 +152,9 @@ class IncrementalDetokenizer:
         return piece
 
     def _decode(self, ids: list[int]) -> str:
-        return str(self._tokenizer.decode(ids)) if ids else ""
+        if not ids:
+            return ""
+        return str(self._tokenizer.decode(ids, skip_special_tokens=self._skip_special))
 
 
 class Inbox(Protocol):
@@ -287,7 +291,8 @@ class _Stepper:
         except Exception as exc:
             self._events.append(("error", request_id, str(exc)))
             return
-        job = _Job(request_id, handle, IncrementalDetokenizer(self._tokenizer),
+        job = _Job(request_id, handle, IncrementalDetokenizer(self._tokenizer,
+                                                              spec.special_tokens),
                    prompt_tokens=len(prompt))
         if self._ledger is not None:
             job.cached_tokens = self._ledger.admit(prompt)

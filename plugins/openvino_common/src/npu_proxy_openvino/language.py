@@ -69,9 +69,11 @@ def prepare_generation(
     limits: Limits,
     configure: Callable[[GenerationSpec], Any],
     where: str,
+    special_tokens: bool = False,
 ) -> PreparedGeneration:
     """Check and configure ``request``; blocking when the prompt was not prepared by the
-    engine (then rendered and tokenized here), no device work.
+    engine (then rendered and tokenized here), no device work. ``special_tokens``: the
+    answer is decoded with special tokens kept (see :class:`GenerationSpec`).
 
     Raises :class:`PromptTooLongError` when the prompt exceeds the device's prompt limit
     or leaves no room in the context, and ``InvalidRequestError`` for bad options.
@@ -92,7 +94,7 @@ def prepare_generation(
     if tools and request.tool_choice != "auto":
         # "required" or a named tool: constrain the answer to a well-formed call.
         schema = forced_tool_schema(tools)
-    spec = GenerationSpec(options, max_new, schema)
+    spec = GenerationSpec(options, max_new, schema, special_tokens)
     return PreparedGeneration(prompt, count, configure(spec), frozenset(t.name for t in tools),
                               spec, context)
 
@@ -148,14 +150,14 @@ class OpenVINOLanguageModel(LoadedModel):
                 "reports each token's log-probability",
                 param="logprobs",
             )
+        splitter = await self._thinking_splitter(request)
         arguments = (request, self._tokenizer, self._limits, self._generator.configure,
-                     f"the {self.device}")
+                     f"the {self.device}", splitter is not None and splitter.markers.special)
         # A prompt the engine prepared needs no tokenizer here: only checks and a config,
         # done on the loop (a thread hop would only delay the first token).
         prepared = (prepare_generation(*arguments) if is_prepared(request)
                     else await asyncio.to_thread(prepare_generation, *arguments))
         tool_filter = ToolCallFilter(set(prepared.tool_names)) if prepared.tool_names else None
-        splitter = await self._thinking_splitter(request)
         budget = (ThinkingBudget(request.thinking_budget)
                   if splitter is not None and request.thinking_budget is not None else None)
         thinking: list[str] = []

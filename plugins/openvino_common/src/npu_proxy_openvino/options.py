@@ -28,6 +28,9 @@ class GenerationSpec:
     options: SamplingOptions
     max_new_tokens: int
     structured_schema: dict[str, Any] | None = None
+    #: decode the answer with the model's special tokens kept (its reasoning markers
+    #: are special tokens, as gpt-oss's harmony channels are); GenAI skips them otherwise
+    special_tokens: bool = False
 
 
 def validate_options(options: SamplingOptions) -> None:

@@ -19,24 +19,45 @@ THINK = ("<think>", "</think>")
 
 @dataclass(frozen=True, slots=True)
 class Markers:
-    """The strings that open and close a model's reasoning."""
+    """The strings that open and close a model's reasoning.
+
+    ``answer``: headers that may come before the answer (after the reasoning, or
+    instead of it), dropped; ``trailers``: end-of-message strings dropped from the
+    answer. ``special``: the markers are special tokens, which GenAI's decoding skips
+    by default, so the text must be decoded with them kept for the split to see them.
+    """
 
     open: str
     close: str
+    answer: tuple[str, ...] = ()
+    trailers: tuple[str, ...] = ()
+    special: bool = False
 
+
+#: gpt-oss's harmony format: the reasoning is the ``analysis`` channel, the answer the
+#: ``final`` channel, each message ended by a special token (``<|return|>`` at the end).
+HARMONY = Markers(
+    open="<|channel|>analysis<|message|>",
+    close="<|end|>",
+    answer=("<|start|>assistant<|channel|>final<|message|>", "<|channel|>final<|message|>"),
+    trailers=("<|return|>", "<|end|>", "<|call|>"),
+    special=True,
+)
 
 #: Model families (GGUF ``general.architecture`` or the IR's ``model_type``) and the
 #: markers their reasoning uses; families not listed fall back to their template.
 FAMILY_MARKERS: dict[str, Markers] = {
-    family: Markers(*THINK)
-    for family in ("qwen3", "qwen3moe", "deepseek2", "smollm3", "phi3")
+    **{family: Markers(*THINK)
+       for family in ("qwen3", "qwen3moe", "deepseek2", "smollm3", "phi3")},
+    **{family: HARMONY for family in ("gpt-oss", "gpt_oss", "gptoss")},
 }
 
 
 def template_thinks(template: str) -> bool:
     """Whether a chat template knows reasoning: it takes ``enable_thinking`` (Qwen3,
-    SmolLM3) or writes a reasoning marker (DeepSeek-R1 distills)."""
-    return "enable_thinking" in template or any(
+    SmolLM3), writes a reasoning marker (DeepSeek-R1 distills) or harmony's channels
+    (gpt-oss)."""
+    return "enable_thinking" in template or "<|channel|>" in template or any(
         markers.open in template for markers in {*FAMILY_MARKERS.values()}
     )
 
@@ -48,6 +69,8 @@ def markers_for(family: str, template: str) -> Markers | None:
     known = FAMILY_MARKERS.get(family.lower())
     if known is not None:
         return known
+    if "<|channel|>" in template:
+        return HARMONY
     return next((m for m in {*FAMILY_MARKERS.values()} if m.open in template), Markers(*THINK))
 
 
@@ -80,34 +103,46 @@ class ThinkingSplitter:
         text = self._held + piece
         self._held = ""
         parts: list[Part] = []
+        markers = self.markers
         while text:
             if self._state == "after":  # the blank lines after the closing marker go
                 text = text.lstrip("\r\n")
                 if not text:
                     break
+                if _could_become(text, markers.answer):
+                    self._held = text
+                    break
+                text = _without_header(text, markers.answer)
                 self._state = "answer"
+                continue
             if self._state == "answer":
-                parts.append(("text", text))
+                text, held = _without_trailers(text, markers.trailers)
+                if text:
+                    parts.append(("text", text))
+                self._held = held
                 break
             if self._state == "start":
                 stripped = text.lstrip()
-                if self.markers.open.startswith(stripped):  # could still become the tag
+                if _could_become(stripped, (markers.open, *markers.answer)):
                     self._held = text
                     break
-                if stripped.startswith(self.markers.open):
+                if stripped.startswith(markers.open):
                     self._state = "thinking"
-                    text = stripped[len(self.markers.open):]
+                    text = stripped[len(markers.open):]
                     continue
+                headed = _without_header(stripped, markers.answer)
+                if headed != stripped:  # straight to the answer's channel
+                    text = headed
                 self._state = "answer"  # the model answered without thinking
                 continue
-            at = text.find(self.markers.close)
+            at = text.find(markers.close)
             if at >= 0:
                 if at:
                     parts.append(("thinking", text[:at]))
                 self._state = "after"
-                text = text[at + len(self.markers.close):]
+                text = text[at + len(markers.close):]
                 continue
-            keep = _partial_suffix(text, self.markers.close)
+            keep = _partial_suffix(text, markers.close)
             if len(text) > keep:
                 parts.append(("thinking", text[: len(text) - keep]))
             self._held = text[len(text) - keep:]
@@ -120,6 +155,29 @@ class ThinkingSplitter:
         if not held:
             return []
         return [("thinking" if self._state == "thinking" else "text", held)]
+
+
+def _could_become(text: str, headers: tuple[str, ...]) -> bool:
+    """Whether ``text`` is the start of one of ``headers`` (not yet all of it)."""
+    return any(len(text) < len(h) and h.startswith(text) for h in headers)
+
+
+def _without_header(text: str, headers: tuple[str, ...]) -> str:
+    """``text`` without the first of ``headers`` it starts with."""
+    for header in headers:
+        if text.startswith(header):
+            return text[len(header):]
+    return text
+
+
+def _without_trailers(text: str, trailers: tuple[str, ...]) -> tuple[str, str]:
+    """``text`` without any of ``trailers``, and its end that may begin one (held)."""
+    if not trailers:
+        return text, ""
+    for trailer in trailers:
+        text = text.replace(trailer, "")
+    keep = max(_partial_suffix(text, t) for t in trailers)
+    return text[: len(text) - keep], text[len(text) - keep:]
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -172,8 +230,10 @@ def continuation(
     as it was, the reasoning generated so far and the closing marker (blocking)."""
     from . import tokens
 
-    return prompt + tokens.encode(tokenizer, f"{generated}\n{markers.close}\n\n",
-                                  special=False)
+    # harmony goes on in the final channel; ``<think>`` models after a blank line
+    tail = (markers.close + markers.answer[0] if markers.answer
+            else f"\n{markers.close}\n\n")
+    return prompt + tokens.encode(tokenizer, generated + tail, special=False)
 
 
 def count_reasoning_tokens(tokenizer: Any, thinking: str) -> int:

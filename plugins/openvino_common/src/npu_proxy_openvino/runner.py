@@ -79,6 +79,15 @@ class TextGenerator(Protocol):
         """Release the device memory (blocking). No call follows."""
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """What :meth:`LLMPipelineGenerator.stream` takes: the request's
+    ``GenerationConfig`` and whether its text keeps the special tokens."""
+
+    generation: Any
+    special_tokens: bool = False
+
+
 class ThreadedStream:
     """A :class:`GenerationStream` over a blocking ``run(on_piece)`` on its own thread."""
 
@@ -123,17 +132,21 @@ class LLMPipelineGenerator:
     def new_config(self) -> Any:
         return self._pipe.get_generation_config()
 
-    def configure(self, spec: GenerationSpec) -> Any:
-        return apply_options(self.new_config(), spec.options,
-                             max_new_tokens=spec.max_new_tokens,
-                             structured_schema=spec.structured_schema)
+    def configure(self, spec: GenerationSpec) -> PipelineConfig:
+        generation = apply_options(self.new_config(), spec.options,
+                                   max_new_tokens=spec.max_new_tokens,
+                                   structured_schema=spec.structured_schema)
+        return PipelineConfig(generation, spec.special_tokens)
 
-    def stream(self, prompt: tuple[int, ...], config: Any) -> ThreadedStream:
+    def stream(self, prompt: tuple[int, ...], config: PipelineConfig) -> ThreadedStream:
         return ThreadedStream(lambda on_piece: self.run(prompt, config, on_piece))
 
-    def run(self, prompt: tuple[int, ...], config: Any, on_piece: PieceCallback) -> Outcome:
+    def run(self, prompt: tuple[int, ...], config: PipelineConfig,
+            on_piece: PieceCallback) -> Outcome:
         """Generate from the token ids ``prompt``; blocking. ``on_piece`` returns False
         to stop."""
+        import openvino_genai
+
         first_piece = 0
         cancelled = False
         pieces: list[str] = []
@@ -151,7 +164,13 @@ class LLMPipelineGenerator:
         start = time.perf_counter_ns()
         # Token ids in: EncodedResults out (finish reasons, perf metrics); the text is
         # what was streamed.
-        result = self._pipe.generate(tokens.ids_tensor(prompt), config, streamer)
+        text_streamer: Any = streamer
+        if config.special_tokens:
+            # GenAI's own detokenizer, told to keep the special tokens
+            text_streamer = openvino_genai.TextStreamer(
+                self._pipe.get_tokenizer(), streamer, {"skip_special_tokens": False})
+        result = self._pipe.generate(tokens.ids_tensor(prompt), config.generation,
+                                     text_streamer)
         end = time.perf_counter_ns()
         text = "".join(pieces)
         reason = result.finish_reasons[0] if getattr(result, "finish_reasons", None) else None
