@@ -217,3 +217,28 @@ def test_a_client_that_leaves_cancels_the_download(
 def test_stored_models_the_hub_cannot_provide_report_success(hub_server: LiveServer) -> None:
     progress = list(ollama.Client(host=hub_server.url).pull("mock", stream=True))
     assert progress[-1].status == "success"
+
+
+def test_credentials_in_the_hub_endpoint_never_reach_a_client_or_a_log(
+    start: Callable[..., LiveServer], hub: ServedHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    sentinel = "s3cr3t-sentinel"
+    server = start(formats=True)
+    host = hub.url.split("://", 1)[1]
+    shown: list[str] = []
+    for endpoint in (f"http://user:{sentinel}@{host}", f"http://user:{sentinel}@127.0.0.1:9"):
+        server.ctx.puller = Puller(server.ctx.store, endpoint=endpoint)
+        for name in ("org/tiny-ov", "org/missing"):
+            response = httpx.post(server.url + "/api/pull", json={"model": name}, timeout=60)
+            shown.append(response.text)
+    assert '"success"' in shown[0] and "error" in shown[1] and "127.0.0.1:9" in shown[2]
+    httpx.post(server.url + "/api/chat", timeout=60, json={
+        "model": "org/tiny-ov", "stream": False, "messages": [{"role": "user", "content": "hi"}]})
+    for path in ("/api/ps", "/api/tags"):
+        shown.append(httpx.get(server.url + path).text)
+    shown.append(httpx.post(server.url + "/api/show", json={"model": "org/tiny-ov"}).text)
+    shown += [record.getMessage() for record in caplog.records]
+    assert not [text for text in shown if sentinel in text]
