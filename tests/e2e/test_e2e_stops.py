@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from npu_proxy.testing import free_port
 
 STREAMS: dict[str, tuple[str, dict[str, Any]]] = {
     "ollama": ("/api/chat", {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}),
@@ -33,13 +33,6 @@ STREAMS: dict[str, tuple[str, dict[str, Any]]] = {
         "model": "mock", "stream": True, "max_tokens": 64,
         "messages": [{"role": "user", "content": "hi"}]}),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Reader(threading.Thread):
@@ -85,10 +78,10 @@ def sse_events(lines: list[str]) -> list[tuple[str | None, Any]]:
 @pytest.mark.timeout(180)
 def test_sigterm_ends_every_open_stream_with_its_dialect_s_error_event(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "NPU_PROXY_REAL_INFERENCE": "0", "NPU_PROXY_SHUTDOWN_GRACE": "1",
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_PROXY_")}
+    env |= {"NPU_PROXY_REAL_INFERENCE": "0", "NPU_PROXY_SHUTDOWN_GRACE": "1",
            "NPU_PROXY_MOCK_TOKEN_DELAY": "1", "NPU_PROXY_MAX_PARALLEL": "5",
            "NPU_PROXY_MODEL_PATH": str(tmp_path / "models"), "NPU_PROXY_LOG_LEVEL": "INFO"}
-    env.pop("NPU_PROXY_API_KEY", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "npu_proxy", "--plugins", "mock,ollama,openai,anthropic",
          "serve", "--host", "127.0.0.1", "--port", str(port)],
