@@ -164,3 +164,29 @@ def test_a_server_whose_sink_writes_to_a_full_disk_keeps_serving(
         sinks = health.json()["metrics_sinks"]
         assert sinks["jsonl"]["failures"] >= 1 and sinks["jsonl"]["dropped"] > 0
         assert server.call(generate(server.ctx)) > 0  # still serving
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+def test_writing_resumes_once_the_disk_has_room_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    from npu_proxy.engine.events import EventBus
+
+    sink = JsonlSink(FULL, retry_after=0.05)
+    bus = EventBus([sink])
+    bus.emit(QueueChanged("NPU", 1, 0))
+    wait_until(lambda: bus.failures.get("jsonl", 0) == 1)
+    # The disk has room again: the sink's descriptor now reaches a real file.
+    target = tmp_path / "events.jsonl"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, sink._file.fileno())
+    os.close(fd)
+    wait_until(lambda: bus.emit(QueueChanged("NPU", 2, 0)) or target.stat().st_size > 0)
+    sink.close()
+    lines = read_lines(target)
+    assert lines and all(line["waiting"] == 2 for line in lines)
+    assert bus.failures == {"jsonl": 1}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("recovered writing" in m for m in messages)
