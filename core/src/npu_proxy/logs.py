@@ -27,11 +27,12 @@ class SafeFormatter(logging.Formatter):
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(redact_urls(record.message))
+        record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
-    def formatException(self, ei: Any) -> str:
-        return redact_urls(super().formatException(ei))
+    def format(self, record: logging.LogRecord) -> str:
+        # The whole line: the traceback too, which another handler may have cached first.
+        return redact_urls(super().format(record))
 
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
