@@ -319,3 +319,97 @@ async def test_a_pull_killed_mid_download_leaves_nothing_listed_and_a_retry_succ
     p = Puller(store, endpoint=hub.url)
     assert (await collect(p, "org/tiny-ov"))[-1].phase == PullPhase.DONE
     assert store.resolve("org/tiny-ov").name == "org/tiny-ov:latest"
+
+
+async def test_the_peek_reads_the_download_s_commit_and_stops_at_its_bound(
+    tmp_path: Path, hub: Any
+) -> None:
+    # A hub that ignores Range answers the peek with the whole file: 300 MiB, made as
+    # it is sent. The peek stops reading at its bound (16 bytes, one block on the wire).
+    big = 300 << 20
+    hub.repos["org/big-gguf"] = {"big-Q4_K_M.blob": HubFile(blob("mamba"), padding=big)}
+    hub.ignore_range = True
+    with pytest.raises(InvalidRequestError, match="mamba"):
+        await collect(puller(tmp_path, hub), "hf.co/org/big-gguf")
+    sent = hub.sent["big-Q4_K_M.blob"]
+    assert 0 < sent < 32 << 20, sent  # socket buffers at most, not the 300 MiB file
+    downloads = [path for path, _ in hub.requests if "/resolve/" in path]
+    assert downloads == [f"/org/big-gguf/resolve/{hub.commit}/big-Q4_K_M.blob"]
+
+
+async def test_the_peek_and_the_download_read_one_revision(tmp_path: Path, hub: Any) -> None:
+    p = puller(tmp_path, hub)
+    await collect(p, "hf.co/org/tiny-gguf:Q8_0")
+    downloads = [path for path, _ in hub.requests if "/resolve/" in path]
+    assert len(downloads) == 2  # the peek, then the download
+    assert downloads == [f"/org/tiny-gguf/resolve/{hub.commit}/tiny-Q8_0.blob"] * 2
+    assert p.store.resolve("hf.co/org/tiny-gguf:q8_0").pulled.revision == hub.commit  # type: ignore[union-attr]
+
+
+def test_the_fake_hub_lists_git_files_by_their_real_blob_id() -> None:
+    from huggingface_hub.utils.sha import git_hash
+    from npu_proxy.testing_hub import git_blob_id
+
+    data = IR_REPO["config.json"].content()
+    assert IR_REPO["config.json"].blob_id() == git_blob_id(data) == git_hash(data)
+
+
+async def test_a_corrupt_git_file_installs_nothing(tmp_path: Path, hub: Any) -> None:
+    # config.json is kept in git, not LFS: its size is right, its blob id is not.
+    hub.corrupt.add("config.json")
+    p = puller(tmp_path, hub)
+    with pytest.raises(PullError, match=r"config\.json does not match its git blob id"):
+        await collect(p, "org/tiny-ov")
+    assert p.store.models() == []
+    assert [x.name for x in (tmp_path / "models").iterdir()] == [".locks"]
+    hub.corrupt.clear()
+    assert (await collect(p, "org/tiny-ov"))[-1].phase == PullPhase.DONE
+
+
+SENTINEL = "s3cr3t-sentinel"
+
+
+async def test_credentials_in_the_endpoint_are_never_shown(
+    tmp_path: Path, hub: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    store = ModelStore(tmp_path / "models", formats=formats())
+    # an unreachable host (nothing listens on port 9), then the local hub itself
+    monkeypatch.setenv("HF_ENDPOINT", f"http://user:{SENTINEL}@127.0.0.1:9")
+    unreachable = Puller(store)
+    with pytest.raises(PullError) as failed:
+        await collect(unreachable, "org/tiny-ov")
+    assert "127.0.0.1:9" in failed.value.message and SENTINEL not in failed.value.message
+    host = hub.url.split("://", 1)[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://user:{SENTINEL}@{host}")
+    served = Puller(store)
+    with pytest.raises(PullNotFoundError) as missing:
+        await collect(served, "org/missing")
+    progress = await collect(served, "org/tiny-ov")
+    shown = [str(failed.value), str(missing.value), *map(repr, progress),
+             served.shown_endpoint, *(r.getMessage() for r in caplog.records)]
+    assert any(host in line for line in shown)
+    assert not [line for line in shown if SENTINEL in line]
+    assert caplog.records  # the pull's request lines were logged, and redacted
+
+
+def test_urls_lose_user_info_and_token_like_query_values() -> None:
+    from npu_proxy.logs import SafeFormatter
+    from npu_proxy.redaction import redact_url, redact_urls
+
+    assert redact_url("http://u:pw@h:81/p?token=x&rev=main") == "http://h:81/p?token=REDACTED&rev=main"
+    assert redact_url("https://cdn/x?X-Amz-Signature=abc&a=1") == "https://cdn/x?X-Amz-Signature=REDACTED&a=1"
+    assert redact_url("https://huggingface.co/org/repo") == "https://huggingface.co/org/repo"
+    assert redact_urls("GET 'http://a:b@h/x' then ftp://c@d/") == "GET 'http://h/x' then ftp://d/"
+    import logging
+    import sys
+
+    try:
+        raise ConnectionError(f"for url http://u:{SENTINEL}@h/x")
+    except ConnectionError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "to http://u:%s@h", (SENTINEL,),
+                                   sys.exc_info())
+    text = SafeFormatter("%(message)s").format(record)
+    assert "http://h" in text and "ConnectionError" in text and SENTINEL not in text

@@ -271,6 +271,43 @@ async def test_a_body_that_never_started_still_runs_on_close() -> None:
     assert not any(m.get("body") == b"never" for m in sent)
 
 
+async def test_a_stream_the_server_cancels_ends_with_its_stop_frames_and_returns() -> None:
+    # What uvicorn does past timeout_graceful_shutdown: cancel the response's task.
+    closed: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"one\n"
+        await asyncio.sleep(3600)
+        yield b"never\n"
+
+    async def on_close() -> None:
+        closed.append("closed")
+
+    response = ClosingStreamResponse(body(), media_type=NDJSON, on_close=on_close,
+                                     stopped=lambda: [b'{"error":"stopping"}\n'])
+    sent: list[dict[str, Any]] = []
+    streaming = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message.get("body") == b"one\n":
+            streaming.set()
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    task = asyncio.create_task(response(scope, receive, send))
+    await asyncio.wait_for(streaming.wait(), 5)
+    task.cancel()
+    await asyncio.wait_for(task, 5)  # returns: nothing for the server to log
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert [(m["body"], m["more_body"]) for m in sent[1:]] == [
+        (b"one\n", True), (b'{"error":"stopping"}\n', True), (b"", False)]
+    assert closed == ["closed"]
+
+
 async def test_collect_returns_text_tool_calls_and_usage_and_closes() -> None:
     source = Source([TextDelta("Hel"), ToolCallDelta(CALL), TextDelta("lo"), DONE])
     whole = await collect(source)

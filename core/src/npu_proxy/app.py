@@ -36,6 +36,7 @@ from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
 from .security import SecurityMiddleware, policy_options
 from .settings import Settings
+from .stopping import StopGuard
 from .web import CLIENT_CLOSED, ClientDisconnected, HttpError
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,8 @@ def create_app(
         return error_response(ctx, request.url.path, EngineError("internal server error"))
 
     _add_network_safety(app, ctx)
+    # a stop past its grace period answers what it cuts (503), never with a traceback
+    app.add_middleware(StopGuard, render=lambda path, error: error_response(ctx, path, error))
     app.add_middleware(RequestContextMiddleware, bus=ctx.bus)
     return app
 

@@ -118,6 +118,7 @@ class StagedApp:
             "routing": self._settings.routing,
             "devices": {},
             "models": [],
+            "metrics_sinks": {},
         }
         await _json(body)(scope, receive, send)
 

@@ -65,6 +65,8 @@ def health_report(ctx: ServerContext) -> dict[str, Any]:
         "routing": engine.policy.name,
         "devices": devices,
         "models": models,
+        # failures and dropped events per metrics sink (a full disk under a writer)
+        "metrics_sinks": ctx.bus.status(),
     }
 
 

@@ -10,6 +10,8 @@ import logging
 import re
 from typing import Any
 
+from .redaction import redact_urls
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]|\n")
 
 
@@ -19,14 +21,18 @@ def escape_controls(text: str) -> str:
 
 
 class SafeFormatter(logging.Formatter):
-    """A formatter whose message part never contains raw control characters.
-
-    Tracebacks (added after the message) keep their own newlines.
+    """A formatter whose message part never contains raw control characters, and whose
+    output never carries a URL's credentials (:func:`~npu_proxy.redaction.redact_urls`,
+    also in tracebacks, which keep their own newlines).
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The whole line: the traceback too, which another handler may have cached first.
+        return redact_urls(super().format(record))
 
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

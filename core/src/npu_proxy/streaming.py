@@ -10,6 +10,11 @@ server-sent events for OpenAI and Anthropic); :func:`stream_response` does the r
   when its body never started, so the device slot is free again when it returns;
 - an error after the first byte ends the stream with the encoder's error frame (the
   status is already 200); an unexpected one is logged and told as an internal error;
+- a server that stops cancels the response when its grace period is over (uvicorn's
+  ``timeout_graceful_shutdown``): the stream then ends with the encoder's error frame
+  for :class:`~npu_proxy.engine.errors.ServerStoppingError` and a proper end of the
+  body, between two frames (never inside one), and the cancellation is not passed on
+  (the server would log it as a traceback and cut the connection);
 - an encoder that wants heartbeats gets asked for one after every
   ``heartbeat_interval`` seconds without an event (the event being made is not
   cancelled by it).
@@ -32,9 +37,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from .engine.errors import BackendError, EngineError
+from .engine.errors import BackendError, EngineError, ServerStoppingError
 from .engine.types import (
     Done,
     GenerationEvent,
@@ -80,7 +85,8 @@ class ClosingStreamResponse(StreamingResponse):
     this response always does, so the body is cancelled (at the token it waits for)
     whatever the server. Afterwards, shielded from cancellation and in every case, the
     body iterator is closed and ``on_close`` is awaited: a body that never started
-    still releases what stands behind it.
+    still releases what stands behind it. Cancelled from outside (the server stops),
+    it ends the body with ``stopped()``'s frames and returns normally.
     """
 
     def __init__(
@@ -90,16 +96,28 @@ class ClosingStreamResponse(StreamingResponse):
         media_type: str,
         headers: Mapping[str, str] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        stopped: Callable[[], Iterable[bytes]] | None = None,
     ) -> None:
         super().__init__(body, headers=headers, media_type=media_type)
         self._on_close = on_close
+        self._stopped = stopped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent: set[str] = set()  # "start" once the status went out, "end" once the body ended
+
+        async def tracked(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.start":
+                sent.add("start")
+            elif not message.get("more_body", False):
+                sent.add("end")
+
+        stopping = False
         try:
             async with anyio.create_task_group() as group:
 
                 async def stream() -> None:
-                    await self.stream_response(send)
+                    await self.stream_response(tracked)
                     group.cancel_scope.cancel()
 
                 async def watch() -> None:
@@ -110,13 +128,32 @@ class ClosingStreamResponse(StreamingResponse):
                 group.start_soon(watch)
         except OSError:
             pass  # the client closed the socket mid-write: nothing left to tell it
+        except anyio.get_cancelled_exc_class():
+            # Only the server cancels from outside (the group's own cancel is swallowed
+            # by the group): it stops, past its grace period.
+            stopping = True
         finally:
             with anyio.CancelScope(shield=True):
+                if stopping and "end" not in sent:
+                    await self._end_stopped(tracked, sent)
                 closer = getattr(self.body_iterator, "aclose", None)
                 if closer is not None:
                     await closer()
                 if self._on_close is not None:
                     await self._on_close()
+
+    async def _end_stopped(self, send: Send, sent: set[str]) -> None:
+        """End the body with the stop's frames (after the status, if it has not gone)."""
+        frames = list(self._stopped()) if self._stopped is not None else []
+        try:
+            if "start" not in sent:
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+            for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client is gone as well
 
 
 class StreamEncoder(abc.ABC, Generic[E]):
@@ -187,6 +224,7 @@ async def stream_response(
         media_type=encoder.media_type,
         headers=headers,
         on_close=close,
+        stopped=lambda: encoder.failure(ServerStoppingError()),
     )
 
 

@@ -217,3 +217,84 @@ def test_a_client_that_leaves_cancels_the_download(
 def test_stored_models_the_hub_cannot_provide_report_success(hub_server: LiveServer) -> None:
     progress = list(ollama.Client(host=hub_server.url).pull("mock", stream=True))
     assert progress[-1].status == "success"
+
+
+def test_credentials_in_the_hub_endpoint_never_reach_a_client_or_a_log(
+    start: Callable[..., LiveServer], hub: ServedHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    sentinel = "s3cr3t-sentinel"
+    server = start(formats=True)
+    host = hub.url.split("://", 1)[1]
+    shown: list[str] = []
+    for endpoint in (f"http://user:{sentinel}@{host}", f"http://user:{sentinel}@127.0.0.1:9"):
+        server.ctx.puller = Puller(server.ctx.store, endpoint=endpoint)
+        for name in ("org/tiny-ov", "org/missing"):
+            response = httpx.post(server.url + "/api/pull", json={"model": name}, timeout=60)
+            shown.append(response.text)
+    assert '"success"' in shown[0] and "error" in shown[1] and "127.0.0.1:9" in shown[2]
+    httpx.post(server.url + "/api/chat", timeout=60, json={
+        "model": "org/tiny-ov", "stream": False, "messages": [{"role": "user", "content": "hi"}]})
+    for path in ("/api/ps", "/api/tags"):
+        shown.append(httpx.get(server.url + path).text)
+    shown.append(httpx.post(server.url + "/api/show", json={"model": "org/tiny-ov"}).text)
+    shown += [record.getMessage() for record in caplog.records]
+    assert not [text for text in shown if sentinel in text]
+
+
+def test_a_stop_ends_a_pull_in_progress_with_an_error_line(
+    start: Callable[..., LiveServer], hub: ServedHub
+) -> None:
+    """The server cancels the response past its grace period (as uvicorn does): the
+    progress stream ends with Ollama's ``{"error": ...}`` line and a proper end."""
+    import asyncio
+
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(path: str) -> None:
+        if path == "openvino_model.bin":
+            reached.set()
+            release.wait(30)
+
+    hub.on_file = hold
+    server = start(formats=True)
+    server.ctx.puller = Puller(server.ctx.store, endpoint=hub.url)
+    body = json.dumps({"model": "org/tiny-ov"}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+             "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/api/pull",
+             "raw_path": b"/api/pull", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", server.port)}
+    sent: list[dict[str, Any]] = []
+
+    async def stop_mid_pull() -> None:
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)  # the client stays
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        task = asyncio.ensure_future(server.app(scope, receive, send))
+        assert await asyncio.to_thread(reached.wait, 30), "the download never started"
+        task.cancel()
+        await asyncio.wait_for(task, 10)  # returns: nothing for the server to log
+
+    try:
+        server.call(stop_mid_pull())
+    finally:
+        release.set()
+    assert sent[0]["status"] == 200
+    lines = [json.loads(m["body"]) for m in sent[1:] if m.get("body")]
+    assert lines[0]["status"] == "pulling manifest"
+    assert lines[-1] == {"error": "the server is stopping"}
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

@@ -94,3 +94,99 @@ def test_lines_are_appended_and_close_is_final(tmp_path: Path) -> None:
     lines = read_lines(path)
     assert [line["event"] for line in lines] == ["earlier", "queue_changed"]
     assert (lines[1]["device"], lines[1]["waiting"], lines[1]["in_flight"]) == ("NPU", 2, 1)
+
+
+FULL = Path("/dev/full")  # every write fails with ENOSPC
+
+
+def wait_until(check: Any, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+def test_a_full_disk_is_reported_once_and_the_queue_stays_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from npu_proxy.engine.events import EventBus
+
+    sink = JsonlSink(FULL, queue_size=4, retry_after=3600)
+    bus = EventBus([sink])
+    bus.emit(QueueChanged("NPU", 1, 0))
+    wait_until(lambda: bus.failures.get("jsonl", 0) == 1)
+    for i in range(1000):  # the writer has failed: events are dropped, not queued
+        bus.emit(QueueChanged("NPU", i, 0))
+        assert sink.queued <= 4
+    assert bus.failures == {"jsonl": 1}
+    assert bus.dropped == {"jsonl": 1001}
+    assert bus.status() == {"jsonl": {"failures": 1, "dropped": 1001}}
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "No space left on device" in errors[0].getMessage()
+    assert errors[0].exc_info is None
+    sink.close()  # returns: the writer is alive and drains
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+def test_a_writer_that_keeps_failing_retries_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from npu_proxy.engine.events import EventBus
+
+    sink = JsonlSink(FULL, queue_size=2, retry_after=0)  # retry every batch
+    bus = EventBus([sink])
+    for i in range(200):
+        bus.emit(QueueChanged("NPU", i, 0))
+        assert sink.queued <= 2
+    sink.close()
+    failures, dropped = bus.failures["jsonl"], bus.dropped["jsonl"]
+    # every event either failed to be written or found the queue full
+    assert failures >= 1 and dropped == 200
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+def test_a_server_whose_sink_writes_to_a_full_disk_keeps_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NPU_PROXY_JSONL_PATH", str(FULL))
+    monkeypatch.setenv("NPU_PROXY_MOCK_TOKEN_DELAY", "0")
+    app = make_app(test_settings(tmp_path), ["mock", "jsonl"])
+    with LiveServer(app) as server:
+        for _ in range(3):
+            assert server.call(generate(server.ctx)) > 0
+        wait_until(lambda: server.ctx.bus.failures.get("jsonl", 0) >= 1)
+        health = httpx.get(f"{server.url}/health")
+        assert health.status_code == 200
+        sinks = health.json()["metrics_sinks"]
+        assert sinks["jsonl"]["failures"] >= 1 and sinks["jsonl"]["dropped"] > 0
+        assert server.call(generate(server.ctx)) > 0  # still serving
+
+
+@pytest.mark.skipif(not FULL.exists(), reason="needs /dev/full")
+def test_writing_resumes_once_the_disk_has_room_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    from npu_proxy.engine.events import EventBus
+
+    sink = JsonlSink(FULL, retry_after=0.05)
+    bus = EventBus([sink])
+    bus.emit(QueueChanged("NPU", 1, 0))
+    wait_until(lambda: bus.failures.get("jsonl", 0) == 1)
+    # The disk has room again: the sink's descriptor now reaches a real file.
+    target = tmp_path / "events.jsonl"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, sink._file.fileno())
+    os.close(fd)
+    wait_until(lambda: bus.emit(QueueChanged("NPU", 2, 0)) or target.stat().st_size > 0)
+    sink.close()
+    lines = read_lines(target)
+    assert lines and all(line["waiting"] == 2 for line in lines)
+    assert bus.failures == {"jsonl": 1}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("recovered writing" in m for m in messages)

@@ -209,6 +209,25 @@ def test_unreadable_gguf_architecture_is_refused_before_download(
     assert "hf.co/test/mamba-gguf:q4_1" not in {m.name.lower() for m in server.ctx.store.models()}
 
 
+def test_the_architecture_check_reads_a_bounded_prefix_of_a_hub_that_ignores_range(
+    server: LiveServer, hub: Any
+) -> None:
+    from npu_proxy_openvino.formats import GGUF_PROBE_BYTES
+
+    head = hub.repos["test/mamba-gguf"]["Mamba-Q4_1.gguf"].content()
+    # 300 MiB after the header, made as they are sent; the hub answers Range with all of it
+    hub.repos["test/big-mamba-gguf"] = {"Big-Q4_1.gguf": HubFile(head, padding=300 << 20)}
+    hub.ignore_range = True
+    try:
+        with pytest.raises(InvalidRequestError, match="'mamba'"):
+            pull(server, "hf.co/test/big-mamba-gguf:Q4_1")
+    finally:
+        hub.ignore_range = False
+    assert GGUF_PROBE_BYTES <= hub.sent["Big-Q4_1.gguf"] < 32 << 20  # not the 300 MiB
+    downloads = [path for path, _ in hub.requests if path.startswith("/test/big-mamba-gguf/")]
+    assert downloads == [f"/test/big-mamba-gguf/resolve/{hub.commit}/Big-Q4_1.gguf"]
+
+
 def test_a_full_disk_fails_before_downloading(
     server: LiveServer, hub: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -112,3 +112,13 @@ class ModelStoreError(EngineError):
 
     status = 400
     code = "store_error"
+
+
+class ServerStoppingError(EngineError):
+    """The server is stopping and ended the request (past its grace period)."""
+
+    status = 503
+    code = "server_stopping"
+
+    def __init__(self, message: str = "the server is stopping") -> None:
+        super().__init__(message)

@@ -118,8 +118,10 @@ class HubRequest:
     alias: HubAlias | None = None
 
 
-#: ``peek(file, size)``: the first ``size`` bytes of a listed file (a ranged download),
-#: for formats that must read a header before deciding to fetch a repository.
+#: ``peek(file, size)``: the first ``size`` bytes of a listed file (fewer if the file is
+#: shorter), at the commit the download will fetch, for formats that must read a header
+#: before deciding to fetch a repository. It asks with ``Range`` and never reads more
+#: than ``size`` bytes, also from a hub that ignores ``Range``.
 Peek = Callable[[RemoteFile, int], bytes]
 
 

@@ -4,11 +4,15 @@ The hub's listing (``huggingface_hub.HfApi.model_info`` with file metadata) give
 file's size and LFS SHA-256; the registered model formats (the store's ``formats``) say
 which of them make the model, describe what arrived and prepare it (this module knows
 no format and no dialect's progress shape). Files stream into a staging folder
-next to the store, each checked against its SHA-256 (or size, for small non-LFS files);
-only a complete, verified model is renamed into place, under a lock that also holds
-across processes. A failure of any kind removes the staging folder and leaves earlier
-models untouched. ``HF_TOKEN`` goes only to the configured endpoint (httpx drops it on
-a redirect to another host) and is never logged.
+next to the store, each checked against its LFS SHA-256 or, for small files kept in
+git, its git blob id (the SHA-1 ``git hash-object`` gives); only a complete, verified
+model is renamed into place, under a lock that also holds across processes. A failure
+of any kind removes the staging folder and leaves earlier models untouched.
+``HF_TOKEN`` goes only to the configured endpoint (httpx drops it on a redirect to
+another host) and is never logged; neither is a user or password inside ``HF_ENDPOINT``
+(every URL in a message or log line passes :func:`~npu_proxy.redaction.redact_url`).
+A format's ``peek`` at a file reads the commit the download will fetch, and never more
+than the bytes it asked for, whether or not the hub honours ``Range``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import re
 import shutil
 import threading
 import time
+import traceback
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,6 +44,7 @@ from ..engine.errors import EngineError
 from ..engine.formats import HubAlias, HubRequest, ModelFormat, RemoteFile
 from ..engine.store import ModelStore
 from ..engine.types import ModelInfo, PulledFile, PulledFrom
+from ..redaction import redact_loggers, redact_url, redact_urls
 from .spec import resolve_pull_name
 
 if TYPE_CHECKING:
@@ -49,6 +55,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 PROGRESS_INTERVAL = 0.2
 _SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_GIT_OID = re.compile(r"^[0-9a-f]{40}$")
+#: Loggers of the HTTP clients a pull uses: their request lines carry the endpoint.
+_CLIENT_LOGGERS = ("httpx", "httpx2", "httpcore", "huggingface_hub")
 
 
 class PullError(EngineError):
@@ -146,6 +155,9 @@ class Puller:
         self.aliases: dict[str, HubAlias] = store.formats.aliases()
         # HF_ENDPOINT is read now, not when huggingface-hub was imported.
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        #: the endpoint as messages show it: without a user, password or token
+        self.shown_endpoint = redact_url(self.endpoint)
+        redact_loggers(*_CLIENT_LOGGERS)
         self._token = token
         self._local_locks: dict[str, asyncio.Lock] = {}
         self._file_locks: dict[str, FileLock] = {}
@@ -244,7 +256,7 @@ class Puller:
         try:
             emit(PullProgress(PullPhase.LISTING))
             commit, files = self._list(spec)
-            fmt, files = self._select(spec, files)
+            fmt, files = self._select(spec, commit, files)
             self._lock(spec)
             if self._up_to_date(spec, commit):
                 emit(None)
@@ -308,9 +320,11 @@ class Puller:
         if isinstance(exc, _network_errors()):
             log.warning("pull failed: %s", type(exc).__name__)
             return HubUnreachableError(
-                f"could not download from {self.endpoint}: {type(exc).__name__}"
+                f"could not download from {self.shown_endpoint}: {type(exc).__name__}"
             )
-        log.error("pull failed", exc_info=exc)
+        # The traceback is formatted here, not by the handler, so that its URLs are
+        # redacted whichever handler prints it.
+        log.error("pull failed\n%s", redact_urls("".join(traceback.format_exception(exc))))
         return PullError("pull failed")
 
     def _list(self, spec: HubRequest) -> tuple[str, list[RemoteFile]]:
@@ -329,7 +343,7 @@ class Puller:
         return info.sha or spec.revision, files
 
     def _select(
-        self, spec: HubRequest, files: list[RemoteFile]
+        self, spec: HubRequest, commit: str, files: list[RemoteFile]
     ) -> tuple[ModelFormat, list[RemoteFile]]:
         """The format that reads this repository and the files it needs."""
         formats = self.store.formats
@@ -343,7 +357,7 @@ class Puller:
             candidates = [fmt]
         else:
             candidates = list(formats)
-        peek = self._peeker(spec)
+        peek = self._peeker(spec, commit)
         for fmt in candidates:
             chosen = fmt.select(spec, files, peek)
             if chosen:
@@ -352,22 +366,30 @@ class Puller:
             raise PullError(f"{spec.repo} holds no {spec.format} model")
         raise PullError(f"{spec.repo} holds no model of an installed format ({names})")
 
-    def _peeker(self, spec: HubRequest) -> Callable[[RemoteFile, int], bytes]:
-        """``peek(file, size)``: a ranged download of the start of a listed file."""
+    def _peeker(self, spec: HubRequest, commit: str) -> Callable[[RemoteFile, int], bytes]:
+        """``peek(file, size)``: the first ``size`` bytes of a listed file at ``commit``
+        (the revision the download fetches), asked for with ``Range`` and read as a
+        stream that stops at ``size`` bytes, also when the hub sends the whole file."""
 
         def peek(remote: RemoteFile, size: int) -> bytes:
             import httpx
             from huggingface_hub import hf_hub_url
             from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
-            url = hf_hub_url(spec.repo, remote.path, revision=spec.revision,
-                             endpoint=self.endpoint)
+            url = hf_hub_url(spec.repo, remote.path, revision=commit, endpoint=self.endpoint)
             headers = build_hf_headers(token=self._token_value(), library_name="npu-proxy")
             headers["Range"] = f"bytes=0-{size - 1}"
-            with httpx.Client(follow_redirects=True, timeout=30.0) as client:
-                response = client.get(url, headers=headers)
+            # identity: a compressed body could inflate past any bound in one chunk
+            headers["Accept-Encoding"] = "identity"
+            data = bytearray()
+            with httpx.Client(follow_redirects=True, timeout=30.0) as client, \
+                    client.stream("GET", url, headers=headers) as response:
                 response.raise_for_status()
-                return response.content[:size]
+                for chunk in response.iter_bytes(min(size, CHUNK)):
+                    data += chunk[: size - len(data)]
+                    if len(data) >= size:
+                        break  # leaving the block closes the connection: nothing more is read
+            return bytes(data)
 
         return peek
 
@@ -405,6 +427,12 @@ class Puller:
 
         url = hf_hub_url(spec.repo, remote.path, revision=commit, endpoint=self.endpoint)
         digest = hashlib.sha256()
+        # A file kept in git (not LFS) is named by its blob id: the SHA-1 of
+        # ``blob <size>\0`` and the content, as ``git hash-object`` computes it.
+        blob = (
+            hashlib.sha1(f"blob {remote.size}\0".encode(), usedforsecurity=False)
+            if remote.sha256 is None and _GIT_OID.match(remote.blob_id) else None
+        )
         done = 0
         last = 0.0
         emit(PullProgress(PullPhase.DOWNLOADING, remote, 0))
@@ -417,6 +445,8 @@ class Puller:
                     raise Cancelled()
                 out.write(chunk)
                 digest.update(chunk)
+                if blob is not None:
+                    blob.update(chunk)
                 done += len(chunk)
                 if done > remote.size:
                     raise PullError(f"{remote.path} is larger than the repository says")
@@ -428,6 +458,10 @@ class Puller:
             raise PullError(f"{remote.path} arrived incomplete ({done} of {remote.size} bytes)")
         if remote.sha256 and digest.hexdigest() != remote.sha256:
             raise PullError(f"{remote.path} does not match its SHA-256; nothing was installed")
+        if blob is not None and blob.hexdigest() != remote.blob_id:
+            raise PullError(
+                f"{remote.path} does not match its git blob id; nothing was installed"
+            )
         emit(PullProgress(PullPhase.DOWNLOADING, remote, done))
 
     # --- describing what arrived ------------------------------------------------------

@@ -22,7 +22,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
-from npu_proxy.engine.errors import EngineError, InvalidRequestError, ModelNotFoundError
+from npu_proxy.engine.errors import (
+    EngineError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServerStoppingError,
+)
 from npu_proxy.engine.formats import RemoteFile
 from npu_proxy.engine.names import parse_model_name
 from npu_proxy.engine.types import ModelInfo
@@ -240,6 +245,7 @@ def pull_routes(ctx: ServerContext) -> APIRouter:
         if body.stream is False:
             return JSONResponse(await until_disconnected(request, run_to_end(stream)))
         lines = await until_disconnected(request, until_listed(stream))
-        return ClosingStreamResponse(lines, media_type=NDJSON)
+        return ClosingStreamResponse(lines, media_type=NDJSON, stopped=lambda: [
+            line({"error": ServerStoppingError().message})])
 
     return router

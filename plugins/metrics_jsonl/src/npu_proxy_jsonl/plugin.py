@@ -14,7 +14,7 @@ from npu_proxy.hookspecs import hookimpl
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .sink import JsonlSink
+from .sink import DEFAULT_QUEUE_SIZE, DEFAULT_RETRY_AFTER, JsonlSink
 
 
 class JsonlSettings(BaseSettings):
@@ -24,15 +24,23 @@ class JsonlSettings(BaseSettings):
 
     # A string, not a Path: an empty value must mean "off", and Path("") is ".".
     path: str = Field("", description="File to append event lines to; empty: off.")
+    queue_size: int = Field(
+        DEFAULT_QUEUE_SIZE, ge=1,
+        description="Lines waiting for the writer before further events are dropped.")
+    retry_after: float = Field(
+        DEFAULT_RETRY_AFTER, ge=0,
+        description="Seconds after a failed write (a full disk) before writing is tried again.")
 
 
 @hookimpl
 def npu_proxy_register_metrics_sinks(register: Callable[[MetricsSink], None]) -> None:
-    path = JsonlSettings().path.strip()
+    settings = JsonlSettings()
+    path = settings.path.strip()
     if not path:
         return
     try:
-        sink = JsonlSink(Path(path).expanduser())
+        sink = JsonlSink(Path(path).expanduser(), queue_size=settings.queue_size,
+                         retry_after=settings.retry_after)
     except OSError as exc:
         raise ValueError(
             f"cannot open NPU_PROXY_JSONL_PATH={path} for appending: {exc.strerror}"

@@ -315,7 +315,8 @@ class GGUFFormat(ModelFormat):
         return chosen[:1]
 
     def check_architecture(self, remote: RemoteFile, peek: Peek) -> None:
-        """Read the start of ``remote`` and refuse an architecture GenAI cannot build."""
+        """Read the start of ``remote`` (:data:`GGUF_PROBE_BYTES` at most, the commit the
+        pull downloads) and refuse an architecture GenAI cannot build."""
         try:
             meta = read_metadata_prefix(peek(remote, GGUF_PROBE_BYTES))
         except GGUFError as exc:
