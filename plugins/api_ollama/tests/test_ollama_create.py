@@ -174,3 +174,27 @@ def test_create_with_blob_digests_is_400(server: LiveServer) -> None:
         json={"model": "blobby", "files": {"model.gguf": "sha256:" + "0" * 64}},
     )
     assert response.status_code == 400 and "blob" in response.json()["error"]
+
+
+def test_one_letter_models_are_created_and_copied(server: LiveServer, gguf: Path) -> None:
+    client = ollama.Client(host=server.url)
+    assert client.create(model="x", from_="mock").status == "success"
+    assert client.create(model="y", from_=str(gguf)).status == "success"
+    assert client.copy("x", "a").status == "success"
+    listed = {m.model for m in client.list().models}
+    assert {"x:latest", "y:latest", "a:latest"} <= listed
+    assert client.generate(model="a", prompt="hi").done
+    client.delete("a")
+    assert "a:latest" not in {m.model for m in client.list().models}
+
+
+@pytest.mark.parametrize("name", ["victim:latest.", "con", "nul.x", "com1:latest", "lpt9"])
+def test_names_windows_would_alias_are_refused(
+    server: LiveServer, name: str, store_snapshot: Callable[[], set[Path]]
+) -> None:
+    before = store_snapshot()
+    created = httpx.post(server.url + "/api/create", json={"model": name, "from": "mock"})
+    copied = httpx.post(server.url + "/api/copy", json={"source": "mock", "destination": name})
+    for response in (created, copied):
+        assert response.status_code == 400 and "invalid model name" in response.json()["error"]
+    assert store_snapshot() == before
