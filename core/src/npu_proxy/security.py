@@ -122,6 +122,7 @@ class SecurityMiddleware:
         clients: list,  # type: ignore[type-arg]
         hosts: HostPolicy,
         max_body: int,
+        uploads: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.render = render
@@ -129,6 +130,7 @@ class SecurityMiddleware:
         self.clients = clients
         self.hosts = hosts
         self.max_body = max_body
+        self.uploads = tuple(p.rstrip("/") + "/" for p in uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,7 +142,7 @@ class SecurityMiddleware:
         if refusal is not None:
             await self.render(path, *refusal, None)(scope, receive, send)
             return
-        if scope["method"] in _BODY_METHODS:
+        if scope["method"] in _BODY_METHODS and not path.startswith(self.uploads):
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 await self._too_large(scope, receive, send)
