@@ -24,11 +24,21 @@ def count(tokenizer: Any, text: str) -> int:
         return int(encoded.input_ids.get_shape()[1])
 
 
-def encode(tokenizer: Any, text: str) -> tuple[int, ...]:
-    """The token ids GenAI would feed for the string ``text`` (special tokens included)."""
+def encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> tuple[int, ...]:
+    """The token ids GenAI would feed for the string ``text`` (special tokens included);
+    with ``add_special_tokens=False``, only the ids of the text itself."""
     with _ENCODING:
-        ids = tokenizer.encode(text).input_ids
+        if add_special_tokens:
+            ids = tokenizer.encode(text).input_ids
+        else:
+            ids = tokenizer.encode(text, add_special_tokens=False).input_ids
         return tuple(int(i) for i in ids.data[0])
+
+
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    """The text of ``ids`` with special tokens written out; ids the vocabulary lacks
+    read as nothing (GenAI's own behaviour)."""
+    return str(tokenizer.decode(list(ids), skip_special_tokens=False))
 
 
 def ids_tensor(ids: tuple[int, ...] | list[int]) -> Any:
