@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from core_test_plugins import INSTALLED_NAME, install_as_distribution
-from npu_proxy.testing import free_port
+from npu_proxy.testing import free_port, wait_healthy
 
 
 def _environ(tmp_path: Path, **env: str) -> dict[str, str]:
@@ -41,18 +40,6 @@ def running(tmp_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen
             process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
         assert "Traceback" not in err, err
-
-
-def wait_healthy(process: subprocess.Popen[str], url: str) -> None:
-    """Poll ``/health`` until it says ok (the bound only stops a hung test)."""
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "the server did not become ready"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/health", timeout=5).json()["status"] == "ok":
-                return
-        time.sleep(0.1)
 
 
 @pytest.mark.timeout(180)

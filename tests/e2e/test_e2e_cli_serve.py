@@ -3,16 +3,13 @@ server, run as users run it, answers an Ollama client."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import ollama
-from npu_proxy.testing import free_port
+from npu_proxy.testing import free_port, wait_healthy
 
 
 def test_plugins_without_a_command_serve(tmp_path: Path) -> None:
@@ -25,14 +22,7 @@ def test_plugins_without_a_command_serve(tmp_path: Path) -> None:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the server did not become ready"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=2).json()["status"] == "ok":
-                    break
-            time.sleep(0.2)
+        wait_healthy(server, url)
         client = ollama.Client(host=url)
         assert "mock:latest" in [m.model for m in client.list().models]
         assert client.generate(model="mock", prompt="hello").done

@@ -4,7 +4,8 @@
   :func:`served_paths`: every route it serves; :func:`assert_routes_need_key`.
 - :class:`RecordingSink`: a metrics sink that keeps every event, for assertions.
 - :class:`LiveServer`: the app served by a real uvicorn on a free loopback port, so the
-  official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it.
+  official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it;
+  :func:`wait_healthy` for a server started as a process.
 - :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
   plugin's tests to prove the plugin keeps the core's contracts.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -24,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import uvicorn
 
@@ -161,6 +164,21 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_healthy(process: subprocess.Popen[str], url: str, timeout: float = 120) -> None:
+    """Poll ``url``'s ``/health`` until it says ok, for a server started as ``process``
+    (``npu-proxy ...``); fails with the process's stderr if it exits first. The bound
+    only stops a hung test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(process.communicate()[1])
+        assert time.monotonic() < deadline, "the server did not become ready"
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if httpx.get(url + "/health", timeout=5).json()["status"] == "ok":
+                return
+        time.sleep(0.1)
 
 
 class LiveServer:
