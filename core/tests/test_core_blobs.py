@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from fastapi import APIRouter
 from npu_proxy.api import ApiDialect
-from npu_proxy.engine.blobs import BlobStore, BlobTooLargeError, blob_hex
+from npu_proxy.engine.blobs import BlobStorageError, BlobStore, BlobTooLargeError, blob_hex
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.formats import HubRequest, ModelFormat, ModelFormats, Peek, RemoteFile
 from npu_proxy.engine.store import ModelStore
@@ -83,6 +84,22 @@ async def test_a_failed_upload_leaves_nothing(
     blobs = BlobStore(tmp_path / "blobs", ttl=3600)
     with pytest.raises(error):
         await blobs.write(DIGEST, body(data, fail_after), max_size=limit)
+    assert list(blobs.folder.iterdir()) == []
+
+
+async def test_a_full_disk_is_507_naming_no_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = BlobStore(tmp_path / "blobs", ttl=3600)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(BlobStorageError) as caught:
+        await blobs.write(DIGEST, body(DATA), max_size=len(DATA))
+    assert caught.value.status == 507
+    assert caught.value.message == "the blob cannot be stored: No space left on device"
     assert list(blobs.folder.iterdir()) == []
 
 

@@ -19,15 +19,17 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from .errors import EngineError, InvalidRequestError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOBS = "blobs"
 _UPLOAD_PREFIX = ".upload-"
@@ -35,12 +37,23 @@ _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 #: Bytes gathered before one write (and hash update) in a worker thread.
 _WRITE_CHUNK = 1 << 20
 
+FileId = tuple[int, int, int]
+"""A file's device, inode number and modification time (ns): the same for a hard link
+and its blob."""
+
 
 class BlobTooLargeError(EngineError):
     """An upload passed the size cap (``NPU_PROXY_MAX_BLOB``)."""
 
     status = 413
     code = "too_large"
+
+
+class BlobStorageError(EngineError):
+    """The disk refused an upload (full, read-only); the message names no path."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 def blob_hex(digest: object) -> str:
@@ -68,6 +81,9 @@ class BlobStore:
     def __init__(self, folder: Path, ttl: float) -> None:
         self.folder = folder
         self.ttl = ttl
+        # A blob is linked into a model and pruned under one lock, so a prune never
+        # removes a blob between a create's check and its link.
+        self._linking = threading.Lock()
 
     def _file(self, digest: str) -> Path:
         return self.folder / f"sha256-{blob_hex(digest)}"
@@ -96,14 +112,15 @@ class BlobStore:
 
         Raises InvalidRequestError when the body's sha256 is not ``digest`` and
         :class:`BlobTooLargeError` past ``max_size`` bytes; nothing is left behind then
-        (nor when the client goes away mid-upload).
+        (nor when the client goes away mid-upload). :class:`BlobStorageError` when the
+        disk refuses the file.
         """
         final = self._file(digest)
         if await asyncio.to_thread(self.has, digest):
             return False
-        await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
         temp = self.folder / f"{_UPLOAD_PREFIX}{uuid.uuid4().hex}"
-        stream = await asyncio.to_thread(temp.open, "wb")
+        await _on_disk(self.folder.mkdir, parents=True, exist_ok=True)
+        stream = await _on_disk(_create, temp)
         sha = hashlib.sha256()
         try:
             size = 0
@@ -117,15 +134,15 @@ class BlobStore:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= _WRITE_CHUNK:
-                    await asyncio.to_thread(_write, stream, sha, pending)
+                    await _on_disk(_write, stream, sha, pending)
                     pending, pending_size = [], 0
-            await asyncio.to_thread(_write, stream, sha, pending, finish=True)
+            await _on_disk(_write, stream, sha, pending, finish=True)
             if sha.hexdigest() != blob_hex(digest):
                 raise InvalidRequestError(
                     f"digest mismatch: expected {digest}, got sha256:{sha.hexdigest()}",
                     param="digest",
                 )
-            await asyncio.to_thread(os.replace, temp, final)
+            await _on_disk(os.replace, temp, final)
         except BaseException:
             await asyncio.to_thread(_discard, stream, temp)
             raise
@@ -134,21 +151,30 @@ class BlobStore:
         return True
 
     def link(self, digest: str, target: Path) -> None:
-        """Put blob ``digest`` at ``target``: a hard link, or a copy where links fail."""
-        source = self.path(digest)
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
+        """Put blob ``digest`` at ``target``: a hard link, or a copy where links fail.
+        InvalidRequestError (naming the digest) if the blob is not stored."""
+        with self._linking:
+            source = self.path(digest)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
 
-    def prune(self, released: Iterable[int] = ()) -> list[str]:
-        """Remove blobs no model uses: those whose last user just went (their inode
-        numbers in ``released``), and the ones unused for ``ttl`` seconds; also
-        uploads abandoned for that long. Returns the digests removed."""
+    def prune(self, released: Iterable[FileId] = ()) -> list[str]:
+        """Remove blobs no model uses: those whose last user just went (``released``,
+        the :func:`file_ids` of a deleted model's files), and the ones unused for
+        ``ttl`` seconds; also uploads abandoned for that long. Returns the digests
+        removed."""
         if not self.folder.is_dir():
             return []
-        released = set(released)
         cutoff = time.time() - self.ttl
+        with self._linking:
+            removed = self._prune(set(released), cutoff)
+        if removed:
+            log.info("removed %d blob(s) no model uses", len(removed))
+        return removed
+
+    def _prune(self, released: set[FileId], cutoff: float) -> list[str]:
         removed = []
         for entry in self.folder.iterdir():
             with contextlib.suppress(OSError):
@@ -158,12 +184,23 @@ class BlobStore:
                         entry.unlink()
                     continue
                 unused = stat.st_nlink <= 1
-                if unused and (stat.st_ino in released or stat.st_mtime < cutoff):
+                if unused and (_file_id(stat) in released or stat.st_mtime < cutoff):
                     entry.unlink()
                     removed.append("sha256:" + entry.name.removeprefix("sha256-"))
-        if removed:
-            log.info("removed %d blob(s) no model uses", len(removed))
         return removed
+
+
+async def _on_disk(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``work`` in a worker thread; an OSError (a full or read-only disk) becomes a
+    :class:`BlobStorageError` that names no path."""
+    try:
+        return await asyncio.to_thread(work, *args, **kwargs)
+    except OSError as exc:
+        raise BlobStorageError(f"the blob cannot be stored: {exc.strerror}") from None
+
+
+def _create(path: Path) -> BinaryIO:
+    return path.open("wb")
 
 
 def _write(stream: BinaryIO, sha: hashlib._Hash, chunks: list[bytes], finish: bool = False) -> None:
@@ -181,11 +218,16 @@ def _discard(stream: BinaryIO, temp: Path) -> None:
     temp.unlink(missing_ok=True)
 
 
-def inodes(folder: Path) -> set[int]:
-    """The inode numbers of the files in ``folder`` (what a deleted model releases)."""
+def file_ids(folder: Path) -> set[FileId]:
+    """Who the files in ``folder`` are (what a deleted model releases): a hard link
+    and its blob share them, and a file that merely reuses an inode number does not."""
     found = set()
     for path in folder.rglob("*"):
         with contextlib.suppress(OSError):
             if path.is_file():
-                found.add(path.stat().st_ino)
+                found.add(_file_id(path.stat()))
     return found
+
+
+def _file_id(stat: os.stat_result) -> FileId:
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns

@@ -29,7 +29,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .blobs import BLOBS, BlobStore, inodes
+from .blobs import BLOBS, BlobStore, file_ids
 from .errors import InvalidRequestError, ModelNotFoundError, ModelStoreError
 from .formats import ModelFormatError, ModelFormats
 from .names import WINDOWS_RESERVED, parse_model_name
@@ -303,7 +303,7 @@ class ModelStore:
             os.replace(final, old)
         os.replace(staging, final)
         if old is not None:
-            released = inodes(old)
+            released = file_ids(old)
             shutil.rmtree(old, ignore_errors=True)
             self.blobs.prune(released)
         if info.path is not None and info.path.is_relative_to(staging):
@@ -415,7 +415,7 @@ class ModelStore:
             if not any(folder.iterdir()):
                 folder.rmdir()
         else:
-            released = inodes(folder)
+            released = file_ids(folder)
             shutil.rmtree(folder, ignore_errors=True)
             self.blobs.prune(released)  # the blobs only this model used
         with self._lock:
