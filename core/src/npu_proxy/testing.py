@@ -32,7 +32,7 @@ import uvicorn
 
 from .app import create_app
 from .engine.backend import Backend, LoadedModel
-from .engine.errors import PromptTooLongError
+from .engine.errors import CapabilityError, PromptTooLongError
 from .engine.events import MetricsSink
 from .engine.routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
 from .engine.types import (
@@ -257,6 +257,25 @@ class BackendContract:
         short = await backend.count_tokens(model, self.request("Hi"))
         long = await backend.count_tokens(model, self.request("Hi " * 50))
         assert 0 < short < long
+
+    async def test_renders_tokenizes_and_reads_back_or_says_it_cannot(
+        self, backend: Backend, model: ModelInfo
+    ) -> None:
+        """Ollama's ``context`` needs all three: the rendered prompt's ids read back as
+        the same text. A backend without them refuses each with a CapabilityError."""
+        request = self.request("Say hello.")
+        try:
+            rendered = await backend.render(model, request)
+        except CapabilityError:
+            with pytest.raises(CapabilityError):
+                await backend.tokenize(model, "Say hello.")
+            with pytest.raises(CapabilityError):
+                await backend.detokenize(model, [1])
+            return
+        assert "Say hello." in rendered
+        ids = await backend.tokenize(model, rendered)
+        assert ids and all(isinstance(i, int) and i >= 0 for i in ids)
+        assert await backend.detokenize(model, ids) == rendered
 
     async def test_stream_ends_with_one_done_and_true_counts(
         self, backend: Backend, model: ModelInfo, loaded: LoadedModel
