@@ -209,7 +209,7 @@ class OpenVINOBackend(Backend):
     async def tokenize(self, model: ModelInfo, text: str) -> list[int]:
         """Token ids of ``text`` with the model's tokenizer, no special token added."""
         tokenizer = await self._tokenizer(model)
-        return list(await asyncio.to_thread(tokens.encode, tokenizer, text, False))
+        return list(await asyncio.to_thread(tokens.encode, tokenizer, text, special=False))
 
     async def detokenize(self, model: ModelInfo, ids: list[int]) -> str:
         """The text of ``ids``, special tokens written out (what :meth:`tokenize` reads)."""

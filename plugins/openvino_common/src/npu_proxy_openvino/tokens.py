@@ -24,14 +24,11 @@ def count(tokenizer: Any, text: str) -> int:
         return int(encoded.input_ids.get_shape()[1])
 
 
-def encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> tuple[int, ...]:
-    """The token ids GenAI would feed for the string ``text`` (special tokens included);
-    with ``add_special_tokens=False``, only the ids of the text itself."""
+def encode(tokenizer: Any, text: str, *, special: bool = True) -> tuple[int, ...]:
+    """The token ids GenAI would feed for the string ``text`` (special tokens included;
+    ``special=False``: only the text's own, to append to a prompt)."""
     with _ENCODING:
-        if add_special_tokens:
-            ids = tokenizer.encode(text).input_ids
-        else:
-            ids = tokenizer.encode(text, add_special_tokens=False).input_ids
+        ids = tokenizer.encode(text, add_special_tokens=special).input_ids
         return tuple(int(i) for i in ids.data[0])
 
 
