@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     model_path: Path = Field(
         Path("~/.cache/npu-proxy/models"), description="Model store directory."
     )
+    max_blob: int = Field(
+        64 * 1024**3, ge=1024, description="Largest file uploaded as a blob (Ollama's "
+        "'/api/blobs', which 'ollama create' uses), in bytes ('64GiB'); larger ones get 413."
+    )
+    blob_ttl: float = Field(
+        3600.0, ge=0, description="Seconds an uploaded blob that no model uses is kept "
+        "(a model made from it keeps it until the model is deleted)."
+    )
     inference_timeout: float = Field(
         180.0, gt=0, description="Seconds a generation may run before it is stopped."
     )
@@ -174,14 +182,6 @@ class Settings(BaseSettings):
     max_body: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes "
         "('32MiB'); larger ones get 413 before parsing."
-    )
-    max_blob: int = Field(
-        64 * 1024**3, ge=1024, description="Largest file uploaded as a blob (Ollama's "
-        "'/api/blobs', which 'ollama create' uses), in bytes ('64GiB'); larger ones get 413."
-    )
-    blob_ttl: float = Field(
-        3600.0, ge=0, description="Seconds an uploaded blob that no model uses is kept "
-        "(a model made from it keeps it until the model is deleted)."
     )
 
     @field_validator("allowed_clients", "allowed_hosts", "origins", mode="before")

@@ -147,15 +147,15 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             turns = [Message(role="system", content=system)] if system else []
             turns.append(Message(role="user", content=body.prompt, images=images))
             generation = common.request(messages=tuple(turns), suffix=body.suffix or None)
-            if body.context:
-                if images:
-                    raise InvalidRequestError(
-                        "images cannot be combined with context", param="images")
-                generation = await continue_from(ctx, info, body.context, generation)
         encoder = GenerateEncoder(name, show_thinking=body.think is not False)
         stream = body.stream is not False
         if body.raw:  # as Ollama: a raw prompt neither reads nor returns a context
             return await respond(ctx, request, generation, encoder, stream)
+        if body.context:
+            if images:
+                raise InvalidRequestError("images cannot be combined with context",
+                                          param="images")
+            generation = await continue_from(ctx, info, body.context, generation)
         final = generation
 
         async def record_context(answer: str) -> None:
