@@ -118,19 +118,19 @@ class SecurityMiddleware:
         app: ASGIApp,
         *,
         render: Render,
+        uploads: tuple[str, ...] = (),
         api_key: str | None,
         clients: list,  # type: ignore[type-arg]
         hosts: HostPolicy,
         max_body: int,
-        uploads: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.render = render
+        self.uploads = tuple(p.rstrip("/") + "/" for p in uploads)
         self.api_key = api_key.encode() if api_key else None
         self.clients = clients
         self.hosts = hosts
         self.max_body = max_body
-        self.uploads = tuple(p.rstrip("/") + "/" for p in uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,7 +142,7 @@ class SecurityMiddleware:
         if refusal is not None:
             await self.render(path, *refusal, None)(scope, receive, send)
             return
-        if scope["method"] in _BODY_METHODS and not path.startswith(self.uploads):
+        if scope["method"] in _BODY_METHODS and not scope["path"].startswith(self.uploads):
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 await self._too_large(scope, receive, send)
