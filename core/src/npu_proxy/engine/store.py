@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import uuid
@@ -39,8 +38,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
-#: A file name a model made from blobs may give one of its files: one path component.
-_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+#: Characters no file name may hold on Windows (besides control characters).
+_NOT_IN_FILE_NAMES = frozenset('<>:"/\\|?*')
+MAX_FILE_NAME = 200
 
 
 #: Keys of the loose ``extra`` mapping that manifests written before typed details
@@ -453,10 +453,21 @@ class ModelStore:
 
 
 def _check_file_name(name: str) -> None:
-    """A file name in a model folder: one component, the same on every platform."""
-    stem = name.split(".", 1)[0].lower()
-    if not _FILE_NAME.match(name) or name.endswith(".") or stem in WINDOWS_RESERVED:
+    """A file name in a model folder: one component that means the same file on every
+    platform (no separator, no character Windows forbids, no leading dot or space, no
+    trailing dot or space, no reserved device name)."""
+    stem = name.split(".", 1)[0].rstrip().lower()
+    portable = (
+        0 < len(name) <= MAX_FILE_NAME
+        and not name.startswith((".", " "))
+        and not name.endswith((".", " "))
+        and all(ord(c) >= 32 and ord(c) != 127 and c not in _NOT_IN_FILE_NAMES for c in name)
+        and stem not in WINDOWS_RESERVED
+    )
+    if not portable:
+        shown = name if len(name) <= 60 else name[:57] + "..."
         raise InvalidRequestError(
-            "files must map plain file names (letters, digits, '_', '.', '-') to digests",
+            f"files: {shown!r} is not a plain file name (one name, no folder, the same "
+            "on every platform)",
             param="files",
         )
