@@ -38,12 +38,52 @@ def test_names_are_canonical(name: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "   ", "../../etc/passwd", "..", "a/../b", "C:\\x", "C:x", "/abs/path", "a\\b",
+    ["", "   ", "../../etc/passwd", "..", "a/../b", "C:\\x", "C:/x", "/abs/path", "a\\b",
      "nul\x00byte", "cr\rlf\n", "x" * 300, "a/b/c/d", "model:", ":tag", "bad name", 42, None],
 )
 def test_unsafe_names_are_refused(name: object) -> None:
     with pytest.raises(InvalidRequestError):
         parse_model_name(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    # One-letter models read like drive-relative paths ("C:x") but are Ollama names:
+    # the name never becomes a path, only its "--"-joined folder does.
+    [("x", "x:latest"), ("x:latest", "x:latest"), ("A", "a:latest"), ("C:x", "c:x"),
+     ("ns/a:b", "ns/a:b"), ("console", "console:latest"), ("com10", "com10:latest"),
+     ("lpt0:x", "lpt0:x"), ("auxiliary.v2", "auxiliary.v2:latest")],
+)
+def test_one_letter_names_and_near_reserved_names_are_accepted(name: str, expected: str) -> None:
+    assert canonical(name) == expected
+    assert canonical(expected) == expected  # the canonical form parses again
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["victim:latest.", "victim.:latest", "ns./victim", "con", "CON:latest", "prn", "aux:1",
+     "nul.txt", "x:nul", "com1", "COM9.model", "lpt1", "lpt9:q4", "ns/con", "con/x",
+     "lpt5.x.y:latest"],
+)
+def test_names_windows_would_alias_are_refused_everywhere(name: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        parse_model_name(name)
+
+
+def test_a_trailing_space_is_trimmed_not_kept_in_the_folder() -> None:
+    assert parse_model_name("victim:latest ").folder == "victim--latest"
+
+
+def test_one_letter_models_are_created_copied_and_listed(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.register(model("base:1", tmp_path / "elsewhere.gguf"))
+    store.copy("base:1", "a")
+    store.write(replace(store.resolve("base:1"), name="x"))
+    fresh = ModelStore(tmp_path)
+    fresh.scan()
+    assert {m.name for m in fresh.models()} == {"a:latest", "x:latest"}
+    fresh.delete("a")
+    assert [m.name for m in fresh.models()] == ["x:latest"]
 
 
 def test_folder_names_stay_inside_the_store() -> None:

@@ -4,16 +4,14 @@ out, which is named with its plugin instead of failing on a 404."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import openai
-from npu_proxy.testing import LiveServer, free_port
+from npu_proxy.testing import LiveServer, free_port, wait_healthy
 
 
 def npu_proxy(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,14 +58,7 @@ def test_a_server_composed_without_the_ollama_plugin_serves_openai(tmp_path: Pat
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the server did not become ready"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=2).json()["status"] == "ok":
-                    break
-            time.sleep(0.2)
+        wait_healthy(server, url)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
         raw = client.chat.completions.with_raw_response.create(
             model="smollm2:135m", max_tokens=8, temperature=0,

@@ -31,6 +31,10 @@ class ApiDialect(abc.ABC):
 
     name: str
     prefixes: tuple[str, ...] = ()
+    #: Path prefixes whose routes stream their request body under their own size limit
+    #: (file uploads): the core neither buffers those bodies nor applies
+    #: ``NPU_PROXY_MAX_BODY`` to them.
+    uploads: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def router(self, ctx: ServerContext) -> APIRouter:

@@ -81,7 +81,8 @@ def build_context(settings: Settings, host: PluginHost) -> ServerContext:
         sinks = host.collect("npu_proxy_register_metrics_sinks", MetricsSink, settings)  # type: ignore[type-abstract]
     except PluginError as exc:
         raise StartupError(str(exc)) from None
-    store = ModelStore(settings.model_path, formats=ModelFormats(f for _, f in formats))
+    store = ModelStore(settings.model_path, formats=ModelFormats(f for _, f in formats),
+                       blob_ttl=settings.blob_ttl)
     for plugin, model in models:
         try:
             store.register(model)
@@ -217,6 +218,7 @@ def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
         render=lambda path, status, message, code, headers: error_response(
             ctx, path, HttpError(status, message, code=code, headers=headers)),
         **policy_options(settings),
+        uploads=tuple(p for d in ctx.dialects for p in d.uploads),
     )
     app.add_middleware(
         CORSMiddleware,

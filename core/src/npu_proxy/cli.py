@@ -13,6 +13,7 @@ import json
 import logging
 import logging.config
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -140,41 +141,78 @@ def _selection(ctx: click.Context) -> list[str] | None:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+#: ``serve``'s options. Every one defaults to None ("not given"), so the settings'
+#: own default or ``NPU_PROXY_*`` variable applies.
+_SERVE_OPTIONS = (
+    click.option("--host", help="Bind address [NPU_PROXY_HOST, default 0.0.0.0]."),
+    click.option("--port", type=int, help="Port [NPU_PROXY_PORT, default 11435]."),
+    click.option("--device", help="Preferred device: NPU, GPU or CPU [NPU_PROXY_DEVICE]."),
+    click.option("--fallback-device", help="Fallback device [NPU_PROXY_FALLBACK_DEVICE]."),
+    click.option("--routing", help="Routing policy by name [NPU_PROXY_ROUTING]."),
+    click.option("--model-path", help="Model store directory [NPU_PROXY_MODEL_PATH]."),
+    click.option("--real-inference/--mock", default=None,
+                 help="Real inference or the mock backend [NPU_PROXY_REAL_INFERENCE]."),
+    click.option("--warmup/--no-warmup", default=None,
+                 help="Load the default model at startup [NPU_PROXY_WARMUP]."),
+    click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR [NPU_PROXY_LOG_LEVEL]."),
+)
+_SERVE_FLAGS = "npu_proxy.serve_flags"
+
+
+def _serve_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add ``serve``'s options to ``command`` (the group takes them too)."""
+    for option in reversed(_SERVE_OPTIONS):
+        command = option(command)
+    return command
+
+
+@click.group(cls=_Main, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--plugins",
     help="Comma-separated plugin names to load (default: every installed plugin).",
     metavar="A,B,...",
 )
+@_serve_options
 @click.version_option(__version__, prog_name="npu-proxy")
 @click.pass_context
-def main(ctx: click.Context, plugins: str | None) -> None:
-    """Local inference on Intel NPU, GPU and CPU behind the Ollama, OpenAI and Anthropic APIs."""
+def main(ctx: click.Context, /, plugins: str | None, **flags: Any) -> None:
+    """Local inference on Intel NPU, GPU and CPU behind the Ollama, OpenAI and Anthropic APIs.
+
+    Without a command it serves: 'npu-proxy --host 127.0.0.1 --port 11435' is
+    'npu-proxy serve --host 127.0.0.1 --port 11435'. The server's options given before a
+    command apply to serve only.
+    """
     ctx.ensure_object(dict)
     ctx.obj["plugins"] = plugins
+    given = {name: value for name, value in flags.items() if value is not None}
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve, **flags)
+    elif ctx.invoked_subcommand == "serve":
+        ctx.meta[_SERVE_FLAGS] = given  # serve's own options win over these
+    elif given:
+        shown = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
+        raise click.UsageError(
+            f"{shown} configure the server: give them without a command, or after 'serve'"
+        )
 
 
 @main.command()
-@click.option("--host", help="Bind address [NPU_PROXY_HOST, default 0.0.0.0].")
-@click.option("--port", type=int, help="Port [NPU_PROXY_PORT, default 11435].")
-@click.option("--device", help="Preferred device: NPU, GPU or CPU [NPU_PROXY_DEVICE].")
-@click.option("--fallback-device", help="Fallback device [NPU_PROXY_FALLBACK_DEVICE].")
-@click.option("--routing", help="Routing policy by name [NPU_PROXY_ROUTING].")
-@click.option("--model-path", help="Model store directory [NPU_PROXY_MODEL_PATH].")
-@click.option("--real-inference/--mock", default=None,
-              help="Real inference or the mock backend [NPU_PROXY_REAL_INFERENCE].")
-@click.option("--warmup/--no-warmup", default=None,
-              help="Load the default model at startup [NPU_PROXY_WARMUP].")
-@click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR [NPU_PROXY_LOG_LEVEL].")
+@_serve_options
 @click.pass_context
 def serve(ctx: click.Context, /, **flags: Any) -> None:
-    """Start the server."""
+    """Start the server.
+
+    npu-proxy without a command does the same, with the same options.
+    """
     import uvicorn
 
     from .app import StartupError, create_app
     from .boot import StagedApp, StagedServer
     from .logs import log_config
 
+    top: dict[str, Any] = ctx.meta.get(_SERVE_FLAGS, {})
+    flags = {**top, **{name: value for name, value in flags.items() if value is not None}}
     settings = _settings(ctx, **flags)
     if settings.plugins is not None:
         _check_plugins(settings.plugins)  # before binding: an unknown name is a typo

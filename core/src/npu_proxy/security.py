@@ -118,6 +118,7 @@ class SecurityMiddleware:
         app: ASGIApp,
         *,
         render: Render,
+        uploads: tuple[str, ...] = (),
         api_key: str | None,
         clients: list,  # type: ignore[type-arg]
         hosts: HostPolicy,
@@ -125,6 +126,7 @@ class SecurityMiddleware:
     ) -> None:
         self.app = app
         self.render = render
+        self.uploads = tuple(p.rstrip("/") + "/" for p in uploads)
         self.api_key = api_key.encode() if api_key else None
         self.clients = clients
         self.hosts = hosts
@@ -140,7 +142,7 @@ class SecurityMiddleware:
         if refusal is not None:
             await self.render(path, *refusal, None)(scope, receive, send)
             return
-        if scope["method"] in _BODY_METHODS:
+        if scope["method"] in _BODY_METHODS and not scope["path"].startswith(self.uploads):
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 await self._too_large(scope, receive, send)

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     model_path: Path = Field(
         Path("~/.cache/npu-proxy/models"), description="Model store directory."
     )
+    max_blob: int = Field(
+        64 * 1024**3, ge=1024, description="Largest file uploaded as a blob (Ollama's "
+        "'/api/blobs', which 'ollama create' uses), in bytes ('64GiB'); larger ones get 413."
+    )
+    blob_ttl: float = Field(
+        3600.0, ge=0, description="Seconds an uploaded blob that no model uses is kept "
+        "(a model made from it keeps it until the model is deleted)."
+    )
     inference_timeout: float = Field(
         180.0, gt=0, description="Seconds a generation may run before it is stopped."
     )
@@ -193,6 +201,11 @@ class Settings(BaseSettings):
     @field_validator("max_body", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("max_blob", mode="before")
+    @classmethod
+    def _blob_size(cls, value: Any) -> int:
         return parse_size(value)
 
     @field_validator("api_key", mode="before")

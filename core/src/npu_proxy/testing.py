@@ -4,7 +4,8 @@
   :func:`served_paths`: every route it serves; :func:`assert_routes_need_key`.
 - :class:`RecordingSink`: a metrics sink that keeps every event, for assertions.
 - :class:`LiveServer`: the app served by a real uvicorn on a free loopback port, so the
-  official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it.
+  official ``ollama``, ``openai`` and ``anthropic`` clients can talk to it;
+  :func:`wait_healthy` for a server started as a process.
 - :class:`BackendContract` and :class:`RoutingPolicyContract`: subclass them in a
   plugin's tests to prove the plugin keeps the core's contracts.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -24,12 +26,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import uvicorn
 
 from .app import create_app
 from .engine.backend import Backend, LoadedModel
-from .engine.errors import PromptTooLongError
+from .engine.errors import CapabilityError, PromptTooLongError
 from .engine.events import MetricsSink
 from .engine.routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
 from .engine.types import (
@@ -163,6 +166,21 @@ def free_port() -> int:
         return port
 
 
+def wait_healthy(process: subprocess.Popen[str], url: str, timeout: float = 120) -> None:
+    """Poll ``url``'s ``/health`` until it says ok, for a server started as ``process``
+    (``npu-proxy ...``); fails with the process's stderr if it exits first. The bound
+    only stops a hung test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(process.communicate()[1])
+        assert time.monotonic() < deadline, "the server did not become ready"
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if httpx.get(url + "/health", timeout=5).json()["status"] == "ok":
+                return
+        time.sleep(0.1)
+
+
 class LiveServer:
     """Serve ``app`` with uvicorn in a background thread; use as a context manager.
 
@@ -239,6 +257,25 @@ class BackendContract:
         short = await backend.count_tokens(model, self.request("Hi"))
         long = await backend.count_tokens(model, self.request("Hi " * 50))
         assert 0 < short < long
+
+    async def test_renders_tokenizes_and_reads_back_or_says_it_cannot(
+        self, backend: Backend, model: ModelInfo
+    ) -> None:
+        """Ollama's ``context`` needs all three: the rendered prompt's ids read back as
+        the same text. A backend without them refuses each with a CapabilityError."""
+        request = self.request("Say hello.")
+        try:
+            rendered = await backend.render(model, request)
+        except CapabilityError:
+            with pytest.raises(CapabilityError):
+                await backend.tokenize(model, "Say hello.")
+            with pytest.raises(CapabilityError):
+                await backend.detokenize(model, [1])
+            return
+        assert "Say hello." in rendered
+        ids = await backend.tokenize(model, rendered)
+        assert ids and all(isinstance(i, int) and i >= 0 for i in ids)
+        assert await backend.detokenize(model, ids) == rendered
 
     async def test_stream_ends_with_one_done_and_true_counts(
         self, backend: Backend, model: ModelInfo, loaded: LoadedModel

@@ -117,12 +117,13 @@ def test_pull_of_an_unknown_name_is_404_naming_the_aliases(
     assert "tinyllama" in caught.value.error
 
 
-def test_push_and_blobs_are_501(server: LiveServer) -> None:
+def test_push_is_501_and_blobs_are_checked(server: LiveServer) -> None:
     push = httpx.post(server.url + "/api/push", json={"model": "mock"})
     assert push.status_code == 501 and "error" in push.json()
+    # Blobs are served (test_ollama_blobs.py): a body that is not the digest is a 400.
     blob = httpx.post(server.url + "/api/blobs/sha256:" + "0" * 64, content=b"x")
-    assert blob.status_code == 501 and "error" in blob.json()
-    assert httpx.head(server.url + "/api/blobs/sha256:" + "0" * 64).status_code == 501
+    assert blob.status_code == 400 and "error" in blob.json()
+    assert httpx.head(server.url + "/api/blobs/sha256:" + "0" * 64).status_code == 404
 
 
 def test_unknown_route_and_method_use_ollamas_shape(server: LiveServer) -> None:

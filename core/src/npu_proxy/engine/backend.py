@@ -141,6 +141,24 @@ class Backend(abc.ABC):
         """Tokens of each plain text (no template), with the model's tokenizer."""
         raise CapabilityError(f"the {self.name} backend cannot count tokens of plain text")
 
+    # The model's template and tokenizer as llama.cpp's server offers them
+    # (/apply-template, /tokenize, /detokenize): what Ollama's ``context`` is made of.
+
+    async def render(self, model: ModelInfo, request: GenerationRequest) -> str:
+        """The prompt of ``request`` as text, exactly as ``model`` reads it (its chat
+        template applied to ``messages``; a raw ``prompt`` as it is)."""
+        raise CapabilityError(f"the {self.name} backend cannot show a rendered prompt")
+
+    async def tokenize(self, model: ModelInfo, text: str) -> list[int]:
+        """The token ids of ``text`` with the model's tokenizer; no special token is
+        added, and the markers a template wrote read as the special tokens they are."""
+        raise CapabilityError(f"the {self.name} backend cannot tokenize text")
+
+    async def detokenize(self, model: ModelInfo, ids: list[int]) -> str:
+        """The text of token ids (special tokens written out), the inverse of
+        :meth:`tokenize`. Raises InvalidRequestError for ids the tokenizer lacks."""
+        raise CapabilityError(f"the {self.name} backend cannot detokenize")
+
     @abc.abstractmethod
     async def load(self, model: ModelInfo) -> LoadedModel:
         """Load ``model`` onto the device and return it ready to generate.

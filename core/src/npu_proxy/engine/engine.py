@@ -416,6 +416,27 @@ class Engine:
         backend = self._counting_backend(model, self.settings.device)
         return (await backend.prepare(model, request)).token_count
 
+    async def render(self, request: GenerationRequest) -> str:
+        """``request``'s prompt as its model reads it (:meth:`Backend.render`), by the
+        backend that counts its tokens; CapabilityError if that backend cannot."""
+        model, backend = await self._text_backend(request.model)
+        return await backend.render(model, request)
+
+    async def tokenize(self, name: str, text: str) -> list[int]:
+        """``text``'s token ids with model ``name``'s tokenizer (:meth:`Backend.tokenize`)."""
+        model, backend = await self._text_backend(name)
+        return await backend.tokenize(model, text)
+
+    async def detokenize(self, name: str, ids: list[int]) -> str:
+        """The text of token ids of model ``name`` (:meth:`Backend.detokenize`)."""
+        model, backend = await self._text_backend(name)
+        return await backend.detokenize(model, ids)
+
+    async def _text_backend(self, name: str) -> tuple[ModelInfo, Backend]:
+        await self._probed.wait()
+        model = self.resolve(name, Capability.COMPLETION)
+        return model, self._counting_backend(model, self.settings.device)
+
     def resolve(self, name: str, capability: Capability) -> ModelInfo:
         """The model called ``name``, which must have ``capability``."""
         model = self.store.resolve(name)

@@ -2,7 +2,8 @@
 
 Three sources: models plugins ship (registered at startup, e.g. the embedded defaults),
 models stored under ``NPU_PROXY_MODEL_PATH``, one folder per model with a
-``manifest.json``, and models a backend discovers while the server runs (a remote
+``manifest.json`` (beside them, ``blobs/`` holds uploaded files by digest, see
+:mod:`.blobs`), and models a backend discovers while the server runs (a remote
 engine's ``/v1/models``, :meth:`ModelStore.set_discovered`). A stored model shadows a
 registered one of the same name, and both shadow a discovered one. Lookups
 come from an in-memory index; the disk is read at :meth:`ModelStore.scan` (in a
@@ -19,7 +20,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,15 +28,19 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .blobs import BLOBS, BlobStore, file_ids
 from .errors import InvalidRequestError, ModelNotFoundError, ModelStoreError
 from .formats import ModelFormatError, ModelFormats
-from .names import parse_model_name
+from .names import WINDOWS_RESERVED, parse_model_name
 from .types import Capability, ModelInfo, PulledFile, PulledFrom
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
+#: Characters no file name may hold on Windows (besides control characters).
+_NOT_IN_FILE_NAMES = frozenset('<>:"/\\|?*')
+MAX_FILE_NAME = 200
 
 
 #: Keys of the loose ``extra`` mapping that manifests written before typed details
@@ -128,6 +133,7 @@ class ModelStore:
 
     ``formats`` are the registered model formats: they describe imported files, read
     the details in manifests, and validate every model registered or written.
+    ``blob_ttl`` is how long an uploaded blob no model uses is kept.
     """
 
     def __init__(
@@ -135,9 +141,11 @@ class ModelStore:
         root: Path,
         registered: dict[str, ModelInfo] | None = None,
         formats: ModelFormats | None = None,
+        blob_ttl: float = 3600.0,
     ) -> None:
         self.root = root
         self.formats = formats or ModelFormats()
+        self.blobs = BlobStore(root / BLOBS, blob_ttl)
         self._registered: dict[str, ModelInfo] = dict(registered or {})
         self._stored: dict[str, ModelInfo] = {}
         #: models discovered at run time, per source (a backend's name)
@@ -205,7 +213,8 @@ class ModelStore:
         """Read every manifest under the root.
 
         With ``remove_leftovers``, also delete staging folders of killed pulls (never
-        one that a running pull still holds the lock for).
+        one that a running pull still holds the lock for), and blobs no model uses
+        that are older than the blob time-to-live.
         """
         found: dict[str, ModelInfo] = {}
         if self.root.is_dir():
@@ -226,6 +235,8 @@ class ModelStore:
                     log.warning("skipping unreadable manifest in %s: %s", entry.name, exc)
         with self._lock:
             self._stored = found
+        if remove_leftovers:
+            self.blobs.prune()
 
     def _remove_leftover(self, staging: Path) -> None:
         """Remove an abandoned staging folder, unless a pull in progress still owns it."""
@@ -292,7 +303,9 @@ class ModelStore:
             os.replace(final, old)
         os.replace(staging, final)
         if old is not None:
+            released = file_ids(old)
             shutil.rmtree(old, ignore_errors=True)
+            self.blobs.prune(released)
         if info.path is not None and info.path.is_relative_to(staging):
             info = replace(info, path=final / info.path.relative_to(staging))
         with self._lock:
@@ -318,20 +331,60 @@ class ModelStore:
             path = path.resolve(strict=True)
         except (OSError, RuntimeError):
             raise InvalidRequestError("the model files do not exist on the server") from None
+        info = self._describe(path, key, "local file" if path.is_file() else "local folder")
+        return self.write(adjust(info) if adjust is not None else info)
+
+    def _describe(self, path: Path, key: str, source: str, digest: str = "") -> ModelInfo:
+        """What the registered formats say of ``path``, with its size, digest and time."""
         try:
             info = self.formats.describe(path, key)
             files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
-            info = replace(
+            return replace(
                 info,
                 path=info.path or path,
                 size=info.size or sum(p.stat().st_size for p in files),
-                digest=info.digest or tree_digest(path),
+                digest=info.digest or digest or tree_digest(path),
                 modified_at=info.modified_at or datetime.now(UTC),
-                source=info.source or ("local file" if path.is_file() else "local folder"),
+                source=info.source or source,
             )
         except OSError:
             raise ModelFormatError("the model files cannot be read") from None
-        return self.write(adjust(info) if adjust is not None else info)
+
+    def import_blobs(
+        self,
+        files: Mapping[str, str],
+        name: str,
+        adjust: Callable[[ModelInfo], ModelInfo] | None = None,
+    ) -> ModelInfo:
+        """Make ``name`` from uploaded blobs: ``files`` maps a file name to a blob digest.
+
+        The model's folder holds the files under those names (hard links to the blobs),
+        one file being the model and several the files of one model folder; the
+        registered formats describe them as in :meth:`import_path`. Deleting the model
+        deletes its files, and then the blobs no other model uses. Raises
+        InvalidRequestError for a bad file name or a blob never uploaded (before
+        anything is written), a ModelFormatError when no format reads the files.
+        Blocking: call in a worker thread.
+        """
+        key = str(parse_model_name(name))
+        if not files:
+            raise InvalidRequestError("files is empty", param="files")
+        for file_name, digest in files.items():
+            _check_file_name(file_name)
+            self.blobs.path(digest)  # every blob is there before anything is written
+        staging = self.staging_folder(key)
+        try:
+            for file_name, digest in files.items():
+                self.blobs.link(digest, staging / file_name)
+            if len(files) == 1:
+                [(file_name, digest)] = files.items()
+                info = self._describe(staging / file_name, key, "uploaded file", digest)
+            else:
+                info = self._describe(staging, key, "uploaded files")
+            return self.install(staging, adjust(info) if adjust is not None else info)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def copy(self, source: str, destination: str) -> ModelInfo:
         """Make ``destination`` another name for ``source`` (files are shared, not copied)."""
@@ -362,7 +415,9 @@ class ModelStore:
             if not any(folder.iterdir()):
                 folder.rmdir()
         else:
+            released = file_ids(folder)
             shutil.rmtree(folder, ignore_errors=True)
+            self.blobs.prune(released)  # the blobs only this model used
         with self._lock:
             self._stored.pop(key, None)
 
@@ -380,6 +435,14 @@ class ModelStore:
     async def awrite(self, info: ModelInfo) -> ModelInfo:
         return await asyncio.to_thread(self.write, info)
 
+    async def aimport_blobs(
+        self,
+        files: Mapping[str, str],
+        name: str,
+        adjust: Callable[[ModelInfo], ModelInfo] | None = None,
+    ) -> ModelInfo:
+        return await asyncio.to_thread(self.import_blobs, files, name, adjust)
+
     async def aimport_path(
         self,
         path: Path,
@@ -387,3 +450,24 @@ class ModelStore:
         adjust: Callable[[ModelInfo], ModelInfo] | None = None,
     ) -> ModelInfo:
         return await asyncio.to_thread(self.import_path, path, name, adjust)
+
+
+def _check_file_name(name: str) -> None:
+    """A file name in a model folder: one component that means the same file on every
+    platform (no separator, no character Windows forbids, no leading dot or space, no
+    trailing dot or space, no reserved device name)."""
+    stem = name.split(".", 1)[0].rstrip().lower()
+    portable = (
+        0 < len(name) <= MAX_FILE_NAME
+        and not name.startswith((".", " "))
+        and not name.endswith((".", " "))
+        and all(ord(c) >= 32 and ord(c) != 127 and c not in _NOT_IN_FILE_NAMES for c in name)
+        and stem not in WINDOWS_RESERVED
+    )
+    if not portable:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise InvalidRequestError(
+            f"files: {shown!r} is not a plain file name (one name, no folder, the same "
+            "on every platform)",
+            param="files",
+        )

@@ -1,12 +1,15 @@
-"""``POST /api/create``: register a local model file or folder, or derive a model.
+"""``POST /api/create``: make a model from uploaded files, a local file or folder, or
+another model.
 
-``from`` names either an existing model (the new one shares its files and overrides
+Ollama's ``files`` maps file names to the digests of blobs uploaded first
+(``/api/blobs``): what the ``ollama`` CLI sends for ``FROM ./model.gguf`` and the Python
+client's ``create(files=...)`` after ``create_blob``. The model store lays the files out
+under those names (one file is the model, several the files of one model folder), the
+registered formats say what they are, and deleting the model deletes them. ``from``
+names either an existing model (the new one shares its files and overrides
 ``template``, ``system`` and ``parameters``) or an absolute path on this machine, which
-the model store imports: the registered model formats say what it is (with the
-OpenVINO plugin, a ``.gguf`` file or a folder holding OpenVINO IR). Ollama's ``files``
-mapping is accepted when its values are such paths; blob digests need ``/api/blobs``,
-which this server does not offer. The files stay where they are: the store records the
-path, and deleting the model never deletes them. Error messages never echo a path.
+the store imports where it is (deleting the model never deletes it); ``files`` values
+may be such paths too. Error messages never echo a path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from npu_proxy.context import ServerContext
+from npu_proxy.engine.blobs import is_digest
 from npu_proxy.engine.errors import InvalidRequestError, ModelNotFoundError
 from npu_proxy.engine.formats import ModelFormatError
 from npu_proxy.engine.names import canonical
@@ -65,10 +69,10 @@ def _source_path(body: CreateBody) -> Path | None:
     if body.files:
         paths = []
         for value in body.files.values():
-            if value.startswith("sha256:") or not Path(value).is_absolute():
+            if not Path(value).is_absolute():
                 raise InvalidRequestError(
-                    "files must map names to absolute paths on the server: blob uploads "
-                    "are not supported",
+                    "files must map names to blob digests (sha256:..., uploaded to "
+                    "/api/blobs) or to absolute paths on the server",
                     param="files",
                 )
             paths.append(Path(value))
@@ -106,6 +110,14 @@ async def _progress(digest: str) -> AsyncIterator[bytes]:
     yield line({"status": "success"})
 
 
+def _created(info: ModelInfo, body: CreateBody) -> Response:
+    if body.stream is False:
+        return JSONResponse({"status": "success"})
+    return ClosingStreamResponse(
+        _progress(info.digest.removeprefix("sha256:")), media_type=NDJSON
+    )
+
+
 def create_routes(ctx: ServerContext) -> APIRouter:
     """``POST /api/create``, closed over ``ctx``."""
     router = APIRouter()
@@ -131,6 +143,15 @@ def create_routes(ctx: ServerContext) -> APIRouter:
             )
         if body.parameters is not None:
             parse_options(body.parameters)  # refuse a wrong type now, not at every request
+        blobs = body.files or {}
+        if blobs and all(is_digest(v) for v in blobs.values()):
+            try:
+                info = await ctx.store.aimport_blobs(
+                    blobs, name, adjust=lambda found: _customised(found, body)
+                )
+            except ModelFormatError as exc:  # files no format reads, or unusable ones
+                raise InvalidRequestError(exc.message, param="files") from None
+            return _created(info, body)
         path = _source_path(body)
         if path is not None:
             try:
@@ -148,10 +169,6 @@ def create_routes(ctx: ServerContext) -> APIRouter:
                 raise _bad_path() from None
             info = replace(parent, name=name, modified_at=datetime.now(UTC), source=parent.name)
             info = await ctx.store.awrite(_customised(info, body))
-        if body.stream is False:
-            return JSONResponse({"status": "success"})
-        return ClosingStreamResponse(
-            _progress(info.digest.removeprefix("sha256:")), media_type=NDJSON
-        )
+        return _created(info, body)
 
     return router

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from npu_proxy.api import ApiDialect
 from npu_proxy.context import ServerContext
 
+from .blobs import BLOBS_PREFIX, blob_routes
 from .create import create_routes
 from .embeddings import embedding_routes
 from .inference import inference_routes
@@ -26,6 +27,7 @@ class OllamaApi(ApiDialect):
 
     name = "ollama"
     prefixes = ("/api",)
+    uploads = (BLOBS_PREFIX,)
 
     def router(self, ctx: ServerContext) -> APIRouter:
         router = APIRouter()
@@ -34,6 +36,7 @@ class OllamaApi(ApiDialect):
             embedding_routes(ctx),
             management_routes(ctx),
             create_routes(ctx),
+            blob_routes(ctx),
             pull_routes(ctx),
         ):
             router.include_router(part)

@@ -96,7 +96,12 @@ class Encoder(StreamEncoder[GenerationEvent]):
 
 
 class GenerateEncoder(Encoder):
-    """``/api/generate``: text in ``response``."""
+    """``/api/generate``: text in ``response``; ``context`` (token ids) in the final
+    object when it was set before that object is encoded."""
+
+    def __init__(self, model: str, *, show_thinking: bool = True) -> None:
+        super().__init__(model, show_thinking=show_thinking)
+        self.context: list[int] | None = None
 
     def chunk(self, event: GenerationEvent) -> dict[str, Any] | None:
         if isinstance(event, TextDelta):
@@ -106,12 +111,15 @@ class GenerateEncoder(Encoder):
         if isinstance(event, ThinkingDelta):
             return {**self._head(), "response": "", "thinking": event.text, "done": False}
         if isinstance(event, Done):
-            return {**self._head(), "response": "", **self._final(event)}
+            return {**self._head(), "response": "", **self._final(event), **self._context()}
         return None  # /api/generate takes no tools, so no call can arrive
 
     def whole(self, reply: Collected) -> dict[str, Any]:
         return {**self._head(), "response": reply.text, **self.thinking_of(reply),
-                **self._final(reply.done)}
+                **self._final(reply.done), **self._context()}
+
+    def _context(self) -> dict[str, list[int]]:
+        return {} if self.context is None else {"context": self.context}
 
 
 class ChatEncoder(Encoder):

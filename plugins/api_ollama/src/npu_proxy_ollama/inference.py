@@ -1,7 +1,8 @@
 """``POST /api/generate`` and ``POST /api/chat``: Ollama requests -> GenerationRequest.
 
 A model's stored ``system`` prompt and ``parameters`` (from ``/api/create``) are the
-defaults a request overrides. The request's ``template`` is accepted and ignored: the
+defaults a request overrides. ``/api/generate``'s ``context`` is
+:mod:`.continuation`'s. The request's ``template`` is accepted and ignored: the
 backend applies the model's own chat template, and Go templates are not executed.
 """
 
@@ -27,6 +28,7 @@ from npu_proxy.engine.types import (
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .continuation import context_of, continue_from
 from .encoders import ChatEncoder, GenerateEncoder
 from .options import (
     decode_images,
@@ -146,7 +148,21 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
             turns.append(Message(role="user", content=body.prompt, images=images))
             generation = common.request(messages=tuple(turns), suffix=body.suffix or None)
         encoder = GenerateEncoder(name, show_thinking=body.think is not False)
-        return await respond(ctx, request, generation, encoder, body.stream is not False)
+        stream = body.stream is not False
+        if body.raw:  # as Ollama: a raw prompt neither reads nor returns a context
+            return await respond(ctx, request, generation, encoder, stream)
+        if body.context:
+            if images:
+                raise InvalidRequestError("images cannot be combined with context",
+                                          param="images")
+            generation = await continue_from(ctx, info, body.context, generation)
+        final = generation
+
+        async def record_context(answer: str) -> None:
+            encoder.context = await context_of(ctx, final, answer)
+
+        return await respond(ctx, request, generation, encoder, stream,
+                             on_answer=record_context)
 
     @router.post("/api/chat")
     async def chat(request: Request) -> Response:

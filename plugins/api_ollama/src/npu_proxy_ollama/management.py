@@ -1,4 +1,4 @@
-"""Model management: tags, show, ps, copy, delete, version, push/blobs, and ``/``.
+"""Model management: tags, show, ps, copy, delete, version, push, and ``/``.
 
 All metadata comes from the model store (:class:`ModelInfo`) and the engine's
 residency table; nothing is invented. A model without a recorded modification time
@@ -183,13 +183,6 @@ def management_routes(ctx: ServerContext) -> APIRouter:
     @router.post("/api/push")
     async def push() -> Response:
         raise HttpError(501, "push is not supported: npu-proxy serves local models only")
-
-    @router.post("/api/blobs/{digest}")
-    @router.head("/api/blobs/{digest}", include_in_schema=False)
-    async def blobs(digest: str) -> Response:
-        raise HttpError(
-            501, "blobs are not supported: create models from a local file with 'from'"
-        )
 
     return router
 

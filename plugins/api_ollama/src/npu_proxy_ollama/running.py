@@ -10,10 +10,11 @@ stream with one ``{"error": ...}`` line.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from npu_proxy.context import ServerContext
-from npu_proxy.engine.types import GenerationRequest
+from npu_proxy.engine.types import Done, GenerationEvent, GenerationRequest, TextDelta
 from npu_proxy.streaming import admit, generate_whole, stream_response
 from npu_proxy.web import until_disconnected
 from starlette.requests import Request
@@ -29,16 +30,37 @@ async def respond(
     generation_request: GenerationRequest,
     encoder: Encoder,
     stream: bool,
+    on_answer: Callable[[str], Awaitable[None]] | None = None,
 ) -> Response:
-    """Run ``generation_request`` and answer as Ollama: NDJSON chunks or one object."""
+    """Run ``generation_request`` and answer as Ollama: NDJSON chunks or one object.
+
+    ``on_answer`` is awaited with the answer's text once it is complete, before the
+    final object is encoded (to add what needs the whole answer to it).
+    """
     if not stream:
         generation, reply = await generate_whole(ctx.engine, request, generation_request)
+        if on_answer is not None:
+            await on_answer(reply.text)
         return JSONResponse(encoder.whole(reply), headers=generation.route.headers())
     generation = await admit(ctx.engine, request, generation_request)
+    events = generation if on_answer is None else _before_done(generation, on_answer)
     return await stream_response(
-        request, generation, encoder, close=generation.aclose,
+        request, events, encoder, close=generation.aclose,
         headers=generation.route.headers(), wait_first=True,
     )
+
+
+async def _before_done(
+    events: AsyncIterable[GenerationEvent], on_answer: Callable[[str], Awaitable[None]]
+) -> AsyncIterator[GenerationEvent]:
+    """``events``, with ``on_answer`` awaited on the answer's text before :class:`Done`."""
+    answer: list[str] = []
+    async for event in events:
+        if isinstance(event, TextDelta):
+            answer.append(event.text)
+        elif isinstance(event, Done):
+            await on_answer("".join(answer))
+        yield event
 
 
 async def load_or_unload(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from npu_proxy.engine.backend import Backend, LoadedModel
-from npu_proxy.engine.errors import ModelLoadError, PromptTooLongError
+from npu_proxy.engine.errors import InvalidRequestError, ModelLoadError, PromptTooLongError
 from npu_proxy.engine.types import (
     Capability,
     DeviceInfo,
@@ -350,6 +350,19 @@ class MockBackend(Backend):
 
     async def count_text_tokens(self, model: ModelInfo, texts: list[str]) -> list[int]:
         return [count_tokens(t) for t in texts]
+
+    async def render(self, model: ModelInfo, request: GenerationRequest) -> str:
+        return render(request, model)
+
+    async def tokenize(self, model: ModelInfo, text: str) -> list[int]:
+        """The mock's token ids are the text's UTF-8 bytes (so any text round-trips)."""
+        return list(text.encode("utf-8"))
+
+    async def detokenize(self, model: ModelInfo, ids: list[int]) -> str:
+        if any(not 0 <= i < 256 for i in ids):
+            raise InvalidRequestError("token ids of the mock model are 0 to 255",
+                                      param="context")
+        return bytes(ids).decode("utf-8", errors="replace")
 
     async def load(self, model: ModelInfo) -> LoadedModel:
         if not self.present:

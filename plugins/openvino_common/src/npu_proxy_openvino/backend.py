@@ -38,6 +38,7 @@ from .batching_worker import (
     openvino_batching_pipeline,
     single_stream_scheduler_config,
 )
+from .chat import render_prompt
 from .devices import describe_device
 from .embeddings import EmbeddingCache, OpenVINOEmbeddingModel, embedding_config
 from .files import cache_root
@@ -199,6 +200,21 @@ class OpenVINOBackend(Backend):
         """Tokens of each text as given (no template), with the model's tokenizer."""
         tokenizer = await self._tokenizer(model)
         return await asyncio.to_thread(tokens.count_each, tokenizer, list(texts))
+
+    async def render(self, model: ModelInfo, request: GenerationRequest) -> str:
+        """The prompt as the model's chat template renders it (no device needed)."""
+        tokenizer = await self._tokenizer(model)
+        return await asyncio.to_thread(render_prompt, tokenizer, request)
+
+    async def tokenize(self, model: ModelInfo, text: str) -> list[int]:
+        """Token ids of ``text`` with the model's tokenizer, no special token added."""
+        tokenizer = await self._tokenizer(model)
+        return list(await asyncio.to_thread(tokens.encode, tokenizer, text, special=False))
+
+    async def detokenize(self, model: ModelInfo, ids: list[int]) -> str:
+        """The text of ``ids``, special tokens written out (what :meth:`tokenize` reads)."""
+        tokenizer = await self._tokenizer(model)
+        return await asyncio.to_thread(tokens.decode, tokenizer, ids)
 
     async def load(self, model: ModelInfo) -> LoadedModel:
         """Convert (once) and compile ``model`` for this device.

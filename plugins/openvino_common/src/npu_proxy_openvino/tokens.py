@@ -32,6 +32,12 @@ def encode(tokenizer: Any, text: str, *, special: bool = True) -> tuple[int, ...
         return tuple(int(i) for i in ids.data[0])
 
 
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    """The text of ``ids`` with special tokens written out; ids the vocabulary lacks
+    read as nothing (GenAI's own behaviour)."""
+    return str(tokenizer.decode(list(ids), skip_special_tokens=False))
+
+
 def ids_tensor(ids: tuple[int, ...] | list[int]) -> Any:
     """``ids`` as the ``[1, n]`` int64 tensor GenAI's pipelines take as a prompt."""
     import numpy as np
