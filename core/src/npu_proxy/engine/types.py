@@ -8,10 +8,13 @@ OpenVINO. All durations are integer nanoseconds, measured, never estimated.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from .formats import FormatDetails
@@ -156,6 +159,70 @@ class SamplingOptions:
     #: report each generated token's log-probability (:attr:`Done.logprobs`)
     logprobs: bool = False
 
+    def checked(self) -> SamplingOptions:
+        """These options within what every backend accepts, or :class:`InvalidRequestError`
+        naming the first one out of range. The one owner of the ranges (docs/clients.md,
+        "Sampling options"); the engine applies it to every generation.
+
+        Refused: a negative ``max_tokens`` or ``top_k``, a ``temperature`` below 0, a
+        ``top_p`` or ``min_p`` outside [0, 1], a ``repetition_penalty`` of 0 or less,
+        presence and frequency penalties outside [-2, 2], a ``num_ctx`` below 1, a
+        ``seed`` above :data:`SEED_MAX`, and any number that is not finite. Clamped,
+        keeping their meaning: a negative ``seed`` means a random one (Ollama's ``-1``);
+        ``max_tokens`` and ``num_ctx`` above :data:`COUNT_MAX` and ``top_k`` above
+        :data:`TOP_K_MAX` are taken as that maximum (the context bounds a generation far
+        sooner, and no vocabulary has that many tokens). OpenVINO GenAI's own limits
+        (``rng_seed`` and ``top_k`` are unsigned 64-bit; ``top_p`` > 0, ``min_p`` < 1
+        when sampling) are met by its backend's mapping of these ranges.
+        """
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InvalidRequestError(f"{name} must be a finite number", param=name)
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                rule = f"between {low:g} and {high:g}" if high < math.inf else f"at least {low:g}"
+                raise InvalidRequestError(f"{name} must be {rule} (got {value:g})", param=name)
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise InvalidRequestError(
+                f"repetition_penalty must be greater than 0 (got {self.repetition_penalty:g})",
+                param="repetition_penalty")
+        for name, low in (("max_tokens", 0), ("top_k", 0), ("num_ctx", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise InvalidRequestError(f"{name} must be at least {low} (got {value})",
+                                          param=name)
+        if self.seed is not None and self.seed > SEED_MAX:
+            raise InvalidRequestError(f"seed must be at most {SEED_MAX}", param="seed")
+        if any(not stop for stop in self.stop):
+            raise InvalidRequestError("stop strings must not be empty", param="stop")
+        return replace(
+            self,
+            seed=None if self.seed is not None and self.seed < 0 else self.seed,
+            max_tokens=_at_most(self.max_tokens, COUNT_MAX),
+            num_ctx=_at_most(self.num_ctx, COUNT_MAX),
+            top_k=_at_most(self.top_k, TOP_K_MAX),
+        )
+
+
+#: The largest seed (an unsigned 64-bit integer, as OpenVINO GenAI's ``rng_seed``).
+SEED_MAX = 2**64 - 1
+#: ``max_tokens`` and ``num_ctx`` above this (the largest unsigned 32-bit integer) are
+#: taken as it.
+COUNT_MAX = 2**32 - 1
+#: ``top_k`` above this (the largest signed 32-bit integer) is taken as it: every token.
+TOP_K_MAX = 2**31 - 1
+
+_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+           "frequency_penalty")
+_RANGES = (("temperature", 0.0, math.inf), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
+           ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0))
+
+
+def _at_most(value: int | None, high: int) -> int | None:
+    return value if value is None or value <= high else high
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseFormat:
@@ -190,6 +257,9 @@ class PreparedPrompt:
     prefix: tuple[int, ...] = ()
     owner: str = ""
     form: Any = None
+    #: tokens the engine cut from the request's prompt to fit the context
+    #: (:attr:`GenerationRequest.truncate`); 0 when it reaches the model whole
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +287,8 @@ class GenerationRequest:
     thinking_budget: int | None = None
     keep_alive: float | None = None
     #: A conversation that does not fit the context loses its oldest messages (never
-    #: the leading system ones nor the last) instead of being refused (Ollama's way).
+    #: the leading system ones nor the last) instead of being refused (Ollama's way);
+    #: when the last message (or a raw prompt) alone is too long, the end of it is kept.
     truncate: bool = False
     #: The prompt as the model reads it, made once by the engine (:meth:`Backend.prepare`)
     #: and handed to the backend with the request; None before admission.
