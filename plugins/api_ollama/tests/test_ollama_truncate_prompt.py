@@ -78,3 +78,17 @@ def test_num_predict_sets_the_room_left_to_answer(
         "options": {"num_ctx": 1000, "num_predict": 100}})
     assert answer.status_code == 200
     assert 850 < int(answer.headers["X-NPU-Proxy-Token-Count"]) <= 900
+
+
+def test_a_long_conversation_with_tool_calls_is_fitted(server: LiveServer) -> None:
+    call = {"function": {"name": "lookup", "arguments": {"q": "x"}}}
+    turns: list[dict[str, Any]] = []
+    for i in range(40):
+        turns += [{"role": "user", "content": f"question {i} " + "more " * 20},
+                  {"role": "assistant", "content": "", "tool_calls": [call]},
+                  {"role": "tool", "content": "result " * 5, "tool_name": "lookup"}]
+    turns.append({"role": "user", "content": "the last question"})
+    answer = httpx.post(server.url + "/api/chat", timeout=60, json={
+        "model": "mock", "messages": turns, "stream": False, "options": {"num_ctx": 300}})
+    assert answer.status_code == 200, answer.text
+    assert int(answer.headers["X-NPU-Proxy-Truncated"]) > 0

@@ -583,10 +583,11 @@ class Engine:
         reserve = min(request.options.max_tokens or limit // 4, limit // 2)
         if prepared.token_count + reserve <= limit:
             return request, prepared
-        prepared_for = {(request.messages, request.prompt): prepared}
+        # keyed by repr: messages hold tool calls whose arguments (dicts) do not hash
+        prepared_for = {repr((request.messages, request.prompt)): prepared}
 
         async def count(candidate: GenerationRequest) -> int:
-            key = (candidate.messages, candidate.prompt)
+            key = repr((candidate.messages, candidate.prompt))
             if key not in prepared_for:
                 prepared_for[key] = await backend.prepare(model, replace(candidate, prepared=None))
             return prepared_for[key].token_count
@@ -609,7 +610,7 @@ class Engine:
             fitted = await keep_end(request, with_room)
         if fitted is None or fitted == request:
             return request, prepared
-        final = prepared_for[(fitted.messages, fitted.prompt)]
+        final = prepared_for[repr((fitted.messages, fitted.prompt))]
         dropped = prepared.token_count - final.token_count
         log.info("cut %d tokens from a prompt (%d messages dropped) to fit %s's context of "
                  "%d tokens", dropped, len(request.messages or ()) - len(fitted.messages or ()),
