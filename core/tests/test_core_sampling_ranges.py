@@ -14,13 +14,13 @@ from npu_proxy.engine.types import COUNT_MAX, SEED_MAX, TOP_K_MAX, SamplingOptio
     ("field", "value"),
     [
         ("temperature", -0.5), ("temperature", math.nan), ("temperature", math.inf),
-        ("top_p", 1.5), ("top_p", -0.1), ("top_p", math.nan),
-        ("min_p", 1.01), ("min_p", -1.0),
+        ("top_p", 1.5), ("top_p", -0.1), ("top_p", math.nan), ("top_p", 0.0),
+        ("min_p", 1.01), ("min_p", -1.0), ("min_p", 1.0),
         ("repetition_penalty", 0.0), ("repetition_penalty", -1.0),
         ("repetition_penalty", math.inf),
         ("presence_penalty", 2.5), ("frequency_penalty", -100.0),
         ("frequency_penalty", math.nan),
-        ("max_tokens", -1), ("top_k", -1), ("num_ctx", 0),
+        ("max_tokens", -1), ("max_tokens", 0), ("top_k", -1), ("num_ctx", 0),
         ("seed", SEED_MAX + 1), ("seed", 2**70),
     ],
 )
@@ -41,7 +41,7 @@ def test_huge_counts_are_clamped_and_a_negative_seed_is_random() -> None:
 
 def test_values_in_range_are_kept_as_they_are() -> None:
     options = SamplingOptions(
-        max_tokens=0, temperature=0.0, top_p=0.0, top_k=0, min_p=1.0, seed=SEED_MAX,
+        max_tokens=1, temperature=0.0, top_p=1e-9, top_k=0, min_p=0.999, seed=SEED_MAX,
         repetition_penalty=1e-9, presence_penalty=-2.0, frequency_penalty=2.0, num_ctx=1,
         stop=("END",),
     )

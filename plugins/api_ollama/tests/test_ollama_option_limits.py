@@ -13,14 +13,15 @@ from npu_proxy_mock.backend import MockBackend
 #: larger than any device takes (clamped): answered, never a 500.
 ACCEPTED = [
     {"seed": -1}, {"seed": -5}, {"seed": 2**64 - 1}, {"top_k": 1e30}, {"top_k": 2**64},
-    {"num_predict": 1e30}, {"num_ctx": 2**40}, {"temperature": 0}, {"top_p": 0},
+    {"num_predict": 1e30}, {"num_ctx": 2**40}, {"temperature": 0}, {"top_p": 1e-9},
 ]
 REFUSED = [
     ({"seed": 2**70}, "seed"), ({"seed": 1e30}, "seed"), ({"temperature": -1}, "temperature"),
     ({"top_p": 1.5}, "top_p"), ({"top_p": -0.5}, "top_p"), ({"top_k": -3}, "top_k"),
     ({"presence_penalty": 9}, "presence_penalty"), ({"frequency_penalty": -9},
                                                     "frequency_penalty"),
-    ({"repeat_penalty": 0}, "repeat_penalty"), ({"min_p": 2}, "min_p"),
+    ({"repeat_penalty": 0}, "repeat_penalty"), ({"min_p": 2}, "min_p"), ({"min_p": 1}, "min_p"),
+    ({"top_p": 0}, "top_p"),
 ]
 
 

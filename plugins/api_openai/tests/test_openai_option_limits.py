@@ -17,7 +17,8 @@ HELLO = [{"role": "user", "content": "hi"}]
 ACCEPTED = [{"seed": -1}, {"seed": 2**64 - 1}, {"top_k": 10**30}, {"max_tokens": 2**32 - 1}]
 REFUSED = [({"seed": 2**70}, "seed"), ({"top_k": -1}, "top_k"), ({"top_p": 1.5}, "top_p"),
            ({"temperature": -1}, "temperature"), ({"presence_penalty": 3}, "presence_penalty"),
-           ({"repetition_penalty": 0}, "repetition_penalty")]
+           ({"repetition_penalty": 0}, "repetition_penalty"), ({"top_p": 0}, "top_p"),
+           ({"min_p": 1}, "min_p"), ({"max_tokens": 0}, "max_tokens")]
 
 
 def _body(route: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -164,35 +165,24 @@ class SamplingOptions:
         naming the first one out of range. The one owner of the ranges (docs/clients.md,
         "Sampling options"); the engine applies it to every generation.
 
-        Refused: a negative ``max_tokens`` or ``top_k``, a ``temperature`` below 0, a
-        ``top_p`` or ``min_p`` outside [0, 1], a ``repetition_penalty`` of 0 or less,
-        presence and frequency penalties outside [-2, 2], a ``num_ctx`` below 1, a
-        ``seed`` above :data:`SEED_MAX`, and any number that is not finite. Clamped,
-        keeping their meaning: a negative ``seed`` means a random one (Ollama's ``-1``);
-        ``max_tokens`` and ``num_ctx`` above :data:`COUNT_MAX` and ``top_k`` above
-        :data:`TOP_K_MAX` are taken as that maximum (the context bounds a generation far
-        sooner, and no vocabulary has that many tokens). OpenVINO GenAI's own limits
-        (``rng_seed`` and ``top_k`` are unsigned 64-bit; ``top_p`` > 0, ``min_p`` < 1
-        when sampling) are met by its backend's mapping of these ranges.
+        The ranges are OpenVINO GenAI's (the backend with the narrowest ones), so a
+        request gets the same answer on every device. Refused: any number that is not
+        finite, and values outside :data:`RANGES` (``top_p`` 0 and ``min_p`` 1 among
+        them: GenAI refuses both while sampling), a ``seed`` above :data:`SEED_MAX`,
+        an empty stop string. Clamped, keeping their meaning: a negative ``seed`` means
+        a random one (Ollama's ``-1``); ``max_tokens`` and ``num_ctx`` above
+        :data:`COUNT_MAX` and ``top_k`` above :data:`TOP_K_MAX` are taken as that
+        maximum (the context bounds a generation far sooner, and no vocabulary has that
+        many tokens).
         """
-        for name in _FLOATS:
+        for name, (low, high, rule) in RANGES.items():
             value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
+            if value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
                 raise InvalidRequestError(f"{name} must be a finite number", param=name)
-        for name, low, high in _RANGES:
-            value = getattr(self, name)
-            if value is not None and not low <= value <= high:
-                rule = f"between {low:g} and {high:g}" if high < math.inf else f"at least {low:g}"
+            if not (low(value) and high(value)):
                 raise InvalidRequestError(f"{name} must be {rule} (got {value:g})", param=name)
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise InvalidRequestError(
-                f"repetition_penalty must be greater than 0 (got {self.repetition_penalty:g})",
-                param="repetition_penalty")
-        for name, low in (("max_tokens", 0), ("top_k", 0), ("num_ctx", 1)):
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise InvalidRequestError(f"{name} must be at least {low} (got {value})",
-                                          param=name)
         if self.seed is not None and self.seed > SEED_MAX:
             raise InvalidRequestError(f"seed must be at most {SEED_MAX}", param="seed")
         if any(not stop for stop in self.stop):
@@ -214,14 +204,26 @@ COUNT_MAX = 2**32 - 1
 #: ``top_k`` above this (the largest signed 32-bit integer) is taken as it: every token.
 TOP_K_MAX = 2**31 - 1
 
-_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-           "frequency_penalty")
-_RANGES = (("temperature", 0.0, math.inf), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
-           ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0))
+_Bound = Callable[[float], bool]
+
+#: Each option's accepted range (GenAI's): a test of its low end, of its high end, and
+#: the range in words.
+RANGES: dict[str, tuple[_Bound, _Bound, str]] = {
+    "max_tokens": (lambda v: v >= 1, lambda v: True, "at least 1"),
+    "temperature": (lambda v: v >= 0, lambda v: True, "at least 0"),
+    "top_p": (lambda v: v > 0, lambda v: v <= 1, "in (0, 1]"),
+    "top_k": (lambda v: v >= 0, lambda v: True, "at least 0"),
+    "min_p": (lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),
+    "repetition_penalty": (lambda v: v > 0, lambda v: True, "greater than 0"),
+    "presence_penalty": (lambda v: v >= -2, lambda v: v <= 2, "between -2 and 2"),
+    "frequency_penalty": (lambda v: v >= -2, lambda v: v <= 2, "between -2 and 2"),
+    "num_ctx": (lambda v: v >= 1, lambda v: True, "at least 1"),
+}
 
 
 def _at_most(value: int | None, high: int) -> int | None:
     return value if value is None or value <= high else high
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,26 +31,13 @@ class GenerationSpec:
 
 
 def validate_options(options: SamplingOptions) -> SamplingOptions:
-    """``options`` within the core's ranges (:meth:`SamplingOptions.checked`) and what
-    GenAI accepts on top of them, or :class:`InvalidRequestError` naming the parameter.
+    """``options`` within the core's ranges (:meth:`SamplingOptions.checked`, which are
+    GenAI's), or :class:`InvalidRequestError` naming the parameter.
 
-    GenAI's own additions: ``max_tokens`` at least 1, ``top_p`` above 0 and ``min_p``
-    below 1 (it refuses the others while sampling). Checked here, not by GenAI, because
-    GenAI's own messages carry source paths and would arrive as a failed generation.
+    The engine checks every request before admission; this covers a direct call, and
+    keeps GenAI's own messages (which carry source paths) from ever being the answer.
     """
-    options = options.checked()
-    checks: list[tuple[str, Any, bool, str]] = [
-        ("max_tokens", options.max_tokens, options.max_tokens is None or options.max_tokens >= 1,
-         "must be at least 1"),
-        ("top_p", options.top_p, options.top_p is None or options.top_p > 0,
-         "must be in (0, 1]"),
-        ("min_p", options.min_p, options.min_p is None or options.min_p < 1,
-         "must be in [0, 1)"),
-    ]
-    for name, value, ok, rule in checks:
-        if not ok:
-            raise InvalidRequestError(f"{name} {rule} (got {value})", param=name)
-    return options
+    return options.checked()
 
 
 def apply_options(
