@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import pytest
 from npu_proxy.engine.routing import TokenThresholdSettings
-from npu_proxy.settings import Settings, SettingsError, load_settings, parse_duration
+from npu_proxy.settings import (
+    MAX_DURATION,
+    Settings,
+    SettingsError,
+    load_settings,
+    parse_duration,
+)
 
 
 def test_defaults_follow_the_specification(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,3 +93,17 @@ def test_device_names_are_upper_case_but_a_remote_device_keeps_its_name() -> Non
     assert (settings.device, settings.fallback_device, settings.embedding_device) == (
         "NPU", "upstream:Lab", "CPU")
     assert Settings(device="upstream:lab").device == "upstream:lab"
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, 10**400, -(10**400), "1" + "0" * 400,
+                                   "99999999999999999999h", "-99999999999999999999h", 1e10])
+def test_durations_beyond_the_longest_mean_forever(value: object) -> None:
+    assert parse_duration(value) == -1.0
+
+
+def test_the_longest_duration_is_kept_and_nan_is_refused() -> None:
+    assert parse_duration(MAX_DURATION) == MAX_DURATION
+    assert parse_duration("2540400h") == 2540400 * 3600.0  # 290 years: below the longest
+    with pytest.raises(ValueError):
+        parse_duration(math.nan)
+    assert Settings(keep_alive=math.inf).keep_alive == -1.0

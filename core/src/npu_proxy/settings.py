@@ -9,6 +9,7 @@ A plugin with options of its own declares them in a subclass of
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -21,15 +22,37 @@ _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+#: The longest duration (Go's, about 292 years): what Ollama means by "forever". A
+#: longer one (``1e400``, ``"99999999999999999999h"``) is taken as forever too.
+MAX_DURATION = (2**63 - 1) / 1e9
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from an Ollama-style duration: ``"5m"``, ``"1h30m"``, ``"300"``, ``1800``.
 
-    Negative means "forever". Raises ``ValueError`` for anything else.
+    Negative means "forever", and so does anything longer than :data:`MAX_DURATION`
+    (either way beyond it comes back as ``-1.0``), so every result is a finite number a
+    timer can take. Raises ``ValueError`` for NaN and anything that is not a duration.
     """
+    return bounded_duration(_parse_duration(value))
+
+
+def bounded_duration(seconds: float) -> float:
+    """``seconds``, or ``-1.0`` (forever) beyond :data:`MAX_DURATION` either way;
+    ``ValueError`` for NaN."""
+    if math.isnan(seconds):
+        raise ValueError("a duration must be a number, not NaN")
+    return -1.0 if abs(seconds) > MAX_DURATION else seconds
+
+
+def _parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string such as '5m'")
     if isinstance(value, int | float):
-        return float(value)
+        # an integer of hundreds of digits is past any float: as long as one can be
+        if isinstance(value, float) or abs(value) < 2**1023:
+            return float(value)
+        return math.inf if value > 0 else -math.inf
     if not isinstance(value, str):
         raise ValueError("a duration is a number of seconds or a string such as '5m'")
     text = value.strip()
@@ -125,6 +148,10 @@ class Settings(BaseSettings):
         "(where the API allows that) and warmed at startup with NPU_PROXY_WARMUP."
     )
     embedding_device: str = Field("CPU", description="Preferred device for embeddings.")
+    max_embedding_inputs: int = Field(
+        2048, ge=1, description="Most inputs one embedding request may hold (OpenAI's cap); "
+        "more is a 400 naming the cap."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging verbosity."
     )

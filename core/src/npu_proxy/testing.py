@@ -21,7 +21,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -50,6 +50,7 @@ from .plugins import PluginHost
 from .settings import Settings
 
 E = TypeVar("E")
+T = TypeVar("T")
 
 
 def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -218,6 +219,25 @@ class LiveServer:
         """Run ``coro`` on the server's event loop (to inspect engine state safely)."""
         loop = self.ctx.engine.loop
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    def health_while(self, work: Callable[[], T]) -> tuple[T, list[float]]:
+        """Run ``work`` in a thread and poll ``/health`` until it ends: ``work``'s result
+        and each poll's seconds (at least one poll), to show the event loop stays free."""
+        import httpx
+
+        results: list[T] = []
+        thread = threading.Thread(target=lambda: results.append(work()))
+        thread.start()
+        latencies: list[float] = []
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while thread.is_alive() or not latencies:
+                started = time.perf_counter()
+                client.get("/health").raise_for_status()
+                latencies.append(time.perf_counter() - started)
+        thread.join()
+        if not results:
+            raise RuntimeError("the work failed (its thread printed why)")
+        return results[0], latencies
 
 
 # --- contract tests ------------------------------------------------------------------

@@ -40,7 +40,7 @@ from .events import (
     QueueChanged,
     RouteDecided,
 )
-from .history import fit_history
+from .history import fit_history, keep_end
 from .lifecycle import ModelLifecycle, Residency, ResidencyState
 from .prefix import PrefixDirectory
 from .routing import DeviceState, RouteReason, RoutingContext, RoutingPolicy
@@ -73,13 +73,18 @@ class Route:
     device: str
     reason: RouteReason | str
     token_count: int
+    #: prompt tokens cut to fit the context (``X-NPU-Proxy-Truncated``, sent when > 0)
+    truncated: int = 0
 
     def headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "X-NPU-Proxy-Device": self.device,
             "X-NPU-Proxy-Route-Reason": str(self.reason),
             "X-NPU-Proxy-Token-Count": str(self.token_count),
         }
+        if self.truncated:
+            headers["X-NPU-Proxy-Truncated"] = str(self.truncated)
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,6 +543,7 @@ class Engine:
         awaiting task (the client left) withdraws the request before it reaches a device.
         """
         started = time.perf_counter_ns()
+        request = replace(request, options=request.options.checked())
         model = self.resolve(request.model, Capability.COMPLETION)
         if request.images and not model.can(Capability.VISION):
             raise CapabilityError(
@@ -561,7 +567,7 @@ class Engine:
         # A remote engine with room for the whole prompt takes it whole (routing sends it
         # there) rather than the conversation losing its start or the client a 400.
         overflow = self._remote_takes(model, prepared.token_count)
-        if request.truncate and request.messages and model.context_length > 0 and not overflow:
+        if request.truncate and model.context_length > 0 and not overflow:
             request, prepared = await self._fit_context(backend, model, request, prepared)
         request = replace(request, prepared=prepared)
         tokens = prepared.token_count
@@ -570,8 +576,6 @@ class Engine:
                 " (num_ctx)" if context < model.context_length else "")
             raise PromptTooLongError(tokens, context, where)
         options = request.options
-        if options.max_tokens is not None and options.max_tokens < 0:
-            raise InvalidRequestError("max_tokens must not be negative", param="max_tokens")
         if options.max_tokens is None and self.settings.max_tokens > 0:
             # No limit asked for: a small model can ramble until the context is full
             # (minutes); bound it, as Ollama's default context bounds it.
@@ -608,6 +612,7 @@ class Engine:
                 ticket.release()
                 self.lifecycle.release(route.device, model.name, request.keep_alive)
                 raise
+            route = replace(route, truncated=prepared.dropped)
             return Generation(
                 self, request, model, route, ticket, loaded, load_ns, started, source, opened)
 
@@ -618,35 +623,48 @@ class Engine:
         """``request`` with its oldest messages dropped so that the prompt fits the
         context (``num_ctx`` when smaller) and leaves room to answer: ``max_tokens``, or
         a quarter of the context, at most half of it. A conversation that cannot leave
-        that room but fits at all keeps as much as fits; one that does not fit even as
-        its system prompt and last message is left as it is (and refused). Returns the
-        request and its prepared prompt."""
+        that room but fits at all keeps as much as fits. One that does not fit even as
+        its system prompt and last message, or a raw prompt too long, keeps the end of
+        that last message (of the prompt) that leaves the room (:func:`keep_end`); one
+        that cannot is left as it is (and refused). Returns the request and its prepared
+        prompt, whose ``dropped`` counts the tokens cut."""
         limit = min(model.context_length, request.options.num_ctx or model.context_length)
         reserve = min(request.options.max_tokens or limit // 4, limit // 2)
         if prepared.token_count + reserve <= limit:
             return request, prepared
-        assert request.messages is not None
-        prepared_for: dict[tuple[Message, ...], PreparedPrompt] = {request.messages: prepared}
+        # keyed by repr: messages hold tool calls whose arguments (dicts) do not hash
+        prepared_for = {repr((request.messages, request.prompt)): prepared}
 
-        async def count(messages: tuple[Message, ...]) -> int:
-            if messages not in prepared_for:
-                prepared_for[messages] = await backend.prepare(
-                    model, replace(request, messages=messages, prepared=None))
-            return prepared_for[messages].token_count
+        async def count(candidate: GenerationRequest) -> int:
+            key = repr((candidate.messages, candidate.prompt))
+            if key not in prepared_for:
+                prepared_for[key] = await backend.prepare(model, replace(candidate, prepared=None))
+            return prepared_for[key].token_count
 
-        async def with_room(messages: tuple[Message, ...]) -> bool:
-            return await count(messages) + reserve <= limit
+        async def with_room(candidate: GenerationRequest) -> bool:
+            return await count(candidate) + reserve <= limit
 
-        async def at_all(messages: tuple[Message, ...]) -> bool:
-            return await count(messages) < limit
+        async def at_all(candidate: GenerationRequest) -> bool:
+            return await count(candidate) < limit
 
-        fitted = await fit_history(request.messages, with_room) or await fit_history(
-            request.messages, at_all)
-        if fitted is None or fitted == request.messages:
+        fitted: GenerationRequest | None = None
+        if request.messages:
+            def of(messages: tuple[Message, ...]) -> GenerationRequest:
+                return replace(request, messages=messages)
+
+            kept = await fit_history(request.messages, lambda m: with_room(of(m))) or (
+                await fit_history(request.messages, lambda m: at_all(of(m))))
+            fitted = None if kept is None else of(kept)
+        if fitted is None:
+            fitted = await keep_end(request, with_room)
+        if fitted is None or fitted == request:
             return request, prepared
-        log.info("dropped the %d oldest messages of a conversation to fit %s's context "
-                 "of %d tokens", len(request.messages) - len(fitted), model.name, limit)
-        return replace(request, messages=fitted), prepared_for[fitted]
+        final = prepared_for[repr((fitted.messages, fitted.prompt))]
+        dropped = prepared.token_count - final.token_count
+        log.info("cut %d tokens from a prompt (%d messages dropped) to fit %s's context of "
+                 "%d tokens", dropped, len(request.messages or ()) - len(fitted.messages or ()),
+                 model.name, limit)
+        return fitted, replace(final, dropped=dropped)
 
     def embedding_model(self, name: str | None = None) -> ModelInfo:
         """The embedding model called ``name``; ``None``: the server's default
@@ -656,8 +674,14 @@ class Engine:
     async def embed(self, request: EmbeddingRequest) -> Embedding:
         """Embed ``request.inputs`` on the embedding device (or its fallback).
 
-        ``request.model`` None embeds with :meth:`embedding_model`'s default.
+        ``request.model`` None embeds with :meth:`embedding_model`'s default. More than
+        ``NPU_PROXY_MAX_EMBEDDING_INPUTS`` inputs are refused (InvalidRequestError).
         """
+        if len(request.inputs) > self.settings.max_embedding_inputs:
+            raise InvalidRequestError(
+                f"too many inputs: {len(request.inputs)}; at most "
+                f"{self.settings.max_embedding_inputs} per request "
+                "(NPU_PROXY_MAX_EMBEDDING_INPUTS)", param="input")
         started = time.perf_counter_ns()
         model = self.embedding_model(request.model)
         if request.dimensions is not None and not (

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..settings import bounded_duration
 from .backend import Backend, LoadedModel
 from .errors import EngineError, ModelLoadError
 from .events import EventBus, ModelLoaded, ModelUnloaded
@@ -189,14 +191,18 @@ class ModelLifecycle:
     def release(self, device: str, name: str, keep_alive: float | None) -> None:
         """One user is done. Schedules the unload ``keep_alive`` seconds from now.
 
-        ``None`` uses the default; negative keeps it forever; ``0`` unloads once idle.
+        ``None`` (or NaN) uses the default; negative keeps it forever, and so does a
+        value beyond :data:`~npu_proxy.settings.MAX_DURATION`; ``0`` unloads once idle.
+        Never raises: the user is released whatever ``keep_alive`` holds.
         """
         res = self._residents.get((device, name))
         if res is None:
             return
         res.users = max(0, res.users - 1)
         res.last_used = time.monotonic()
-        seconds = self._default_keep_alive if keep_alive is None else keep_alive
+        if keep_alive is None or math.isnan(keep_alive):
+            keep_alive = self._default_keep_alive
+        seconds = bounded_duration(keep_alive)
         if res.unload_pending:
             seconds, res.unload_pending = 0, False
         self._schedule(res, seconds)

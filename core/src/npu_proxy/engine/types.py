@@ -8,10 +8,14 @@ OpenVINO. All durations are integer nanoseconds, measured, never estimated.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from .formats import FormatDetails
@@ -156,6 +160,71 @@ class SamplingOptions:
     #: report each generated token's log-probability (:attr:`Done.logprobs`)
     logprobs: bool = False
 
+    def checked(self) -> SamplingOptions:
+        """These options within what every backend accepts, or :class:`InvalidRequestError`
+        naming the first one out of range. The one owner of the ranges (docs/clients.md,
+        "Sampling options"); the engine applies it to every generation.
+
+        The ranges are OpenVINO GenAI's (the backend with the narrowest ones), so a
+        request gets the same answer on every device. Refused: any number that is not
+        finite, and values outside :data:`RANGES` (``top_p`` 0 and ``min_p`` 1 among
+        them: GenAI refuses both while sampling), a ``seed`` above :data:`SEED_MAX`,
+        an empty stop string. Clamped, keeping their meaning: a negative ``seed`` means
+        a random one (Ollama's ``-1``); ``max_tokens`` and ``num_ctx`` above
+        :data:`COUNT_MAX` and ``top_k`` above :data:`TOP_K_MAX` are taken as that
+        maximum (the context bounds a generation far sooner, and no vocabulary has that
+        many tokens).
+        """
+        for name, (low, high, rule) in RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidRequestError(f"{name} must be a finite number", param=name)
+            if not (low(value) and high(value)):
+                raise InvalidRequestError(f"{name} must be {rule} (got {value:g})", param=name)
+        if self.seed is not None and self.seed > SEED_MAX:
+            raise InvalidRequestError(f"seed must be at most {SEED_MAX}", param="seed")
+        if any(not stop for stop in self.stop):
+            raise InvalidRequestError("stop strings must not be empty", param="stop")
+        return replace(
+            self,
+            seed=None if self.seed is not None and self.seed < 0 else self.seed,
+            max_tokens=_at_most(self.max_tokens, COUNT_MAX),
+            num_ctx=_at_most(self.num_ctx, COUNT_MAX),
+            top_k=_at_most(self.top_k, TOP_K_MAX),
+        )
+
+
+#: The largest seed (an unsigned 64-bit integer, as OpenVINO GenAI's ``rng_seed``).
+SEED_MAX = 2**64 - 1
+#: ``max_tokens`` and ``num_ctx`` above this (the largest unsigned 32-bit integer) are
+#: taken as it.
+COUNT_MAX = 2**32 - 1
+#: ``top_k`` above this (the largest signed 32-bit integer) is taken as it: every token.
+TOP_K_MAX = 2**31 - 1
+
+_Bound = Callable[[float], bool]
+
+#: Each option's accepted range (GenAI's): a test of its low end, of its high end, and
+#: the range in words.
+RANGES: dict[str, tuple[_Bound, _Bound, str]] = {
+    "max_tokens": (lambda v: v >= 1, lambda v: True, "at least 1"),
+    "temperature": (lambda v: v >= 0, lambda v: True, "at least 0"),
+    "top_p": (lambda v: v > 0, lambda v: v <= 1, "in (0, 1]"),
+    "top_k": (lambda v: v >= 0, lambda v: True, "at least 0"),
+    "min_p": (lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),
+    "repetition_penalty": (lambda v: v > 0, lambda v: True, "greater than 0"),
+    "presence_penalty": (lambda v: v >= -2, lambda v: v <= 2, "between -2 and 2"),
+    "frequency_penalty": (lambda v: v >= -2, lambda v: v <= 2, "between -2 and 2"),
+    "num_ctx": (lambda v: v >= 1, lambda v: True, "at least 1"),
+}
+
+
+def _at_most(value: int | None, high: int) -> int | None:
+    return value if value is None or value <= high else high
+
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseFormat:
@@ -190,6 +259,9 @@ class PreparedPrompt:
     prefix: tuple[int, ...] = ()
     owner: str = ""
     form: Any = None
+    #: tokens the engine cut from the request's prompt to fit the context
+    #: (:attr:`GenerationRequest.truncate`); 0 when it reaches the model whole
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +289,8 @@ class GenerationRequest:
     thinking_budget: int | None = None
     keep_alive: float | None = None
     #: A conversation that does not fit the context loses its oldest messages (never
-    #: the leading system ones nor the last) instead of being refused (Ollama's way).
+    #: the leading system ones nor the last) instead of being refused (Ollama's way);
+    #: when the last message (or a raw prompt) alone is too long, the end of it is kept.
     truncate: bool = False
     #: The prompt as the model reads it, made once by the engine (:meth:`Backend.prepare`)
     #: and handed to the backend with the request; None before admission.

@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import EmbeddingRequest
-from npu_proxy.web import read_json, until_disconnected, validate
+from npu_proxy.web import json_off_loop, read_json, until_disconnected, validate
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -99,7 +99,8 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
             "load_duration": result.result.load_duration,
             "prompt_eval_count": result.result.prompt_tokens,
         }
-        return JSONResponse(payload, headers=result.route.headers())
+        # Thousands of vectors take long to encode: off the event loop.
+        return await json_off_loop(lambda: payload, result.route.headers())
 
     @router.post("/api/embeddings")
     async def embeddings(request: Request) -> Response:

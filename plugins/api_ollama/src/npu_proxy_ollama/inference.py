@@ -139,14 +139,18 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
                         param="images",
                     )
                 raise InvalidRequestError("images cannot be combined with raw", param="raw")
-            generation = common.request(prompt=body.prompt, suffix=body.suffix or None)
+            generation = common.request(prompt=body.prompt, suffix=body.suffix or None,
+                                        truncate=body.truncate is not False)
         else:
             if body.suffix and not info.can(Capability.INSERT):
                 raise CapabilityError(f'"{info.name}" does not support insert', param="suffix")
             system = body.system if body.system is not None else _stored_system(info)
             turns = [Message(role="system", content=system)] if system else []
             turns.append(Message(role="user", content=body.prompt, images=images))
-            generation = common.request(messages=tuple(turns), suffix=body.suffix or None)
+            # Ollama keeps the end of a prompt longer than the context (truncate: false
+            # refuses it instead); the X-NPU-Proxy-Truncated header counts what was cut.
+            generation = common.request(messages=tuple(turns), suffix=body.suffix or None,
+                                        truncate=body.truncate is not False)
         encoder = GenerateEncoder(name, show_thinking=body.think is not False)
         stream = body.stream is not False
         if body.raw:  # as Ollama: a raw prompt neither reads nor returns a context

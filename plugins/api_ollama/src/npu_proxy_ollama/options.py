@@ -146,7 +146,10 @@ def parse_options(raw: Any, defaults: Mapping[str, Any] | None = None) -> Sampli
 
     ``num_predict`` -1 (until a stop or the context end), -2 (fill the context) and 0
     (Ollama's "no limit") all become ``max_tokens=None``: the engine bounds a generation
-    by the context. Raises :class:`InvalidRequestError` for a wrong type or value.
+    by the context. A negative ``seed`` means a random one, as in Ollama. Values are
+    held to the core's ranges (:meth:`SamplingOptions.checked`: out of range is refused,
+    a huge ``num_predict`` or ``top_k`` is clamped). Raises :class:`InvalidRequestError`
+    for a wrong type or value.
     """
     if raw is None:
         raw = {}
@@ -163,7 +166,15 @@ def parse_options(raw: Any, defaults: Mapping[str, Any] | None = None) -> Sampli
             fields["max_tokens"] = parsed if parsed > 0 else None
         elif key in _ENGINE:
             fields[_ENGINE[key]] = parsed
-    return replace(SamplingOptions(), **fields)
+    try:
+        return replace(SamplingOptions(), **fields).checked()
+    except InvalidRequestError as exc:
+        # Ollama's names: the option as the client sent it
+        names = {engine: key for key, engine in _ENGINE.items()} | {"max_tokens": "num_predict"}
+        ollama = names.get(exc.param or "", exc.param)
+        raise InvalidRequestError(
+            exc.message.replace(exc.param or "", f"option {ollama!r}", 1),
+            param=f"options.{ollama}") from None
 
 
 def parse_keep_alive(raw: Any) -> float | None:

@@ -43,6 +43,8 @@ class GenerateBody(CommonBody):
     raw: bool | None = None
     images: Any = None
     context: list[int] | None = None
+    #: keep the end of a prompt longer than the context (default) or refuse (False)
+    truncate: bool | None = None
 
 
 class FunctionCall(StrictBody):

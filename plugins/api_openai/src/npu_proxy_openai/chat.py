@@ -14,7 +14,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.engine import Generation
-from npu_proxy.engine.errors import EngineError
+from npu_proxy.engine.errors import EngineError, InvalidRequestError
 from npu_proxy.engine.types import (
     GenerationEvent,
     TextDelta,
@@ -53,9 +53,15 @@ def tool_call_body(call: ToolCall) -> dict[str, Any]:
     }
 
 
-async def create_chat_completion(ctx: ServerContext, request: Request) -> Response:
-    """Serve one chat completion with ``n`` choices, streamed or whole."""
+async def create_chat_completion(
+    ctx: ServerContext, request: Request, max_choices: int = 8
+) -> Response:
+    """Serve one chat completion with ``n`` choices (at most ``max_choices``, else a
+    400), streamed or whole."""
     body = parse(ChatCompletionRequest, await read_json(request))
+    if body.n is not None and body.n > max_choices:
+        raise InvalidRequestError(
+            f"n must be at most {max_choices} (NPU_PROXY_MAX_CHOICES); got {body.n}", "n")
     works = choice_requests(chat_request(body), body.n or 1)
     envelope = Envelope(new_id("chatcmpl"), int(time.time()), body.model)
     if body.stream:

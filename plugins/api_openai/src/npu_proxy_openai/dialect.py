@@ -46,7 +46,7 @@ class OpenAIApi(ApiDialect):
         )
 
         async def chat_completions(request: Request) -> Response:
-            return await chat.create_chat_completion(ctx, request)
+            return await chat.create_chat_completion(ctx, request, self.settings.max_choices)
 
         async def text_completions(request: Request) -> Response:
             return await completions.create_completion(ctx, request)

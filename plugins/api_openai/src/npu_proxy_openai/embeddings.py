@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Any
 
-from fastapi.responses import JSONResponse
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import EmbeddingRequest
-from npu_proxy.web import read_json, until_disconnected
+from npu_proxy.web import json_off_loop, read_json, until_disconnected
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -47,21 +47,23 @@ async def create_embeddings(ctx: ServerContext, request: Request) -> Response:
     )
     embedding = await until_disconnected(request, ctx.engine.embed(work))
     as_base64 = body.encoding_format == "base64"
-    data = [
-        {
-            "object": "embedding",
-            "index": index,
-            "embedding": encode_base64(vector) if as_base64 else vector,
-        }
-        for index, vector in enumerate(embedding.result.vectors)
-    ]
     tokens = embedding.result.prompt_tokens
-    return JSONResponse(
-        {
+
+    def content() -> dict[str, Any]:
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encode_base64(vector) if as_base64 else vector,
+            }
+            for index, vector in enumerate(embedding.result.vectors)
+        ]
+        return {
             "object": "list",
             "data": data,
             "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        },
-        headers=embedding.route.headers(),
-    )
+        }
+
+    # Thousands of vectors take long to encode: off the event loop.
+    return await json_off_loop(content, embedding.route.headers())

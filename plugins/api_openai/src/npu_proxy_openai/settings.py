@@ -18,3 +18,11 @@ class OpenAISettings(PluginSettings):
     responses_store_ttl: float = Field(
         3600.0, gt=0, description="Seconds a stored response is kept."
     )
+    max_choices: int = Field(
+        8,
+        ge=1,
+        description="The most choices (n) one chat completion may ask for; more is a 400. "
+        "Each choice is a whole generation holding a device slot: 8 is twice the default "
+        "parallelism of a CPU or GPU (NPU_PROXY_MAX_PARALLEL), so one request cannot fill "
+        "a device queue.",
+    )

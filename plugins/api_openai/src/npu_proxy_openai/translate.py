@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import (
+    SEED_MAX,
     GenerationRequest,
     Message,
     ResponseFormat,
@@ -43,6 +44,7 @@ def sampling_options(
 ) -> SamplingOptions:
     """The sampling fields both generation routes share (``n`` is each route's own)."""
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    # checked here, not only by the engine: the choices' seeds derive from this one
     return SamplingOptions(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -55,7 +57,7 @@ def sampling_options(
         frequency_penalty=body.frequency_penalty,
         stop=tuple(s for s in stop if s),
         logprobs=logprobs,
-    )
+    ).checked()
 
 
 def think_of_effort(effort: ReasoningEffort | None) -> bool | ThinkLevel | None:
@@ -76,11 +78,12 @@ _EFFORT_LEVELS: dict[str, ThinkLevel] = {
 
 def choice_requests(work: GenerationRequest, n: int) -> list[GenerationRequest]:
     """One engine request per choice. With a ``seed``, choice ``i`` samples with
-    ``seed + i``: the choices differ from each other and repeat from call to call."""
+    ``seed + i`` (wrapping past :data:`SEED_MAX`): the choices differ from each other
+    and repeat from call to call."""
     seed = work.options.seed
     return [
         work if i == 0 or seed is None
-        else replace(work, options=replace(work.options, seed=seed + i))
+        else replace(work, options=replace(work.options, seed=(seed + i) % (SEED_MAX + 1)))
         for i in range(n)
     ]
 

@@ -78,8 +78,7 @@ def prepare_generation(
     Raises :class:`PromptTooLongError` when the prompt exceeds the device's prompt limit
     or leaves no room in the context, and ``InvalidRequestError`` for bad options.
     """
-    options = request.options
-    validate_options(options)
+    options = validate_options(request.options)
     prompt = prompt_ids(tokenizer, request)
     count = len(prompt)
     if limits.prompt is not None and count > limits.prompt:

@@ -33,36 +33,14 @@ class GenerationSpec:
     special_tokens: bool = False
 
 
-def validate_options(options: SamplingOptions) -> None:
-    """Refuse out-of-range values with a message naming the parameter.
+def validate_options(options: SamplingOptions) -> SamplingOptions:
+    """``options`` within the core's ranges (:meth:`SamplingOptions.checked`, which are
+    GenAI's), or :class:`InvalidRequestError` naming the parameter.
 
-    Checked here, not by GenAI, because GenAI's own messages carry source paths.
+    The engine checks every request before admission; this covers a direct call, and
+    keeps GenAI's own messages (which carry source paths) from ever being the answer.
     """
-    checks: list[tuple[str, Any, bool, str]] = [
-        ("max_tokens", options.max_tokens, options.max_tokens is None or options.max_tokens >= 1,
-         "must be at least 1"),
-        ("temperature", options.temperature,
-         options.temperature is None or options.temperature >= 0, "must be >= 0"),
-        ("top_p", options.top_p, options.top_p is None or 0 < options.top_p <= 1,
-         "must be in (0, 1]"),
-        ("min_p", options.min_p, options.min_p is None or 0 <= options.min_p <= 1,
-         "must be in [0, 1]"),
-        ("repetition_penalty", options.repetition_penalty,
-         options.repetition_penalty is None or options.repetition_penalty > 0, "must be > 0"),
-        ("presence_penalty", options.presence_penalty,
-         options.presence_penalty is None or -2 <= options.presence_penalty <= 2,
-         "must be in [-2, 2]"),
-        ("frequency_penalty", options.frequency_penalty,
-         options.frequency_penalty is None or -2 <= options.frequency_penalty <= 2,
-         "must be in [-2, 2]"),
-        ("num_ctx", options.num_ctx, options.num_ctx is None or options.num_ctx >= 1,
-         "must be at least 1"),
-    ]
-    for name, value, ok, rule in checks:
-        if not ok:
-            raise InvalidRequestError(f"{name} {rule} (got {value})", param=name)
-    if any(not stop for stop in options.stop):
-        raise InvalidRequestError("stop strings must not be empty", param="stop")
+    return options.checked()
 
 
 def apply_options(

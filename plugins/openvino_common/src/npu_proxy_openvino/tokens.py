@@ -6,6 +6,7 @@ file it converts the vocabulary first, about 2 s), and runs on the CPU only.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -101,4 +102,61 @@ class TokenizerCache:
 def _load_tokenizer(folder: Path) -> Any:
     import openvino_genai
 
-    return openvino_genai.Tokenizer(str(folder))
+    tokenizer = openvino_genai.Tokenizer(str(folder))
+    untruncated = _untruncated(folder)
+    if untruncated is None:
+        return tokenizer
+    # Loaded from memory it knows only the template inside the IR: give it the one the
+    # folder's tokenizer reads (a chat_template.jinja file may override that one).
+    untruncated.chat_template = tokenizer.chat_template
+    return untruncated
+
+
+def _untruncated(folder: Path) -> Any | None:
+    """The language model's tokenizer in ``folder`` without its built-in truncation, or
+    None when it has none (or is an embedding model's, which truncates by design).
+
+    GenAI writes the tokenizer of a GGUF file with its length capped at the context
+    (a ``Minimum`` of the token count and a constant, 8,192 for SmolLM2) that neither
+    ``max_length`` nor ``truncation=False`` lifts: a longer prompt would be counted as
+    exactly the context and its end lost. Counts must be true (the context check, the
+    count_tokens endpoint, keeping the end of a long prompt), so the cap is raised to
+    the largest count its type holds; a prompt within the context encodes the same.
+    """
+    import numpy as np
+    import openvino
+    import openvino_genai
+    import openvino_tokenizers  # noqa: F401 - registers the tokenizer operations
+
+    detokenizer = folder / "openvino_detokenizer.xml"
+    if not (folder / "openvino_tokenizer.xml").is_file() or not detokenizer.is_file():
+        return None
+    model = openvino.Core().read_model(folder / "openvino_tokenizer.xml")
+    capped = False
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Minimum":
+            continue
+        for port in op.inputs():
+            source = port.get_source_output().get_node()
+            if source.get_type_name() != "Constant" or source.get_output_partial_shape(0).rank != 0:
+                continue
+            value = source.get_data()
+            if not np.issubdtype(value.dtype, np.integer):
+                continue
+            highest = np.array(np.iinfo(value.dtype).max, dtype=value.dtype)
+            port.replace_source_output(openvino.op.Constant(highest).output(0))
+            capped = True
+    if not capped:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        xml = Path(scratch) / "tokenizer.xml"
+        openvino.save_model(model, xml, compress_to_fp16=False)
+        tokenizer = (xml.read_text(encoding="utf-8"), xml.with_suffix(".bin").read_bytes())
+    untokenizer = (detokenizer.read_text(encoding="utf-8"),
+                   detokenizer.with_suffix(".bin").read_bytes())
+
+    def weights(data: bytes) -> Any:
+        return openvino.Tensor(np.frombuffer(data, dtype=np.uint8).copy())
+
+    return openvino_genai.Tokenizer(tokenizer[0], weights(tokenizer[1]),
+                                    untokenizer[0], weights(untokenizer[1]))
