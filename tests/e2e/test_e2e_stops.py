@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from npu_proxy.testing import free_port
+from npu_proxy.testing import free_port, wait_healthy
 
 STREAMS: dict[str, tuple[str, dict[str, Any]]] = {
     "ollama": ("/api/chat", {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}),
@@ -88,16 +88,7 @@ def test_sigterm_ends_every_open_stream_with_its_dialect_s_error_event(tmp_path:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the server never became ready"
-            try:
-                if httpx.get(url + "/health", timeout=5).json()["status"] == "ok":
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_healthy(process, url)
         readers = {name: Reader(url, path, body) for name, (path, body) in STREAMS.items()}
         for reader in readers.values():
             reader.start()
