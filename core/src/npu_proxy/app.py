@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -34,7 +33,7 @@ from .engine.types import ModelInfo
 from .hub.pull import Puller
 from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
-from .security import SecurityMiddleware, policy_options
+from .security import SecurityMiddleware, origins_regex, policy_options
 from .settings import Settings
 from .web import CLIENT_CLOSED, ClientDisconnected, HttpError
 
@@ -207,29 +206,23 @@ def create_app(
 
 
 def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
-    """Security checks inside CORS (preflights answer first), both inside the request id."""
+    """Security checks around CORS (see :class:`SecurityMiddleware`), inside the request id."""
     settings = ctx.settings
     app.add_middleware(
         SecurityMiddleware,
         render=lambda path, status, message, code, headers: error_response(
             ctx, path, HttpError(status, message, code=code, headers=headers)),
+        cors=lambda inner: CORSMiddleware(
+            inner,
+            allow_origin_regex=origins_regex(settings.origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "X-NPU-Proxy-Device", "X-NPU-Proxy-Route-Reason",
+                            "X-NPU-Proxy-Token-Count"],
+            allow_credentials=False,
+        ),
         **policy_options(settings),
     )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origin_regex=origins_regex(settings.origins),
-        allow_methods=["*"],
-        allow_headers=["*"],
-        expose_headers=["X-Request-ID", "X-NPU-Proxy-Device", "X-NPU-Proxy-Route-Reason",
-                        "X-NPU-Proxy-Token-Count"],
-        allow_credentials=False,
-    )
-
-
-def origins_regex(patterns: Iterable[str]) -> str:
-    """One regex for origin patterns where ``*`` matches within the origin (no spaces)."""
-    parts = [re.escape(p).replace(r"\*", r"[^\s]*") for p in patterns]
-    return "^(?:" + "|".join(parts) + ")$" if parts else "^$"
 
 
 async def _warm_up(ctx: ServerContext) -> None:

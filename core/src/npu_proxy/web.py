@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Mapping
+from itertools import accumulate
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -59,15 +61,60 @@ class HttpError(EngineError):
         return dict(self._headers)
 
 
+#: Deepest nesting of arrays and objects a request body may have (serde_json's limit):
+#: far beyond any real request, far below what recursive code on the value survives.
+MAX_JSON_DEPTH = 128
+#: Most digits of an integer in a request body (a 64-bit value has at most 20).
+MAX_JSON_INT_DIGITS = 64
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
 async def read_json(request: Request) -> Any:
-    """The request body as JSON; :class:`InvalidRequestError` if it is empty or malformed."""
+    """The request body as JSON; :class:`InvalidRequestError` if it is empty, malformed,
+    nested deeper than :data:`MAX_JSON_DEPTH` or holds an integer of more than
+    :data:`MAX_JSON_INT_DIGITS` digits."""
     body = await request.body()
     if not body.strip():
         raise InvalidRequestError("request body is empty; expected a JSON object")
+    return parse_json(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON within the limits of :func:`read_json` (same errors)."""
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            f"invalid JSON in request body: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequestError(f"invalid JSON in request body: {exc}") from None
+    except ValueError:  # from _bounded_int
+        raise InvalidRequestError(
+            f"invalid JSON in request body: an integer has more than {MAX_JSON_INT_DIGITS} "
+            "digits") from None
+    except RecursionError:  # the depth scan leaves this to a body it misread
+        raise InvalidRequestError(
+            f"invalid JSON in request body: nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``body`` (brackets inside strings do
+    not count), or 0 for a body with too few brackets to pass :data:`MAX_JSON_DEPTH`
+    (counted at C speed; the exact scan is linear too)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than the limit; the exact figure is not needed
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_BRACKET_STEP[b] for b in brackets), default=0)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError("integer too long")
+    return int(text)
 
 
 def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
