@@ -35,7 +35,7 @@ from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
 from .security import SecurityMiddleware, origins_regex, policy_options
 from .settings import Settings
-from .web import CLIENT_CLOSED, ClientDisconnected, HttpError
+from .web import CLIENT_CLOSED, ClientDisconnected, HttpError, hoist_schemas
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,14 @@ def create_app(
     app.state.ctx = ctx
     for dialect in ctx.dialects:
         app.include_router(dialect.router(ctx))
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = hoist_schemas(generate_openapi())  # request bodies
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -117,6 +117,59 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+#: Where :func:`request_body` leaves the schemas a body refers to, for
+#: :func:`hoist_schemas` to move into the document's components.
+_SCHEMAS_KEY = "x-npu-proxy-schemas"
+_COMPONENTS = "#/components/schemas/"
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose JSON body :func:`validate` (or a dialect's own
+    parser) checks against ``model``: the schema ``/openapi.json`` shows for it.
+
+    Schemas are named after the dialect's package (``openai.ChatCompletionRequest``,
+    ``anthropic.Message``) so two dialects' ``Message`` never clash. Apply
+    :func:`hoist_schemas` to the generated document (``create_app`` does).
+    """
+    package = model.__module__.split(".")[0].removeprefix("npu_proxy_")
+    schema = model.model_json_schema(mode="validation")
+    defs = {f"{package}.{name}": sub for name, sub in schema.pop("$defs", {}).items()}
+    defs[f"{package}.{model.__name__}"] = schema
+    for sub in defs.values():
+        _rename_refs(sub, package)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {
+                "schema": {"$ref": f"{_COMPONENTS}{package}.{model.__name__}"}}},
+        },
+        _SCHEMAS_KEY: defs,
+    }
+
+
+def _rename_refs(node: Any, package: str) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            node["$ref"] = f"{_COMPONENTS}{package}.{ref.removeprefix('#/$defs/')}"
+        for value in node.values():
+            _rename_refs(value, package)
+    elif isinstance(node, list):
+        for value in node:
+            _rename_refs(value, package)
+
+
+def hoist_schemas(document: dict[str, Any]) -> dict[str, Any]:
+    """Move the schemas :func:`request_body` left on operations into
+    ``components.schemas`` (in place; returns ``document``)."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                components.update(operation.pop(_SCHEMAS_KEY, {}))
+    return document
+
+
 def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:
     """A one-line message for the first problem and the parameter it concerns."""
     first = exc.errors()[0]
