@@ -66,3 +66,4 @@ def test_request_bodies_are_documented_with_resolvable_schemas(tmp_path: Path) -
     assert schema["required"] == ["model"]
     item = schema["properties"]["parts"]["items"]["$ref"]
     assert resolve(document, item)["properties"]["text"]["type"] == "string"
+

@@ -18,7 +18,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 
 #: Generated requests per operation and mode (valid, invalid): about 25 operations.
-EXAMPLES = 12
+EXAMPLES = 25
 #: Operations whose feature is not offered: their 501 Not Implemented is the answer,
 #: any other 5xx is still a failure.
 UNSUPPORTED = frozenset({"POST /api/push", "POST /api/blobs/{digest}"})
@@ -46,6 +46,7 @@ def test_no_generated_request_gets_a_server_error(server: LiveServer) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert any(op.body for op in operations), "the schema documents no request body"
     failures: list[str] = []
+    calls: list[str] = []
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE,
                      schemathesis.GenerationMode.NEGATIVE):
@@ -55,6 +56,7 @@ def test_no_generated_request_gets_a_server_error(server: LiveServer) -> None:
                       database=None, suppress_health_check=list(HealthCheck))
             @given(case=cases, _=st.just(None))
             def probe(case: schemathesis.Case, _: None) -> None:
+                calls.append(case.operation.label)
                 case.call_and_validate(base_url=server.url, checks=[no_server_error],
                                        timeout=60)
 
@@ -65,6 +67,7 @@ def test_no_generated_request_gets_a_server_error(server: LiveServer) -> None:
             except (AssertionError, FailureGroup) as exc:
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
+    assert len(set(calls)) == len(operations) and len(calls) > 10 * len(operations)
 
 
 def test_every_route_that_reads_a_body_documents_it(server: LiveServer) -> None:
@@ -81,3 +84,16 @@ def test_every_route_that_reads_a_body_documents_it(server: LiveServer) -> None:
     assert "POST /api/chat" not in without and "POST /v1/messages" not in without
     for name, schema in document["components"]["schemas"].items():
         assert "$defs" not in schema, name
+
+
+def test_path_parameters_are_declared_and_405_names_every_method(server: LiveServer) -> None:
+    document = httpx.get(server.url + "/openapi.json").json()
+    model = document["paths"]["/v1/models/{model_id}"]["get"]
+    assert {"name": "model_id", "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1}} in model["parameters"]
+    # GET and HEAD are two routes: a 405 names both, not the first one only
+    refused = httpx.request("PUT", server.url + "/api/tags")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+    assert httpx.get(server.url + "/api/tags").status_code == 200
+    both = httpx.request("PATCH", server.url + "/v1/responses/abc")
+    assert both.status_code == 405 and both.headers["allow"] == "DELETE, GET"

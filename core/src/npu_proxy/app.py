@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from . import __version__
 from .api import ApiDialect, plain_error_response
@@ -35,7 +37,7 @@ from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
 from .security import SecurityMiddleware, origins_regex, policy_options
 from .settings import Settings
-from .web import CLIENT_CLOSED, ClientDisconnected, HttpError, hoist_schemas
+from .web import CLIENT_CLOSED, ClientDisconnected, HttpError, complete_openapi
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = hoist_schemas(generate_openapi())  # request bodies
+            app.openapi_schema = complete_openapi(generate_openapi())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -184,7 +186,12 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail) if exc.status_code != 404 else f"{request.url.path} not found"
-        error = HttpError(exc.status_code, message, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods (a HEAD route registered
+            # beside a GET one answered "Allow: HEAD"); name every route's on this path.
+            headers["Allow"] = ", ".join(sorted(allowed_methods(app.routes, request.scope)))
+        error = HttpError(exc.status_code, message, headers=headers)
         return error_response(ctx, request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
@@ -260,6 +267,20 @@ async def _warm_up(ctx: ServerContext) -> None:
             log.info("warm-up of %s finished", name)
         except Exception as exc:
             log.warning("warm-up of %s failed: %s", name, getattr(exc, "message", exc))
+
+
+def allowed_methods(routes: Iterable[Any], scope: Scope) -> set[str]:
+    """Every method some route among ``routes`` (included routers searched too) serves
+    at the path of ``scope``."""
+    methods: set[str] = set()
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI >= 0.165 nests them
+        if included is not None:
+            methods |= allowed_methods(included.routes, scope)
+            continue
+        if getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return methods
 
 
 def context_of(app: Any) -> ServerContext:

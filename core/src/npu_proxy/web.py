@@ -118,7 +118,7 @@ def _bounded_int(text: str) -> int:
 
 
 #: Where :func:`request_body` leaves the schemas a body refers to, for
-#: :func:`hoist_schemas` to move into the document's components.
+#: :func:`complete_openapi` to move into the document's components.
 _SCHEMAS_KEY = "x-npu-proxy-schemas"
 _COMPONENTS = "#/components/schemas/"
 
@@ -129,7 +129,7 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 
     Schemas are named after the dialect's package (``openai.ChatCompletionRequest``,
     ``anthropic.Message``) so two dialects' ``Message`` never clash. Apply
-    :func:`hoist_schemas` to the generated document (``create_app`` does).
+    :func:`complete_openapi` to the generated document (``create_app`` does).
     """
     package = model.__module__.split(".")[0].removeprefix("npu_proxy_")
     schema = model.model_json_schema(mode="validation")
@@ -159,14 +159,25 @@ def _rename_refs(node: Any, package: str) -> None:
             _rename_refs(value, package)
 
 
-def hoist_schemas(document: dict[str, Any]) -> dict[str, Any]:
-    """Move the schemas :func:`request_body` left on operations into
-    ``components.schemas`` (in place; returns ``document``)."""
+def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """Finish a generated OpenAPI document (in place; returns it): move the schemas
+    :func:`request_body` left on operations into ``components.schemas``, and declare
+    the path parameters of routes whose handlers read them from the request (a
+    ``{model_id}`` in the path and no parameter for it)."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
-    for operations in document.get("paths", {}).values():
+    for path, operations in document.get("paths", {}).items():
+        names = re.findall(r"{([^}:]+)(?::[^}]*)?}", path)
         for operation in operations.values():
-            if isinstance(operation, dict):
-                components.update(operation.pop(_SCHEMAS_KEY, {}))
+            if not isinstance(operation, dict):
+                continue
+            components.update(operation.pop(_SCHEMAS_KEY, {}))
+            declared = {p.get("name") for p in operation.get("parameters", [])
+                        if p.get("in") == "path"}
+            for name in names:
+                if name not in declared:
+                    operation.setdefault("parameters", []).append(
+                        {"name": name, "in": "path", "required": True,
+                         "schema": {"type": "string", "minLength": 1}})
     return document
 
 
