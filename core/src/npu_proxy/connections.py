@@ -63,12 +63,10 @@ class ConnectionPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionPolicy:
-        from .security import parse_networks
+        from .security import allowed_networks
 
-        clients = [] if settings.allowed_clients == ["*"] else parse_networks(
-            settings.allowed_clients)
-        return cls(clients, settings.header_timeout, settings.body_timeout,
-                   settings.max_client_connections)
+        return cls(allowed_networks(settings), settings.header_timeout,
+                   settings.body_timeout, settings.max_client_connections)
 
     def allows(self, host: str) -> bool:
         if not self.clients:

@@ -276,11 +276,17 @@ def _health(path: str) -> bool:
     return path == _CROSS_SITE_PREFIX or path.startswith(_CROSS_SITE_PREFIX + "/")
 
 
+def allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The client allow-list as networks; empty when every address is allowed (``*``)."""
+    if settings.allowed_clients == ["*"]:
+        return []
+    return parse_networks(settings.allowed_clients)
+
+
 def policy_options(settings: Settings) -> dict[str, Any]:
     """:class:`SecurityMiddleware`'s keyword arguments (all but ``render`` and ``cors``)
     from settings."""
-    clients = [] if settings.allowed_clients == ["*"] else parse_networks(
-        settings.allowed_clients)
+    clients = allowed_networks(settings)
     return {
         "api_key": settings.api_key.get_secret_value() if settings.api_key else None,
         "clients": clients,
