@@ -35,9 +35,9 @@ from .engine.types import ModelInfo
 from .hub.pull import Puller
 from .middleware import RequestContextMiddleware
 from .plugins import PluginError, PluginHost
-from .security import SecurityMiddleware, origins_regex, policy_options
+from .security import SecurityMiddleware, policy_options
 from .settings import Settings
-from .web import CLIENT_CLOSED, ClientDisconnected, HttpError, complete_openapi
+from .web import CLIENT_CLOSED, ClientDisconnected, HttpError
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ def create_app(
     app.state.ctx = ctx
     for dialect in ctx.dialects:
         app.include_router(dialect.router(ctx))
+    from .web import complete_openapi
+
     generate_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -222,21 +224,21 @@ def create_app(
 
 def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
     """Security checks around CORS (see :class:`SecurityMiddleware`), inside the request id."""
-    settings = ctx.settings
+    options = policy_options(ctx.settings)
     app.add_middleware(
         SecurityMiddleware,
         render=lambda path, status, message, code, headers: error_response(
             ctx, path, HttpError(status, message, code=code, headers=headers)),
         cors=lambda inner: CORSMiddleware(
             inner,
-            allow_origin_regex=origins_regex(settings.origins),
+            allow_origin_regex=options["origins"],
             allow_methods=["*"],
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "X-NPU-Proxy-Device", "X-NPU-Proxy-Route-Reason",
                             "X-NPU-Proxy-Token-Count"],
             allow_credentials=False,
         ),
-        **policy_options(settings),
+        **options,
     )
 
 
