@@ -73,6 +73,17 @@ def test_allowed_origins_and_clients_without_origin_still_work(server: LiveServe
     assert allowed.headers["access-control-allow-origin"] == LOCAL
 
 
+def test_a_page_served_here_may_call_the_api_from_any_accepted_host(
+        server: LiveServer) -> None:
+    # /docs opened at the machine's LAN address: same origin, not cross-site
+    lan = {"Host": "192.168.1.20:11435", "Origin": "http://192.168.1.20:11435"}
+    assert httpx.get(server.url + "/tiny/models", headers=lan).status_code == 200
+    other_port = {"Host": "192.168.1.20:11435", "Origin": "http://192.168.1.20:8080"}
+    assert httpx.get(server.url + "/tiny/models", headers=other_port).status_code == 403
+    rebound = {"Host": "evil.example:11435", "Origin": "http://evil.example:11435"}
+    assert httpx.get(server.url + "/tiny/models", headers=rebound).status_code == 403
+
+
 def test_health_answers_any_origin(server: LiveServer) -> None:
     for path in ("/health", "/health/devices"):
         assert httpx.get(server.url + path, headers={"Origin": EVIL}).status_code == 200

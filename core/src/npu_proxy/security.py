@@ -233,9 +233,19 @@ class SecurityMiddleware:
         # not act here (a "simple" text/plain POST needs no preflight). Clients that
         # are not browsers send no Origin and are not concerned.
         if origin is not None and not _health(scope["path"]) \
+                and not self._same_origin(origin, host) \
                 and not self.origins.match(origin.decode("latin-1")):
             return 403, "cross-origin request refused (NPU_PROXY_ORIGINS)", "forbidden", None
         return None
+
+    @staticmethod
+    def _same_origin(origin: bytes, host: bytes | None) -> bool:
+        """A page this server served itself (``/docs`` opened by a LAN address): its
+        origin is the Host it called, which the Host check has already accepted."""
+        if not host:
+            return False
+        scheme, _, rest = origin.partition(b"://")
+        return scheme in (b"http", b"https") and rest.lower() == host.strip().lower()
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send,
                       refusal: tuple[int, str, str, dict[str, str] | None]) -> None:
