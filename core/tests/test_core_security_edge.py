@@ -21,7 +21,7 @@ from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.security import SecurityMiddleware, origins_regex, policy_options
 from npu_proxy.settings import DEFAULT_ORIGINS, Settings
 from npu_proxy.testing import LiveServer, free_port, make_app, test_settings
-from npu_proxy.web import MAX_JSON_DEPTH, json_depth, parse_json
+from npu_proxy.web import MAX_JSON_DEPTH, MAX_JSON_INT_DIGITS, json_depth, parse_json
 from starlette.types import Message, Receive, Scope, Send
 
 EVIL = "https://evil.example"
@@ -168,10 +168,11 @@ def test_json_depth_and_integer_size_are_bounded() -> None:
     for body, words in ((nested, "nested deeper"),
                         (b"[" * 1000 + b"]" * 1000, "nested deeper"),
                         (b'{"seed": ' + b"7" * 4400 + b"}", "digits"),
-                        (b'{"seed": ' + b"7" * 65 + b"}", "digits")):
+                        (b'{"seed": ' + b"7" * (MAX_JSON_INT_DIGITS + 1) + b"}", "digits")):
         with pytest.raises(InvalidRequestError, match=words):
             parse_json(body)
-    assert parse_json(b'{"seed": -' + b"9" * 64 + b"}")["seed"] == -int("9" * 64)
+    longest = b"9" * MAX_JSON_INT_DIGITS
+    assert parse_json(b'{"seed": -' + longest + b"}")["seed"] == -int(longest)
 
 
 def test_json_limits_answer_400_through_a_dialect(server: LiveServer) -> None:

@@ -64,8 +64,10 @@ class HttpError(EngineError):
 #: Deepest nesting of arrays and objects a request body may have (serde_json's limit):
 #: far beyond any real request, far below what recursive code on the value survives.
 MAX_JSON_DEPTH = 128
-#: Most digits of an integer in a request body (a 64-bit value has at most 20).
-MAX_JSON_INT_DIGITS = 64
+#: Most digits of an integer in a request body: far beyond any value a parameter takes
+#: (a 64-bit value has 20 digits; an over-long keep_alive still means "forever"), and
+#: below Python's own conversion limit (4,300 digits), which raises ``ValueError``.
+MAX_JSON_INT_DIGITS = 1000
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
