@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -19,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from . import __version__
 from .api import ApiDialect, plain_error_response
@@ -175,11 +176,26 @@ def create_app(
     app.state.ctx = ctx
     for dialect in ctx.dialects:
         app.include_router(dialect.router(ctx))
+    from .web import complete_openapi
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_openapi(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail) if exc.status_code != 404 else f"{request.url.path} not found"
-        error = HttpError(exc.status_code, message, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods (a HEAD route registered
+            # beside a GET one answered "Allow: HEAD"); name every route's on this path.
+            headers["Allow"] = ", ".join(sorted(allowed_methods(app.routes, request.scope)))
+        error = HttpError(exc.status_code, message, headers=headers)
         return error_response(ctx, request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
@@ -211,30 +227,24 @@ def create_app(
 
 
 def _add_network_safety(app: FastAPI, ctx: ServerContext) -> None:
-    """Security checks inside CORS (preflights answer first), both inside the request id."""
-    settings = ctx.settings
+    """Security checks around CORS (see :class:`SecurityMiddleware`), inside the request id."""
+    options = policy_options(ctx.settings)
     app.add_middleware(
         SecurityMiddleware,
         render=lambda path, status, message, code, headers: error_response(
             ctx, path, HttpError(status, message, code=code, headers=headers)),
-        **policy_options(settings),
+        cors=lambda inner: CORSMiddleware(
+            inner,
+            allow_origin_regex=options["origins"],
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "X-NPU-Proxy-Device", "X-NPU-Proxy-Route-Reason",
+                            "X-NPU-Proxy-Token-Count", "X-NPU-Proxy-Truncated"],
+            allow_credentials=False,
+        ),
+        **options,
         uploads=tuple(p for d in ctx.dialects for p in d.uploads),
     )
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origin_regex=origins_regex(settings.origins),
-        allow_methods=["*"],
-        allow_headers=["*"],
-        expose_headers=["X-Request-ID", "X-NPU-Proxy-Device", "X-NPU-Proxy-Route-Reason",
-                        "X-NPU-Proxy-Token-Count"],
-        allow_credentials=False,
-    )
-
-
-def origins_regex(patterns: Iterable[str]) -> str:
-    """One regex for origin patterns where ``*`` matches within the origin (no spaces)."""
-    parts = [re.escape(p).replace(r"\*", r"[^\s]*") for p in patterns]
-    return "^(?:" + "|".join(parts) + ")$" if parts else "^$"
 
 
 async def _warm_up(ctx: ServerContext) -> None:
@@ -264,6 +274,20 @@ async def _warm_up(ctx: ServerContext) -> None:
             log.info("warm-up of %s finished", name)
         except Exception as exc:
             log.warning("warm-up of %s failed: %s", name, getattr(exc, "message", exc))
+
+
+def allowed_methods(routes: Iterable[Any], scope: Scope) -> set[str]:
+    """Every method some route among ``routes`` (included routers searched too) serves
+    at the path of ``scope``."""
+    methods: set[str] = set()
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI >= 0.165 nests them
+        if included is not None:
+            methods |= allowed_methods(included.routes, scope)
+            continue
+        if getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return methods
 
 
 def context_of(app: Any) -> ServerContext:

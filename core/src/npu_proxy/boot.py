@@ -36,6 +36,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .connections import harden
 from .security import SecurityMiddleware, policy_options
 
 if TYPE_CHECKING:
@@ -86,6 +87,11 @@ class StagedApp:
         self._begin_on_startup = begin_on_startup
         self._early_health = SecurityMiddleware(self._health, render=_plain,
                                                 **policy_options(settings))
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the server runs with."""
+        return self._settings
 
     @property
     def ready(self) -> bool:
@@ -169,10 +175,12 @@ class StagedApp:
 
 class StagedServer(uvicorn.Server):
     """A uvicorn server that lets its :class:`StagedApp` begin composing once the
-    socket is bound."""
+    socket is bound, serving with the connection guards of the app's settings
+    (:func:`npu_proxy.connections.harden`: client allow-list at connection time,
+    per-client connection limit, header and body timeouts, no forwarded headers)."""
 
     def __init__(self, config: uvicorn.Config, app: StagedApp) -> None:
-        super().__init__(config)
+        super().__init__(harden(config, app.settings))
         self._staged = app
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:

@@ -1,9 +1,13 @@
-"""Network safety as pure ASGI middleware: client allow-list, Host check, body limit, API key.
+"""Network safety as pure ASGI middleware: client allow-list, Host check, Origin check,
+body limit, API key.
 
 The server binds ``0.0.0.0`` by default so WSL2 can reach it; these checks keep that
 safe. Each refusal is rendered by the dialect that owns the path (its own 401/403/413
 shape), through the ``render`` callback. Order, outermost first: client address,
-Host header, body size (buffered, so 413 comes before any parsing), API key.
+Host header, Origin (cross-site requests), then CORS (preflights), body size
+(buffered, so 413 comes before any parsing), API key. Every scope but the lifespan
+goes through the first three (``OPTIONS`` and WebSocket handshakes included); a
+refused WebSocket handshake is closed (the server answers it with 403).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import fnmatch
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterable
 from functools import lru_cache
@@ -35,6 +40,8 @@ DEFAULT_CLIENTS = (
 )
 #: Paths that never need the API key.
 OPEN_PATHS = frozenset({"/health"})
+#: Paths any web page may call (a health probe changes nothing and reveals little).
+_CROSS_SITE_PREFIX = "/health"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -98,6 +105,25 @@ class HostPolicy:
         )
 
 
+def origins_regex(patterns: Iterable[str]) -> str:
+    """One regex for origin patterns with ``*`` wildcards.
+
+    A ``*`` that is a whole port (``http://localhost:*``) matches digits only; any other
+    ``*`` matches within a host (no ``/``, ``@``, ``?``, ``#`` or space), so a pattern
+    never admits user info (``http://localhost:@evil.example``) or a path.
+    """
+    parts = []
+    for pattern in patterns:
+        pattern = pattern.strip()
+        if not pattern:
+            continue
+        port_wildcard = pattern.endswith(":*")
+        body = pattern[:-2] if port_wildcard else pattern
+        regex = re.escape(body).replace(r"\*", r"[^\s/@?#]*")
+        parts.append(regex + (r":[0-9]{1,5}" if port_wildcard else ""))
+    return "^(?:" + "|".join(parts) + ")$" if parts else "^$"
+
+
 def api_key_of(headers: dict[bytes, bytes]) -> str | None:
     """The key a client sent: ``Authorization: Bearer KEY`` or ``x-api-key: KEY``."""
     direct = headers.get(b"x-api-key")
@@ -111,7 +137,12 @@ def api_key_of(headers: dict[bytes, bytes]) -> str | None:
 
 
 class SecurityMiddleware:
-    """Refuses what a trusted local server must refuse, before the app sees it."""
+    """Refuses what a trusted local server must refuse, before the app sees it.
+
+    ``cors`` wraps the inner checks (body limit, API key) and the app: preflights are
+    answered by it, after the client, Host and Origin checks and before the API key
+    (a browser sends no credentials in a preflight).
+    """
 
     def __init__(
         self,
@@ -122,7 +153,9 @@ class SecurityMiddleware:
         api_key: str | None,
         clients: list,  # type: ignore[type-arg]
         hosts: HostPolicy,
+        origins: str,
         max_body: int,
+        cors: Callable[[ASGIApp], ASGIApp] | None = None,
     ) -> None:
         self.app = app
         self.render = render
@@ -130,18 +163,29 @@ class SecurityMiddleware:
         self.api_key = api_key.encode() if api_key else None
         self.clients = clients
         self.hosts = hosts
+        self.origins = re.compile(origins)
         self.max_body = max_body
+        self._inner: ASGIApp = cors(self._gate) if cors is not None else self._gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        refusal = self._check_peer(scope, headers)
+        if refusal is None and scope["type"] == "websocket":
+            refusal = self._check_key(headers)
+        if refusal is not None:
+            await self._refuse(scope, receive, send, refusal)
+            return
+        await self._inner(scope, receive, send)
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Body limit and API key (HTTP), then the app."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
         headers = dict(scope.get("headers", []))
-        refusal = self._check_peer(scope, headers)
-        if refusal is not None:
-            await self.render(path, *refusal, None)(scope, receive, send)
-            return
         if scope["method"] in _BODY_METHODS and not scope["path"].startswith(self.uploads):
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -152,22 +196,28 @@ class SecurityMiddleware:
                 await self._too_large(scope, receive, send)
                 return
             receive = _replay(buffered, receive)
-        if self.api_key is not None and path not in OPEN_PATHS and scope["method"] != "OPTIONS":
-            sent = api_key_of(headers)
-            if sent is None or not hmac.compare_digest(sent.encode(), self.api_key):
-                message = "missing API key" if sent is None else "invalid API key"
-                hint = "send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'"
-                response = self.render(
-                    path, 401, f"{message}: {hint}", "unauthorized",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
+        if scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
+            refusal = self._check_key(headers)
+            if refusal is not None:
+                await self._refuse(scope, receive, send, refusal)
                 return
         await self.app(scope, receive, send)
 
+    def _check_key(
+        self, headers: dict[bytes, bytes]
+    ) -> tuple[int, str, str, dict[str, str] | None] | None:
+        if self.api_key is None:
+            return None
+        sent = api_key_of(headers)
+        if sent is not None and hmac.compare_digest(sent.encode(), self.api_key):
+            return None
+        message = "missing API key" if sent is None else "invalid API key"
+        hint = "send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'"
+        return 401, f"{message}: {hint}", "unauthorized", {"WWW-Authenticate": "Bearer"}
+
     def _check_peer(
         self, scope: Scope, headers: dict[bytes, bytes]
-    ) -> tuple[int, str, str] | None:
+    ) -> tuple[int, str, str, dict[str, str] | None] | None:
         client = scope.get("client")
         if client and self.clients:
             try:
@@ -175,11 +225,39 @@ class SecurityMiddleware:
             except ValueError:
                 address = None
             if address is not None and not any(address in n for n in self.clients):
-                return 403, "client address not allowed (NPU_PROXY_ALLOWED_CLIENTS)", "forbidden"
+                return (403, "client address not allowed (NPU_PROXY_ALLOWED_CLIENTS)",
+                        "forbidden", None)
         host = headers.get(b"host")
         if not self.hosts.allows(host.decode("latin-1") if host else None):
-            return 403, "Host header not allowed (NPU_PROXY_ALLOWED_HOSTS)", "forbidden"
+            return 403, "Host header not allowed (NPU_PROXY_ALLOWED_HOSTS)", "forbidden", None
+        origin = headers.get(b"origin")
+        # A browser names the page that makes a request; a page on another site must
+        # not act here (a "simple" text/plain POST needs no preflight). Clients that
+        # are not browsers send no Origin and are not concerned.
+        if origin is not None and not _health(scope["path"]) \
+                and not self._same_origin(origin, host) \
+                and not self.origins.match(origin.decode("latin-1")):
+            return 403, "cross-origin request refused (NPU_PROXY_ORIGINS)", "forbidden", None
         return None
+
+    @staticmethod
+    def _same_origin(origin: bytes, host: bytes | None) -> bool:
+        """A page this server served itself (``/docs`` opened by a LAN address): its
+        origin is the Host it called, which the Host check has already accepted."""
+        if not host:
+            return False
+        scheme, _, rest = origin.partition(b"://")
+        return scheme in (b"http", b"https") and rest.lower() == host.strip().lower()
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send,
+                      refusal: tuple[int, str, str, dict[str, str] | None]) -> None:
+        if scope["type"] == "websocket":
+            # Closing before accepting makes the server answer the handshake with 403.
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.render(scope["path"], *refusal)(scope, receive, send)
 
     async def _read_body(self, receive: Receive) -> list[Message] | None:
         """Every body message, or None as soon as the total passes the limit."""
@@ -206,14 +284,26 @@ class SecurityMiddleware:
         await response(scope, receive, send)
 
 
+def _health(path: str) -> bool:
+    return path == _CROSS_SITE_PREFIX or path.startswith(_CROSS_SITE_PREFIX + "/")
+
+
+def allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The client allow-list as networks; empty when every address is allowed (``*``)."""
+    if settings.allowed_clients == ["*"]:
+        return []
+    return parse_networks(settings.allowed_clients)
+
+
 def policy_options(settings: Settings) -> dict[str, Any]:
-    """:class:`SecurityMiddleware`'s keyword arguments (all but ``render``) from settings."""
-    clients = [] if settings.allowed_clients == ["*"] else parse_networks(
-        settings.allowed_clients)
+    """:class:`SecurityMiddleware`'s keyword arguments (all but ``render`` and ``cors``)
+    from settings."""
+    clients = allowed_networks(settings)
     return {
         "api_key": settings.api_key.get_secret_value() if settings.api_key else None,
         "clients": clients,
         "hosts": HostPolicy(settings.allowed_hosts, clients or parse_networks(DEFAULT_CLIENTS)),
+        "origins": origins_regex(settings.origins),
         "max_body": settings.max_body,
     }
 

@@ -204,11 +204,28 @@ class Settings(BaseSettings):
     )
     origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ORIGINS),
-        description="Comma-separated browser origins allowed by CORS ('*' wildcards).",
+        description="Comma-separated browser origins allowed to call the API: CORS, and "
+        "a request with any other Origin gets 403 (except /health*). '*' wildcards; a "
+        "':*' port matches digits only.",
     )
     max_body: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes "
         "('32MiB'); larger ones get 413 before parsing."
+    )
+
+    # --- slow clients (checked at the connection, before a request exists) --------
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's line and "
+        "headers (from connecting, or from the request's first byte on a kept-alive "
+        "connection); slower ones get 408 and are disconnected."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may take to arrive, plus one "
+        "second per KiB received; a body trickling slower is cut."
+    )
+    max_client_connections: int = Field(
+        256, ge=1, description="Open connections one client address may hold; one more "
+        "gets 503 and is closed at once."
     )
 
     @field_validator("allowed_clients", "allowed_hosts", "origins", mode="before")

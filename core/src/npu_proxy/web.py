@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from itertools import accumulate
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -61,15 +63,126 @@ class HttpError(EngineError):
         return dict(self._headers)
 
 
+#: Deepest nesting of arrays and objects a request body may have (serde_json's limit):
+#: far beyond any real request, far below what recursive code on the value survives.
+MAX_JSON_DEPTH = 128
+#: Most digits of an integer in a request body: far beyond any value a parameter takes
+#: (a 64-bit value has 20 digits; an over-long keep_alive still means "forever"), and
+#: below Python's own conversion limit (4,300 digits), which raises ``ValueError``.
+MAX_JSON_INT_DIGITS = 1000
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
 async def read_json(request: Request) -> Any:
-    """The request body as JSON; :class:`InvalidRequestError` if it is empty or malformed."""
+    """The request body as JSON; :class:`InvalidRequestError` if it is empty, malformed,
+    nested deeper than :data:`MAX_JSON_DEPTH` or holds an integer of more than
+    :data:`MAX_JSON_INT_DIGITS` digits."""
     body = await request.body()
     if not body.strip():
         raise InvalidRequestError("request body is empty; expected a JSON object")
+    return parse_json(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON within the limits of :func:`read_json` (same errors)."""
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            f"invalid JSON in request body: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequestError(f"invalid JSON in request body: {exc}") from None
+    except ValueError:  # from _bounded_int
+        raise InvalidRequestError(
+            f"invalid JSON in request body: an integer has more than {MAX_JSON_INT_DIGITS} "
+            "digits") from None
+    except RecursionError:  # the depth scan leaves this to a body it misread
+        raise InvalidRequestError(
+            f"invalid JSON in request body: nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``body`` (brackets inside strings do
+    not count), or 0 for a body with too few brackets to pass :data:`MAX_JSON_DEPTH`
+    (counted at C speed; the exact scan is linear too)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than the limit; the exact figure is not needed
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_BRACKET_STEP[b] for b in brackets), default=0)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError("integer too long")
+    return int(text)
+
+
+#: Where :func:`request_body` leaves the schemas a body refers to, for
+#: :func:`complete_openapi` to move into the document's components.
+_SCHEMAS_KEY = "x-npu-proxy-schemas"
+_COMPONENTS = "#/components/schemas/"
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose JSON body :func:`validate` (or a dialect's own
+    parser) checks against ``model``: the schema ``/openapi.json`` shows for it.
+
+    Schemas are named after the dialect's package (``openai.ChatCompletionRequest``,
+    ``anthropic.Message``) so two dialects' ``Message`` never clash. Apply
+    :func:`complete_openapi` to the generated document (``create_app`` does).
+    """
+    package = model.__module__.split(".")[0].removeprefix("npu_proxy_")
+    schema = model.model_json_schema(mode="validation")
+    defs = {f"{package}.{name}": sub for name, sub in schema.pop("$defs", {}).items()}
+    defs[f"{package}.{model.__name__}"] = schema
+    for sub in defs.values():
+        _rename_refs(sub, package)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {
+                "schema": {"$ref": f"{_COMPONENTS}{package}.{model.__name__}"}}},
+        },
+        _SCHEMAS_KEY: defs,
+    }
+
+
+def _rename_refs(node: Any, package: str) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            node["$ref"] = f"{_COMPONENTS}{package}.{ref.removeprefix('#/$defs/')}"
+        for value in node.values():
+            _rename_refs(value, package)
+    elif isinstance(node, list):
+        for value in node:
+            _rename_refs(value, package)
+
+
+def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """Finish a generated OpenAPI document (in place; returns it): move the schemas
+    :func:`request_body` left on operations into ``components.schemas``, and declare
+    the path parameters of routes whose handlers read them from the request (a
+    ``{model_id}`` in the path and no parameter for it)."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for path, operations in document.get("paths", {}).items():
+        names = re.findall(r"{([^}:]+)(?::[^}]*)?}", path)
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            components.update(operation.pop(_SCHEMAS_KEY, {}))
+            declared = {p.get("name") for p in operation.get("parameters", [])
+                        if p.get("in") == "path"}
+            for name in names:
+                if name not in declared:
+                    operation.setdefault("parameters", []).append(
+                        {"name": name, "in": "path", "required": True,
+                         "schema": {"type": "string", "minLength": 1}})
+    return document
 
 
 def describe_validation_error(exc: ValidationError) -> tuple[str, str | None]:

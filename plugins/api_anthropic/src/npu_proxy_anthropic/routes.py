@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from npu_proxy.engine.engine import Generation
 from npu_proxy.engine.types import GenerationRequest
 from npu_proxy.streaming import admit, generate_whole, stream_response
-from npu_proxy.web import read_json
+from npu_proxy.web import read_json, request_body
 from starlette.responses import JSONResponse, Response
 
 from .convert import generation_request
@@ -45,7 +45,7 @@ def build_router(ctx: ServerContext, settings: AnthropicSettings) -> APIRouter:
     def headers(generation: Generation) -> dict[str, str]:
         return {**generation.route.headers(), "X-NPU-Proxy-Model": generation.model.name}
 
-    @router.post("/v1/messages")
+    @router.post("/v1/messages", openapi_extra=request_body(MessagesRequest))
     async def create_message(request: Request) -> Response:
         body = parse(MessagesRequest, await read_json(request))
         engine_request = generation_request(body, resolver.resolve(body.model))
@@ -69,7 +69,7 @@ def build_router(ctx: ServerContext, settings: AnthropicSettings) -> APIRouter:
             encoder.feed(event)
         return JSONResponse(encoder.message(), headers=headers(generation))
 
-    @router.post("/v1/messages/count_tokens")
+    @router.post("/v1/messages/count_tokens", openapi_extra=request_body(PromptParams))
     async def count_tokens(request: Request) -> Response:
         body = parse(PromptParams, await read_json(request))
         engine_request: GenerationRequest = generation_request(body, resolver.resolve(body.model))

@@ -29,7 +29,7 @@ from npu_proxy.engine.formats import ModelFormatError
 from npu_proxy.engine.names import canonical
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.streaming import NDJSON, ClosingStreamResponse
-from npu_proxy.web import read_json, validate
+from npu_proxy.web import read_json, request_body, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -122,7 +122,7 @@ def create_routes(ctx: ServerContext) -> APIRouter:
     """``POST /api/create``, closed over ``ctx``."""
     router = APIRouter()
 
-    @router.post("/api/create")
+    @router.post("/api/create", openapi_extra=request_body(CreateBody))
     async def create(request: Request) -> Response:
         data = await read_json(request)
         if isinstance(data, dict) and "from" in data:

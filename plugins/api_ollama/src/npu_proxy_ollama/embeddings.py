@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import InvalidRequestError
 from npu_proxy.engine.types import EmbeddingRequest
-from npu_proxy.web import json_off_loop, read_json, until_disconnected, validate
+from npu_proxy.web import json_off_loop, read_json, request_body, until_disconnected, validate
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -77,7 +77,7 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
         headers = await load_model(ctx, request, name, keep_alive)
         return JSONResponse(payload, headers=headers)
 
-    @router.post("/api/embed")
+    @router.post("/api/embed", openapi_extra=request_body(EmbedBody))
     async def embed(request: Request) -> Response:
         body, named, keep_alive = await _read(request, EmbedBody)
         name = named or ctx.engine.embedding_model().name
@@ -102,7 +102,7 @@ def embedding_routes(ctx: ServerContext) -> APIRouter:
         # Thousands of vectors take long to encode: off the event loop.
         return await json_off_loop(lambda: payload, result.route.headers())
 
-    @router.post("/api/embeddings")
+    @router.post("/api/embeddings", openapi_extra=request_body(EmbeddingsBody))
     async def embeddings(request: Request) -> Response:
         body, named, keep_alive = await _read(request, EmbeddingsBody)
         name = named or ctx.engine.embedding_model().name

@@ -25,6 +25,7 @@ from npu_proxy.engine.types import (
     ToolCall,
     ToolSpec,
 )
+from npu_proxy.web import request_body
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -123,7 +124,7 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
     """The two generation endpoints, closed over ``ctx``."""
     router = APIRouter()
 
-    @router.post("/api/generate")
+    @router.post("/api/generate", openapi_extra=request_body(GenerateBody))
     async def generate(request: Request) -> Response:
         body, common = await _read(ctx, request, GenerateBody)
         name, info = common.name, common.info
@@ -168,7 +169,7 @@ def inference_routes(ctx: ServerContext) -> APIRouter:
         return await respond(ctx, request, generation, encoder, stream,
                              on_answer=record_context)
 
-    @router.post("/api/chat")
+    @router.post("/api/chat", openapi_extra=request_body(ChatBody))
     async def chat(request: Request) -> Response:
         body, common = await _read(ctx, request, ChatBody)
         name, info = common.name, common.info

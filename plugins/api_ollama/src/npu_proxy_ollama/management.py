@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.lifecycle import Residency
 from npu_proxy.engine.types import Capability, ModelInfo
-from npu_proxy.web import HttpError, read_json, validate
+from npu_proxy.web import HttpError, read_json, request_body, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -124,7 +124,7 @@ def management_routes(ctx: ServerContext) -> APIRouter:
 
         return JSONResponse({"models": await asyncio.to_thread(listing)})
 
-    @router.post("/api/show")
+    @router.post("/api/show", openapi_extra=request_body(StreamBody))
     async def show(request: Request) -> Response:
         _, name = await read_named(request, StreamBody)
         info = ctx.store.resolve(name)
@@ -165,13 +165,13 @@ def management_routes(ctx: ServerContext) -> APIRouter:
     async def ps() -> Response:
         return JSONResponse({"models": [running(r) for r in ctx.engine.running()]})
 
-    @router.post("/api/copy")
+    @router.post("/api/copy", openapi_extra=request_body(CopyBody))
     async def copy(request: Request) -> Response:
         body = validate(CopyBody, await read_json(request))
         await ctx.store.acopy(body.source, body.destination)
         return Response(status_code=200)
 
-    @router.delete("/api/delete")
+    @router.delete("/api/delete", openapi_extra=request_body(StreamBody))
     async def delete(request: Request) -> Response:
         _, name = await read_named(request, StreamBody)
         info = ctx.store.resolve(name)

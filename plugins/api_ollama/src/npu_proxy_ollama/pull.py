@@ -33,7 +33,7 @@ from npu_proxy.engine.names import parse_model_name
 from npu_proxy.engine.types import ModelInfo
 from npu_proxy.hub.pull import PullPhase, PullProgress
 from npu_proxy.streaming import NDJSON, ClosingStreamResponse
-from npu_proxy.web import read_json, until_disconnected, validate
+from npu_proxy.web import read_json, request_body, until_disconnected, validate
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -237,7 +237,7 @@ def pull_routes(ctx: ServerContext) -> APIRouter:
     """``POST /api/pull``, closed over ``ctx``."""
     router = APIRouter()
 
-    @router.post("/api/pull")
+    @router.post("/api/pull", openapi_extra=request_body(PullBody))
     async def pull(request: Request) -> Response:
         data = await read_json(request)
         body = validate(PullBody, data)

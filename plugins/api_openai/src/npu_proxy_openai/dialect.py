@@ -14,12 +14,16 @@ from npu_proxy.api import ApiDialect
 from npu_proxy.context import ServerContext
 from npu_proxy.engine.errors import EngineError
 from npu_proxy.settings import load_plugin_settings
+from npu_proxy.web import request_body
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from . import chat, completions, embeddings, models, responses
 from .errors import error_response
+from .responses_schema import ResponsesRequest
 from .responses_store import ResponseStore
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
 from .settings import OpenAISettings
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -69,19 +73,21 @@ class OpenAIApi(ApiDialect):
         async def retrieve_model(request: Request) -> Response:
             return await models.retrieve_model(ctx, request.path_params["model_id"])
 
-        routes: list[tuple[str, str, Handler]] = [
-            ("POST", "/v1/chat/completions", chat_completions),
-            ("POST", "/v1/completions", text_completions),
-            ("POST", "/v1/responses", create_response),
-            ("GET", "/v1/responses/{response_id}", retrieve_response),
-            ("DELETE", "/v1/responses/{response_id}", delete_response),
-            ("POST", "/v1/embeddings", create_embeddings),
-            ("GET", "/v1/models", list_models),
+        # (method, path, handler, the body it validates: documented in /openapi.json)
+        routes: list[tuple[str, str, Handler, type[BaseModel] | None]] = [
+            ("POST", "/v1/chat/completions", chat_completions, ChatCompletionRequest),
+            ("POST", "/v1/completions", text_completions, CompletionRequest),
+            ("POST", "/v1/responses", create_response, ResponsesRequest),
+            ("GET", "/v1/responses/{response_id}", retrieve_response, None),
+            ("DELETE", "/v1/responses/{response_id}", delete_response, None),
+            ("POST", "/v1/embeddings", create_embeddings, EmbeddingsRequest),
+            ("GET", "/v1/models", list_models, None),
             # ":path" because ids such as "hf.co/org/repo:tag" contain slashes.
-            ("GET", "/v1/models/{model_id:path}", retrieve_model),
+            ("GET", "/v1/models/{model_id:path}", retrieve_model, None),
         ]
-        for method, path, handler in routes:
-            router.add_api_route(path, handler, methods=[method])
+        for method, path, handler, body in routes:
+            router.add_api_route(path, handler, methods=[method],
+                                 openapi_extra=request_body(body) if body else None)
         return router
 
     def error_response(self, error: EngineError) -> Response:
