@@ -96,6 +96,21 @@ class Terminal:
                     break
         return self.screen
 
+    def wait_for_reading(self) -> None:
+        """Wait until the child is blocked reading the terminal.
+
+        A key that raises a signal (Ctrl-C) must arrive then: CPython's ``input()``
+        checks for signals only when its ``select`` is interrupted, so a SIGINT that
+        lands between drawing the prompt and entering ``select`` waits for the next
+        key. No person types that fast; a test does."""
+        deadline = time.monotonic() + 30
+        syscall = Path(f"/proc/{self.process.pid}/syscall")
+        while time.monotonic() < deadline:
+            if syscall.read_text().split(" ", 1)[0] in {"7", "23", "270"}:  # poll, select, pselect6
+                return
+            time.sleep(0.01)
+        raise AssertionError("the chat never waited for a key")
+
     def type(self, keys: str) -> int:
         """Type ``keys``; returns the screen position before them."""
         position = len(self.screen)
@@ -121,6 +136,7 @@ def test_an_interactive_chat_in_a_terminal(server: LiveServer) -> None:
         term.read_until(">>> ")
         start = term.type("hello there\n")
         term.read_until(">>> ", start + len("hello there"))
+        term.wait_for_reading()
         start = term.type("\x03")  # Ctrl-C at the prompt does not leave
         term.read_until("Use Ctrl + d or /bye to exit.", start)
         start = term.type("and again\n")
@@ -145,6 +161,7 @@ def test_ctrl_d_leaves_the_terminal_chat(server: LiveServer) -> None:
     term = Terminal(_argv("mock"), env)
     try:
         term.read_until(">>> ")
+        term.wait_for_reading()
         term.type("\x04")
         assert term.close() == 0
     finally:
