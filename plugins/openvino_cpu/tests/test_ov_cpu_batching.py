@@ -39,9 +39,12 @@ from npu_proxy.settings import Settings
 from npu_proxy.testing import LiveServer, make_app
 from npu_proxy_openvino import ContinuousBatchingGenerator, OpenVINOLanguageModel
 from npu_proxy_openvino import prompt as prompt_module
-from npu_proxy_openvino.batching_worker import IncrementalDetokenizer
+from npu_proxy_openvino.batching import _Mailbox
+from npu_proxy_openvino.batching_worker import IncrementalDetokenizer, run_steps
 from npu_proxy_openvino.models import IR_MODEL, ModelPreparer
+from npu_proxy_openvino.options import GenerationSpec
 from npu_proxy_openvino.prefix_ledger import LEDGER_BLOCK
+from npu_proxy_openvino.runner import Outcome
 from npu_proxy_openvino.testing import (
     shared_batching_factory,
     shared_pipeline_factory,
@@ -283,6 +286,70 @@ def test_detokenizer_keeps_long_answers_whole_with_one_decode_a_token(
     assert "".join(pieces) == tokenizer.decode(ids)
     restarts = len(ids) // (IncrementalDetokenizer.WINDOW - IncrementalDetokenizer.CONTEXT)
     assert calls <= len(ids) + restarts + 2
+
+
+# --- the step loop ----------------------------------------------------------------------
+
+
+def _prompt_ids(pipeline: Any, text: str) -> tuple[int, ...]:
+    tokenizer = pipeline.get_tokenizer()
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                             add_generation_prompt=True)
+    return tuple(int(i) for i in tokenizer.encode(rendered, add_special_tokens=False)
+                 .input_ids.data[0])
+
+
+def test_the_step_loop_hands_out_each_request_s_pieces_in_order_then_its_end(
+    cpu_batching_pipeline: Any,
+) -> None:
+    """The pieces are detokenized on the hand-over thread while the next step runs; each
+    request's pieces still arrive in order, before its end, whose text is theirs, and
+    ``run_steps`` returns only once every event is out."""
+    inbox = _Mailbox()
+    batches: list[list[tuple[Any, ...]]] = []
+
+    def emit(events: list[tuple[Any, ...]]) -> None:
+        batches.append(events)
+        if sum(event[0] == "end" for batch in batches for event in batch) == 2:
+            inbox.put(("shutdown",))
+
+    spec = GenerationSpec(SamplingOptions(temperature=0), max_new_tokens=24)
+    for number, text in enumerate(PROMPTS[:2]):
+        inbox.put(("add", number, _prompt_ids(cpu_batching_pipeline, text), spec))
+    run_steps(cpu_batching_pipeline, inbox, emit)
+
+    events = [event for batch in batches for event in batch]
+    assert all(event[0] in {"text", "end"} for event in events), events
+    for number in (0, 1):
+        own = [event for event in events if event[1] == number]
+        *pieces, end = own
+        assert end[0] == "end" and [p[0] for p in pieces] == ["text"] * len(pieces)
+        outcome: Outcome = end[2]
+        assert outcome.text == "".join(p[2] for p in pieces) != ""
+        assert outcome.completion_tokens is not None and outcome.completion_tokens > 1
+    assert len(batches) > 2  # handed out step by step, not all at the end
+
+
+def test_the_step_loop_stops_when_its_events_cannot_be_handed_out(
+    cpu_batching_pipeline: Any,
+) -> None:
+    """A worker whose server went away (its pipe is broken) leaves at the next step
+    instead of generating into the void, and cancels what it held."""
+    inbox = _Mailbox()
+    calls = 0
+
+    def emit(events: list[tuple[Any, ...]]) -> None:
+        nonlocal calls
+        calls += 1
+        raise BrokenPipeError("the server is gone")
+
+    spec = GenerationSpec(SamplingOptions(temperature=0), max_new_tokens=512)
+    inbox.put(("add", 7, _prompt_ids(cpu_batching_pipeline, PROMPTS[1]), spec))
+    with pytest.raises(BrokenPipeError):
+        run_steps(cpu_batching_pipeline, inbox, emit)
+    assert calls == 1  # nothing more was handed out after the failure
+    cpu_batching_pipeline.step()  # GenAI frees a cancelled sequence at the next step
+    assert not cpu_batching_pipeline.has_non_finished_requests()
 
 
 # --- through the engine -------------------------------------------------------------------

@@ -226,7 +226,7 @@ def test_the_reported_cached_tokens_never_exceed_what_genai_reused(
         while outcome is None:
             stepper.step()
             steps += 1
-            for event in stepper.take_events():
+            for event in stepper.render(stepper.take_results()):
                 if event[0] == "text" and not first:
                     first = steps
                 elif event[0] == "end":

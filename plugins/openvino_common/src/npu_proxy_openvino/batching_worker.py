@@ -3,10 +3,13 @@
 GenAI's continuous-batching pipeline takes requests with ``add_request`` (one
 ``GenerationHandle`` each) and advances every running request by one token per
 ``step()``. :func:`run_steps` is the only caller of ``add_request``/``step``/``read``
-for its pipeline: it takes commands, admits requests, steps while any is active, reads
-each handle's new token ids, detokenizes them incrementally
-(:class:`IncrementalDetokenizer`) and hands out what happened, one list of events per
-step (one hand-over per step, not per token).
+for its pipeline: it takes commands, admits requests, steps while any is active and
+reads each handle's new token ids. A thread of its own (:class:`_Handover`)
+detokenizes them incrementally (:class:`IncrementalDetokenizer`) and hands out what
+happened, one list of events per step (one hand-over per step, not per token), while
+the next step already runs: a decode costs 0.3-0.45 ms right after a step on 2 CPU
+cores, 3.5% of a lone stream's time when it waited between steps (GenAI's own
+pipelines stream from a thread for the same reason).
 
 The same loop runs wherever the pipeline lives (see
 :mod:`~npu_proxy_openvino.batching`): in a thread of the server, or in a worker process
@@ -24,7 +27,9 @@ engine, no web framework.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: One step's worth of events (see the module doc).
 Events = list[tuple[Any, ...]]
+
+#: Steps whose events may wait for the hand-over thread before the step loop waits
+#: for it (it keeps up unless the other side stops reading).
+HANDOVER_DEPTH = 64
 
 #: ``(model folder, device, SchedulerConfig, properties) -> ContinuousBatchingPipeline``-like.
 BatchingPipelineFactory = Callable[[str, str, Any, dict[str, Any]], Any]
@@ -173,26 +182,81 @@ def run_steps(pipe: Any, inbox: Inbox, emit: Callable[[Events], None],
     """Serve ``pipe`` until a ``shutdown`` command: the one step loop of batching.
 
     Blocks on ``inbox`` while nothing runs; between steps it takes only the commands
-    that have already arrived. On ``shutdown`` every request is cancelled and stepped
-    until GenAI has freed it (each gets its ``end``), then it returns. Errors of
-    ``inbox`` and ``emit`` (the other side went away) propagate. With
+    that have already arrived. Each step's results are detokenized and passed to
+    ``emit`` on a thread of their own, in step order, while the next step runs. On
+    ``shutdown`` every request is cancelled and stepped until GenAI has freed it (each
+    gets its ``end``), and it returns once every event has been emitted. Errors of
+    ``inbox`` and ``emit`` (the other side went away) propagate, and the requests it
+    held are cancelled (GenAI frees them at the pipeline's next step). With
     ``prefix_caching`` (the pipeline was built with it) each outcome carries the prompt
     tokens the cache surely reused (:class:`~.prefix_ledger.PrefixLedger`).
     """
     stepper = _Stepper(pipe, PrefixLedger() if prefix_caching else None)
-    stopping = False
-    while True:
-        wait: float | None = 0 if stepper.active or stopping else None
-        while not stopping and inbox.poll(wait):
-            stopping = not stepper.command(inbox.recv())
-            wait = 0
-        if stepper.active:
-            stepper.step()
-        events = stepper.take_events()
-        if events:
-            emit(events)
-        if stopping and not stepper.active:
-            return
+    handover = _Handover(stepper.render, emit)
+    try:
+        stopping = False
+        while True:
+            wait: float | None = 0 if stepper.active or stopping else None
+            while not stopping and inbox.poll(wait):
+                stopping = not stepper.command(inbox.recv())
+                wait = 0
+            if stepper.active:
+                stepper.step()
+            results = stepper.take_results()
+            if results:
+                handover.put(results)
+            if stopping and not stepper.active:
+                break
+    except BaseException:
+        stepper.abandon()
+        raise
+    finally:
+        handover.close()
+
+
+class _Handover:
+    """Renders each step's results into events and emits them, on a thread of its own.
+
+    :meth:`put` never reorders and waits only when :data:`HANDOVER_DEPTH` steps are
+    pending. An error of ``render`` or ``emit`` ends the hand-over: the thread drops
+    what follows, and :meth:`put` and :meth:`close` raise it in the step loop.
+    """
+
+    def __init__(self, render: Callable[[Events], Events],
+                 emit: Callable[[Events], None]) -> None:
+        self._render = render
+        self._emit = emit
+        self._pending: queue.Queue[Events | None] = queue.Queue(HANDOVER_DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="npu-proxy-handover",
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, results: Events) -> None:
+        """Queue one step's results (raises the hand-over's error, if it had one)."""
+        self._raise()
+        self._pending.put(results)
+
+    def close(self) -> None:
+        """Emit everything queued, stop the thread and raise its error, if any."""
+        self._pending.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (results := self._pending.get()) is not None:
+            if self._error is not None:
+                continue  # failed: drain, so the step loop never waits on a full queue
+            try:
+                events = self._render(results)
+                if events:
+                    self._emit(events)
+            except BaseException as exc:  # reported to the step loop
+                self._error = exc
 
 
 def serve(conn: Connection, spec: WorkerSpec) -> None:
@@ -219,7 +283,8 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
 
 @dataclass(eq=False)
 class _Job:
-    """One admitted request's state inside the step loop."""
+    """One admitted request's state inside the step loop. The step loop's thread owns
+    the counts, the hand-over thread ``detokenizer`` and ``text``."""
 
     id: int
     handle: Any
@@ -237,7 +302,13 @@ class _Job:
 
 
 class _Stepper:
-    """The pipeline, its admitted jobs and the events of the current step."""
+    """The pipeline, its admitted jobs and the results of the current step.
+
+    A step's results are raw (``("ids", job, token ids)``, ``("end", job, Outcome
+    without its text)``, ``("error", id, message)``) until :meth:`render` turns them
+    into events; rendering runs on the hand-over thread, so it touches only what that
+    thread owns (each job's detokenizer and text).
+    """
 
     def __init__(self, pipe: Any, ledger: PrefixLedger | None = None) -> None:
         import openvino_genai
@@ -254,9 +325,41 @@ class _Stepper:
     def active(self) -> bool:
         return bool(self._jobs)
 
-    def take_events(self) -> Events:
-        events, self._events = self._events, []
+    def take_results(self) -> Events:
+        """The raw results of the steps since the last call (see the class doc)."""
+        results, self._events = self._events, []
+        return results
+
+    def render(self, results: Events) -> Events:
+        """The events of raw ``results``, in order: token ids become text pieces, an end
+        gets its job's whole text (and its logprobs' token texts)."""
+        events: Events = []
+        for result in results:
+            kind = result[0]
+            if kind == "ids":
+                job = result[1]
+                self._piece(events, job, job.detokenizer.feed(result[2]))
+            elif kind == "end":
+                job, outcome = result[1], result[2]
+                if not job.cancelled:
+                    self._piece(events, job, job.detokenizer.finish())
+                outcome = replace(outcome, text="".join(job.text))
+                if job.logprobs is not None:
+                    # One token at a time: each entry's own text, as OpenAI's logprobs
+                    # show it.
+                    outcome = replace(outcome, logprobs=tuple(
+                        (self._tokenizer.decode([token]), float(logprob))
+                        for token, logprob in job.logprobs))
+                events.append(("end", job.id, outcome))
+            else:
+                events.append(result)
         return events
+
+    @staticmethod
+    def _piece(events: Events, job: _Job, text: str) -> None:
+        if text:
+            job.text.append(text)
+            events.append(("text", job.id, text))
 
     def command(self, message: tuple[Any, ...]) -> bool:
         """Apply one command; False for ``shutdown`` (every job is then cancelled)."""
@@ -275,6 +378,12 @@ class _Stepper:
                 self._cancel(job)
             return False
         return True
+
+    def abandon(self) -> None:
+        """Cancel every job and forget them (the step loop is leaving on an error)."""
+        for job in self._jobs.values():
+            self._cancel(job)
+        self._jobs.clear()
 
     @staticmethod
     def _cancel(job: _Job) -> None:
@@ -321,7 +430,7 @@ class _Stepper:
                     if not job.first_ns:
                         job.first_ns = time.perf_counter_ns()
                         self._measure_cache(job)
-                    self._emit(job, job.detokenizer.feed(ids))
+                    self._events.append(("ids", job, ids))
             if handle.get_status() != self._running:
                 del self._jobs[job.id]
                 self._end(job)
@@ -347,21 +456,7 @@ class _Stepper:
         if handle.get_status() == self._ignored and not job.cancelled:
             self._events.append(("error", job.id, "the KV cache is too small for this request"))
             return
-        if not job.cancelled:
-            self._emit(job, job.detokenizer.finish())
-        outcome = _outcome(job, handle)
-        if job.logprobs is not None:
-            # One token at a time: each entry's own text, as OpenAI's logprobs show it.
-            tokens = [self._tokenizer.decode([token]) for token, _ in job.logprobs]
-            outcome = replace(outcome, logprobs=tuple(
-                (text, float(logprob)) for text, (_, logprob) in zip(tokens, job.logprobs,
-                                                                     strict=True)))
-        self._events.append(("end", job.id, outcome))
-
-    def _emit(self, job: _Job, text: str) -> None:
-        if text:
-            job.text.append(text)
-            self._events.append(("text", job.id, text))
+        self._events.append(("end", job, _outcome(job, handle)))
 
     def _fail_all(self, exc: Exception) -> None:
         log.error("continuous batching step failed: %s", exc)
@@ -372,7 +467,8 @@ class _Stepper:
 
 
 def _outcome(job: _Job, handle: Any) -> Outcome:
-    """Measured figures: GenAI's per-request metrics when it has them, ours otherwise."""
+    """Measured figures: GenAI's per-request metrics when it has them, ours otherwise
+    (the text is the hand-over's to fill in)."""
     import openvino_genai
 
     end = time.perf_counter_ns()
@@ -398,5 +494,5 @@ def _outcome(job: _Job, handle: Any) -> Outcome:
         finish = "length"
     else:
         finish = "stop"
-    return Outcome("".join(job.text), finish, prompt_tokens, completion_tokens,
+    return Outcome("", finish, prompt_tokens, completion_tokens,
                    ttft_ns, generate_ns, cached_tokens=job.cached_tokens)
