@@ -159,7 +159,11 @@ async def test_cancelling_one_of_four_frees_its_sequence_at_once(
 ) -> None:
     generator = lm._generator
     assert isinstance(generator, ContinuousBatchingGenerator)
-    requests = [chat(p, temperature=0, max_tokens=48) for p in PROMPTS]
+    # None of these ends on its own before 64 tokens, so the three that stay are still
+    # generating long after the fourth leaves, however far the worker runs ahead.
+    long_prompts = (PROMPTS[0], PROMPTS[1], "Count from 1 to 100 separated by commas.",
+                    PROMPTS[3])
+    requests = [chat(p, temperature=0, max_tokens=64) for p in long_prompts]
     others = [asyncio.create_task(run(lm, requests[i])) for i in (0, 2, 3)]
     pieces = 0
     stream = lm.generate(requests[1])
@@ -169,11 +173,12 @@ async def test_cancelling_one_of_four_frees_its_sequence_at_once(
             if pieces == 3:
                 break
     await stream.aclose()  # type: ignore[attr-defined]  # the client went away
-    assert lm.last_usage is not None and lm.last_usage.completion_tokens < 48
+    assert lm.last_usage is not None and lm.last_usage.completion_tokens < 64
     assert not any(task.done() for task in others)
     assert generator.active == 3
     finished = [await task for task in others]
     assert all(text for text, _ in finished)
+    assert [done.finish_reason for _, done in finished] == [FinishReason.LENGTH] * 3
     assert generator.active == 0
 
 
