@@ -319,7 +319,7 @@ class _Stepper:
         self._running = openvino_genai.GenerationStatus.RUNNING
         self._ignored = openvino_genai.GenerationStatus.IGNORED
         self._jobs: dict[int, _Job] = {}
-        self._events: Events = []
+        self._results: Events = []
 
     @property
     def active(self) -> bool:
@@ -327,7 +327,7 @@ class _Stepper:
 
     def take_results(self) -> Events:
         """The raw results of the steps since the last call (see the class doc)."""
-        results, self._events = self._events, []
+        results, self._results = self._results, []
         return results
 
     def render(self, results: Events) -> Events:
@@ -398,7 +398,7 @@ class _Stepper:
                                    structured_schema=spec.structured_schema)
             handle = self._pipe.add_request(request_id, ids_tensor(prompt), config)
         except Exception as exc:
-            self._events.append(("error", request_id, str(exc)))
+            self._results.append(("error", request_id, str(exc)))
             return
         job = _Job(request_id, handle, IncrementalDetokenizer(self._tokenizer,
                                                               spec.special_tokens),
@@ -430,7 +430,7 @@ class _Stepper:
                     if not job.first_ns:
                         job.first_ns = time.perf_counter_ns()
                         self._measure_cache(job)
-                    self._events.append(("ids", job, ids))
+                    self._results.append(("ids", job, ids))
             if handle.get_status() != self._running:
                 del self._jobs[job.id]
                 self._end(job)
@@ -454,16 +454,16 @@ class _Stepper:
             self._ledger.occupy(job.tokens)
         handle = job.handle
         if handle.get_status() == self._ignored and not job.cancelled:
-            self._events.append(("error", job.id, "the KV cache is too small for this request"))
+            self._results.append(("error", job.id, "the KV cache is too small for this request"))
             return
-        self._events.append(("end", job, _outcome(job, handle)))
+        self._results.append(("end", job, _outcome(job, handle)))
 
     def _fail_all(self, exc: Exception) -> None:
         log.error("continuous batching step failed: %s", exc)
         failed, self._jobs = self._jobs, {}
         for job in failed.values():
             job.handle.cancel()
-            self._events.append(("error", job.id, str(exc)))
+            self._results.append(("error", job.id, str(exc)))
 
 
 def _outcome(job: _Job, handle: Any) -> Outcome:
